@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""One table over all training runs: bit-widths, size, compression, accuracy, time, folder.
+
+    python analyze_results.py [outputs/] [--csv results.csv]
+
+Sorted by weight bits (then activation bits), widest first. Runs in progress or failed are
+listed with their state, not skipped. Also writes the table as CSV (default
+<outputs>/results_summary.csv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+from eurosat.config import PROJECT_DIR
+from eurosat.results import atomic_write
+from eurosat.results_table import COLUMNS, collect_rows, format_rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("outputs", nargs="?", type=Path, default=PROJECT_DIR / "outputs", help="output root [%(default)s]")
+    parser.add_argument("--csv", type=Path, help="CSV path [<outputs>/results_summary.csv]")
+    args = parser.parse_args(argv)
+    if not args.outputs.is_dir():
+        print(f"error: {args.outputs}: no such folder", file=sys.stderr)
+        return 2
+    rows = collect_rows(args.outputs)
+    if not rows:
+        print(f"no training runs under {args.outputs}")
+        return 0
+    print(format_rows(rows))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[key for key, _ in COLUMNS])
+    writer.writeheader()
+    writer.writerows(rows)
+    path = atomic_write(args.csv or args.outputs / "results_summary.csv", lambda fh: fh.write(buf.getvalue()), mode="w")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

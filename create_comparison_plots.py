@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Draw report figures from quantization comparisons and training runs.
+
+    python create_comparison_plots.py [quantization_comparison.json ...] [--out DIR]
+
+- comparison_plots.png (300 DPI) and comparison_plots_highres.png (600 DPI): the post-training
+  quantization report (newest quantization_comparison.json under --outputs if none is given);
+- training_comparison.png: test accuracy vs wall clock and vs round of the newest fp32, fp16
+  and int8 training runs, where at least two exist;
+- transport_comparison.png: accuracy vs MB transmitted and vs round, one line per transport
+  format, where runs with at least two formats exist;
+- bits_accuracy.png and bits_parallel.png: the weight/activation bit-width sweep, where runs
+  with compression_metrics.json exist.
+Exit status: 0 done, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from eurosat.config import PROJECT_DIR
+from eurosat.report import draw_all
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("reports", nargs="*", type=Path, help="quantization_comparison.json files [newest under --outputs]")
+    parser.add_argument("--out", type=Path, help="output folder [the (first) JSON's folder, else --outputs]")
+    parser.add_argument("--outputs", type=Path, default=PROJECT_DIR / "outputs", help="where to look for runs [%(default)s]")
+    args = parser.parse_args(argv)
+    try:
+        written = draw_all(args.reports, args.outputs, args.out)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

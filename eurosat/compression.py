@@ -1,0 +1,118 @@
+"""What a bit-width choice saves: exact bytes of a packed model, part by part.
+
+Counts tensor bytes (what the model *is*), and, where files exist, bytes on disk (what
+torch.save adds around them). The parts:
+- packed weights: conv/linear weights at N bits, rows padded to whole bytes;
+- overhead: per-channel scales (float32; symmetric grids need no zero points) and the
+  activation ranges (two float32 per layer) when activations are quantized;
+- unquantized: biases, BatchNorm parameters and statistics (FP32), integer buffers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from eurosat.packing import packed_nbytes
+from eurosat.qat import qat_layers
+
+MB = 1024 * 1024
+
+
+def activation_bytes(model: nn.Module, bits: int) -> tuple[int, int]:
+    """Bytes of every conv/linear input in one forward pass of one image: (FP32, at `bits`)."""
+    sizes: list[int] = []
+    hooks = [m.register_forward_pre_hook(lambda _m, args: sizes.append(args[0].numel()))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 64, 64))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return 4 * sum(sizes), -(-sum(sizes) * bits // 8)
+
+
+def compression_report(model: nn.Module, packed_file: Path | None = None, fp32_file: Path | None = None) -> dict:
+    """Report for a fake-quantized model (see qat.prepare_qat)."""
+    layers = qat_layers(model)
+    first = next(iter(layers.values()))
+    wbits, abits = first.weight_bits, first.activation_bits
+    quantized_keys = {f"{name}.weight" for name in layers}
+    fp32_bytes = packed = overhead = unquantized = quantized_fp32 = quantized_params = 0
+    for key, value in model.state_dict().items():
+        if key.endswith("act_range"):
+            overhead += value.numel() * 4 if abits < 32 else 0
+            continue
+        nbytes = value.numel() * (4 if value.is_floating_point() else value.element_size())
+        fp32_bytes += nbytes
+        if key in quantized_keys:
+            quantized_fp32 += nbytes
+            quantized_params += value.numel()
+            if wbits == 16:
+                packed += value.numel() * 2
+            else:
+                packed += packed_nbytes(tuple(value.shape), wbits)
+                overhead += value.shape[0] * 4  # one float32 scale per output channel
+        else:
+            unquantized += nbytes
+    compressed = packed + overhead + unquantized
+    ideal = quantized_params * wbits / 8 + overhead + unquantized
+    act_fp32, act_q = activation_bytes(model, abits)
+    report = {
+        "weight_bits": wbits,
+        "activation_bits": abits,
+        "fp32_size_bytes": fp32_bytes,
+        "fp32_size_mb": fp32_bytes / MB,
+        "compressed_size_bytes": compressed,
+        "compressed_size_mb": compressed / MB,
+        "compression_ratio": fp32_bytes / compressed,
+        "size_reduction_percent": 100.0 * (1 - compressed / fp32_bytes),
+        "parts": {
+            "packed_weight_bytes": packed,
+            "scale_and_zero_point_bytes": overhead,
+            "unquantized_bytes": unquantized,
+            "quantized_parameters": quantized_params,
+        },
+        "ideal_size_bytes": ideal,
+        "size_vs_ideal": compressed / ideal,
+        "weight_compression_ratio": quantized_fp32 / packed,
+        "activation_compression_ratio": act_fp32 / act_q,
+        "activation_bytes_per_image": {"fp32": act_fp32, "quantized": act_q},
+        "model_compression_ratio": fp32_bytes / compressed,
+    }
+    if packed_file is not None and fp32_file is not None:
+        on_disk = os.path.getsize(packed_file)
+        report["files"] = {
+            "fp32_file": str(fp32_file), "fp32_file_bytes": os.path.getsize(fp32_file),
+            "packed_file": str(packed_file), "packed_file_bytes": on_disk,
+            "file_compression_ratio": os.path.getsize(fp32_file) / on_disk,
+            "packed_file_vs_ideal": on_disk / ideal,
+        }
+    return report
+
+
+def format_report(report: dict) -> str:
+    p = report["parts"]
+    rows = [
+        ("bits (weights/activations)", f"{report['weight_bits']}/{report['activation_bits']}"),
+        ("FP32 size", f"{report['fp32_size_bytes']:,} B ({report['fp32_size_mb']:.3f} MB)"),
+        ("compressed size", f"{report['compressed_size_bytes']:,} B ({report['compressed_size_mb']:.3f} MB)"),
+        ("  packed weights", f"{p['packed_weight_bytes']:,} B"),
+        ("  scales / zero points", f"{p['scale_and_zero_point_bytes']:,} B"),
+        ("  unquantized (bias, BN)", f"{p['unquantized_bytes']:,} B"),
+        ("compression ratio", f"{report['compression_ratio']:.2f}x ({report['size_reduction_percent']:.1f}% smaller)"),
+        ("weight compression", f"{report['weight_compression_ratio']:.2f}x"),
+        ("activation compression", f"{report['activation_compression_ratio']:.2f}x"),
+        ("size vs ideal", f"{report['size_vs_ideal']:.4f}"),
+    ]
+    if "files" in report:
+        f = report["files"]
+        rows.append(("files on disk", f"{f['fp32_file_bytes']:,} B -> {f['packed_file_bytes']:,} B "
+                                      f"({f['file_compression_ratio']:.2f}x, {f['packed_file_vs_ideal']:.3f} of ideal)"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,206 @@
+"""The run configuration: one typed, validated view of `[tool.flwr.app.config]`.
+
+Defaults live only in `pyproject.toml` (and `configs/*.toml` overrides); this module checks
+them. Every check raises `ConfigError` with one line naming the key and the allowed values,
+so a bad run fails before any data is loaded or any client trains.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from eurosat.data import DATA_ENV, PARTITIONERS
+
+PRECISIONS = ("fp32", "fp16", "int8")
+WEIGHT_BITS = (32, 16, 8, 6, 4, 2, 1)
+ACTIVATION_BITS = (32, 16, 8, 6, 4)
+TRANSPORTS = ("fp32", "fp16", "int8", "int4")
+BITS_ENV = "QUANTIZATION_BITS"
+PROJECT_ENV = "EUROSAT_PROJECT_DIR"
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+class ConfigError(ValueError):
+    """A run-config value that is out of range; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    num_server_rounds: int
+    time_limit_min: float
+    num_supernodes: int
+    precision: str
+    weight_bits: int
+    activation_bits: int
+    transport: str
+    use_quantization: bool
+    transport_error_feedback: bool
+    cost_per_mb: float
+    data: str
+    partitioner: str
+    dirichlet_alpha: float
+    fraction_train: float
+    fraction_evaluate: float
+    local_epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    output_dir: str
+    run_dir: str
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object], environ: Mapping[str, str] = os.environ) -> "RunConfig":
+        """Build from run-config keys (`num-server-rounds`, ...); unknown or missing keys are errors.
+
+        `$EUROSAT_DATA` and `$QUANTIZATION_BITS` in `environ` win over `data` and `weight-bits`.
+        The server resolves them once and sends the result to clients with `environ={}`.
+        """
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown run-config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        missing = sorted(set(known) - set(values))
+        if missing:
+            raise ConfigError(f"missing run-config key(s): {', '.join(missing)}")
+        kwargs = {f.name: _coerce(key, values[key], f.type) for key, f in known.items()}
+        if environ.get(DATA_ENV):
+            kwargs["data"] = environ[DATA_ENV]
+        bits = environ.get(BITS_ENV)
+        if bits:
+            kwargs["weight_bits"] = _coerce(BITS_ENV, bits, "int")
+        if kwargs["use_quantization"] and kwargs["transport"] == "fp32":
+            kwargs["transport"] = "fp16"  # the original system's single switch
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def to_mapping(self) -> dict[str, object]:
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    def validate(self) -> None:
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("weight-bits", self.weight_bits, WEIGHT_BITS)
+        _choice("activation-bits", self.activation_bits, ACTIVATION_BITS)
+        _choice("transport", self.transport, TRANSPORTS)
+        _choice("partitioner", self.partitioner, PARTITIONERS)
+        if self.precision != "fp32" and (self.weight_bits, self.activation_bits) != (32, 32):
+            raise ConfigError(
+                f"precision={self.precision!r} cannot be combined with weight-bits={self.weight_bits}/"
+                f"activation-bits={self.activation_bits}; use precision='fp32' with bit-widths"
+            )
+        if self.weight_bits == 32 and self.activation_bits < 32:
+            raise ConfigError("activation-bits below 32 needs weight-bits below 32 (e.g. W8A8)")
+        if self.time_limit_min < 0:
+            raise ConfigError(f"time-limit-min: must be >= 0 (0 = no limit), got {self.time_limit_min}")
+        if not 0 < self.fraction_train <= 1:
+            raise ConfigError(f"fraction-train: must be in (0, 1], got {self.fraction_train}")
+        if not 0 <= self.fraction_evaluate <= 1:
+            raise ConfigError(f"fraction-evaluate: must be in [0, 1], got {self.fraction_evaluate}")
+        if self.dirichlet_alpha <= 0:
+            raise ConfigError(f"dirichlet-alpha: must be > 0, got {self.dirichlet_alpha}")
+        for key in ("num_server_rounds", "num_supernodes", "local_epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key.replace('_', '-')}: must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0 or self.cost_per_mb < 0:
+            raise ConfigError("lr must be > 0 and cost-per-mb >= 0")
+
+    @property
+    def quantized_training(self) -> bool:
+        return self.precision == "int8" or self.weight_bits < 32
+
+    @property
+    def label(self) -> str:
+        """Folder name under the output root: what was really trained and sent."""
+        if self.weight_bits < 32:
+            label = f"w{self.weight_bits}a{self.activation_bits}"
+        else:
+            label = self.precision
+        return label if self.transport == "fp32" else f"{label}-tx{self.transport}"
+
+    @property
+    def time_limit_s(self) -> float | None:
+        return self.time_limit_min * 60 if self.time_limit_min > 0 else None
+
+    def output_root(self) -> Path:
+        """Relative `output-dir` is taken against the project, not the SuperLink's cwd."""
+        root = Path(self.output_dir).expanduser()
+        if root.is_absolute():
+            return root
+        base = Path(os.environ.get(PROJECT_ENV) or _installed_project_dir() or Path.cwd())
+        return (base / root).resolve()
+
+
+def _installed_project_dir() -> Path | None:
+    """The checkout this package was pip-installed from (editable), if any.
+
+    `flwr run` executes a copy of the app under $FLWR_HOME/apps, so `__file__` is not the
+    project; the editable install still records where the project lives.
+    """
+    if (PROJECT_DIR / "pyproject.toml").is_file() and "apps" not in PROJECT_DIR.parts[-2:]:
+        return PROJECT_DIR
+    try:
+        import json
+        from importlib.metadata import distribution
+
+        url = json.loads(distribution("eurosat").read_text("direct_url.json") or "{}").get("url", "")
+    except Exception:  # noqa: BLE001 - no installed distribution: fall back to cwd
+        return None
+    return Path(url.removeprefix("file://")) if url.startswith("file://") else None
+
+
+def _choice(key: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+def _coerce(key: str, value: object, kind: object) -> object:
+    kind = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                return value.lower() == "true"
+            return bool(value)
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {kind}, got {value!r}") from None
+
+
+def project_defaults(project: Path = PROJECT_DIR) -> dict[str, object]:
+    """`[tool.flwr.app.config]` from pyproject.toml: the one source of defaults."""
+    with open(project / "pyproject.toml", "rb") as fh:
+        return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+
+
+def load_run_config(overrides: list[str] | None = None, project: Path = PROJECT_DIR) -> RunConfig:
+    """Defaults + `--run-config` overrides (TOML files or "k=v k=v" strings), as `flwr run` merges them."""
+    from flwr.common.config import parse_config_args
+
+    values = project_defaults(project)
+    for item in overrides or []:  # flwr takes one TOML file *or* k=v strings; merge both, in order
+        try:
+            values.update(parse_config_args([item]))
+        except Exception as exc:  # noqa: BLE001 - flwr raises several types for unreadable overrides
+            raise ConfigError(f"--run-config {item!r}: {getattr(exc, 'message', exc)}") from None
+    return RunConfig.from_mapping(values)
+
+
+def to_override_string(values: Mapping[str, object]) -> str:
+    """Render run-config values as one `flwr run --run-config` "k=v k=v" string."""
+    import json
+
+    def render(v: object) -> str:
+        return ("true" if v else "false") if isinstance(v, bool) else json.dumps(v)
+
+    return " ".join(f"{k}={render(v)}" for k, v in values.items())

@@ -1,0 +1,195 @@
+"""EuroSAT data: source resolution, federated partitions, decode-once tensors, batching.
+
+Each JPEG is decoded once per process into a uint8 NCHW tensor and cached; batches are
+normalised in torch, vectorised, as `(x/255 - 0.5)/0.5`. Per-sample decoding per epoch
+would dominate a small CNN's step time on CPU.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+HUB_DATASET = "tanganke/eurosat"
+DATA_ENV = "EUROSAT_DATA"
+PARTITIONERS = ("iid", "dirichlet")
+CLIENT_TEST_FRACTION = 0.2
+
+
+class DataError(ValueError):
+    """Bad data source: a missing folder or one without the expected parquet files."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where EuroSAT comes from: a hub id, or a local folder in the hub's parquet layout."""
+
+    name: str
+    files: tuple[tuple[str, str], ...] | None = None  # (split, parquet glob); None = hub
+
+    @property
+    def is_local(self) -> bool:
+        return self.files is not None
+
+    @property
+    def data_files(self) -> dict[str, str]:
+        return dict(self.files or ())
+
+
+def _split_files(folder: Path, split: str) -> str | None:
+    flat = folder / f"{split}.parquet"
+    if flat.is_file():
+        return str(flat)
+    sharded = sorted((folder / "data").glob(f"{split}-*.parquet"))
+    return str(folder / "data" / f"{split}-*.parquet") if sharded else None
+
+
+def resolve_source(data: str = HUB_DATASET, splits: tuple[str, ...] = ("train", "test")) -> Source:
+    """A hub id, or a path: a local folder with `<split>.parquet` or the hub's `data/<split>-*.parquet`.
+
+    `$EUROSAT_DATA` is applied by the caller (RunConfig, the CLIs), never here, so that
+    clients use exactly the source the server chose.
+    """
+    looks_like_path = data.startswith((".", "/", "~")) or Path(data).expanduser().exists()
+    if not looks_like_path:
+        return Source(name=data)
+    folder = Path(data).expanduser().resolve()
+    if not folder.is_dir():
+        raise DataError(f"data: folder {folder} does not exist (set `data` or ${DATA_ENV})")
+    files = {}
+    for split in splits:
+        found = _split_files(folder, split)
+        if found is None:
+            raise DataError(
+                f"data: {folder} has no parquet files for split '{split}' "
+                f"(expected {split}.parquet or data/{split}-*.parquet)"
+            )
+        files[split] = found
+    # Optional splits (e.g. validation for calibration) are picked up when present.
+    for split in ("train", "test", "validation"):
+        if split not in files and (found := _split_files(folder, split)):
+            files[split] = found
+    return Source(name=str(folder), files=tuple(sorted(files.items())))
+
+
+def _partitioner(kind: str, num_partitions: int, alpha: float, seed: int):
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+    if kind == "iid":
+        return IidPartitioner(num_partitions=num_partitions)
+    if kind == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions=num_partitions,
+            partition_by="label",
+            alpha=alpha,
+            min_partition_size=10,
+            self_balancing=False,
+            seed=seed,
+        )
+    raise ValueError(f"partitioner: unknown value {kind!r}; allowed: {', '.join(PARTITIONERS)}")
+
+
+def federated_dataset(source: Source, partitioner: str, num_partitions: int, alpha: float, seed: int):
+    from flwr_datasets import FederatedDataset
+
+    part = _partitioner(partitioner, num_partitions, alpha, seed)
+    if source.is_local:
+        return FederatedDataset(
+            dataset="parquet", data_files=source.data_files, partitioners={"train": part}, seed=seed
+        )
+    return FederatedDataset(dataset=source.name, partitioners={"train": part}, seed=seed)
+
+
+def decode(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode a `datasets` split of EuroSAT into (uint8 N×3×64×64 images, int64 labels)."""
+    from datasets import Image as ImageFeature
+
+    raw = dataset.cast_column("image", ImageFeature(decode=False))
+    images = np.stack(
+        [np.asarray(Image.open(io.BytesIO(item["bytes"])).convert("RGB")) for item in raw["image"]]
+    )
+    labels = torch.as_tensor(np.asarray(raw["label"], dtype=np.int64))
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
+
+
+@dataclass
+class TensorData:
+    """Decoded images (uint8 NCHW) and labels; normalisation happens per batch."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        for idx in order.split(batch_size):
+            yield normalize(self.images[idx].to(device)), self.labels[idx].to(device)
+
+    def take(self, n: int, seed: int = 0) -> "TensorData":
+        """A seeded random subset of n samples (all if n >= len)."""
+        if n >= len(self):
+            return self
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return TensorData(self.images[idx], self.labels[idx])
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    return (images.float() / 255.0 - 0.5) / 0.5
+
+
+_CACHE: dict[tuple, object] = {}
+
+
+def _cached(key: tuple, build):
+    if key not in _CACHE:
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+def load_client_data(
+    source: Source, partition_id: int, num_partitions: int, partitioner: str = "iid",
+    alpha: float = 0.5, seed: int = 42,
+) -> tuple[TensorData, TensorData]:
+    """A client's partition of `train`, split 80/20 into local train/test with a fixed seed."""
+
+    def build() -> tuple[TensorData, TensorData]:
+        fds = federated_dataset(source, partitioner, num_partitions, alpha, seed)
+        split = fds.load_partition(partition_id, "train").train_test_split(
+            test_size=CLIENT_TEST_FRACTION, seed=seed
+        )
+        return TensorData(*decode(split["train"])), TensorData(*decode(split["test"]))
+
+    return _cached(("client", source, partition_id, num_partitions, partitioner, alpha, seed), build)
+
+
+def load_split(source: Source, split: str = "test", sample: int | None = None, seed: int = 0) -> TensorData:
+    """A split (server-side evaluation), decoded once per process; `sample` = a seeded random
+    subset, chosen before decoding (calibration needs 1,024 images, not 21,600)."""
+
+    def build() -> TensorData:
+        if source.is_local:
+            if split not in source.data_files:
+                raise DataError(f"data: {source.name} has no '{split}' split")
+            from datasets import load_dataset
+
+            ds = load_dataset("parquet", data_files={split: source.data_files[split]}, split=split)
+        else:
+            from datasets import load_dataset
+
+            ds = load_dataset(source.name, split=split)
+        if sample is not None and sample < len(ds):
+            ds = ds.shuffle(seed=seed).select(range(sample))
+        return TensorData(*decode(ds))
+
+    return _cached(("split", source, split, sample, seed), build)

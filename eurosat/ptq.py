@@ -1,0 +1,213 @@
+"""Post-training quantization of a trained FP32 `Net`: the one module that knows the backend.
+
+A method is a small config object applied by one function, as in torchao:
+
+    qmodel = quantize_(net, Int8StaticConfig(), calibration=batches)
+    save_quantized(qmodel, Int8StaticConfig(), path);  qmodel = load_quantized(path)
+
+- `Fp16Config`: every floating tensor stored as float16.
+- `Int8StaticConfig`: static PTQ with torch.ao eager mode: conv+bn+relu and linear+relu fused,
+  per-channel symmetric int8 weights, int8 activations calibrated on training images. Every
+  convolution and linear layer becomes a real quantized kernel (fbgemm/x86 on CPU).
+- `Int8DynamicConfig`: the seed's `quantize_dynamic(model, {Linear, Conv2d})`, kept so users
+  can see that it quantizes only the Linear layers (dynamic Conv2d does not exist).
+
+Files hold plain tensors only (`torch.load(..., weights_only=True)`): int8 models are saved as
+codes + per-channel scales + activation qparams and rebuilt by `load_quantized`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from eurosat.model import Net
+from eurosat.results import load_checkpoint, save_torch
+
+# torch.ao eager quantization is deprecated but is what gives real int8 conv kernels on CPU
+# (torchao 0.18 has none); its notices would bury the report.
+for _message in (".*torch.ao.quantization.*deprecated.*", ".*quantized tensor creation functions.*deprecated.*",
+                 ".*reduce_range will be deprecated.*"):
+    warnings.filterwarnings("ignore", message=_message)
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.ao")
+
+FUSE_GROUPS = [["conv1", "bn1", "relu1"], ["conv2", "bn2", "relu2"], ["conv3", "bn3", "relu3"],
+               ["fc1", "relu4"], ["fc2", "relu5"]]
+QUANT_LAYERS = ("conv1", "conv2", "conv3", "fc1", "fc2", "fc3")
+
+
+@dataclass(frozen=True)
+class Fp32Config:
+    name: str = "fp32"
+
+
+@dataclass(frozen=True)
+class Fp16Config:
+    name: str = "fp16"
+
+
+@dataclass(frozen=True)
+class Int8StaticConfig:
+    name: str = "int8"
+    engine: str = "x86"  # fbgemm's successor on x86 CPUs; "qnnpack" on ARM
+
+
+@dataclass(frozen=True)
+class Int8DynamicConfig:
+    name: str = "int8_dynamic"
+
+
+CONFIGS = {c.name: c for c in (Fp32Config(), Fp16Config(), Int8StaticConfig(), Int8DynamicConfig())}
+PtqConfig = Fp32Config | Fp16Config | Int8StaticConfig | Int8DynamicConfig
+
+
+class QuantizableNet(Net):
+    """`Net` with module ReLUs and quant/dequant stubs, so eager-mode fusion can see the pattern."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quant = torch.ao.quantization.QuantStub()
+        self.dequant = torch.ao.quantization.DeQuantStub()
+        for i in range(1, 6):
+            setattr(self, f"relu{i}", nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quant(x)
+        x = self.pool(self.relu1(self.bn1(self.conv1(x))))
+        x = self.pool(self.relu2(self.bn2(self.conv2(x))))
+        x = self.pool(self.relu3(self.bn3(self.conv3(x))))
+        x = torch.flatten(x, 1)
+        x = self.relu4(self.fc1(x))
+        x = self.relu5(self.fc2(x))
+        return self.dequant(self.fc3(x))
+
+
+def _int8_skeleton(state_dict: dict[str, torch.Tensor] | None, engine: str) -> nn.Module:
+    """Fused, observed model; converting it gives the quantized module structure."""
+    torch.backends.quantized.engine = engine
+    model = QuantizableNet()
+    if state_dict is not None:
+        model.load_state_dict(state_dict, strict=False)
+    model.eval()
+    torch.ao.quantization.fuse_modules(model, FUSE_GROUPS, inplace=True)
+    model.qconfig = torch.ao.quantization.get_default_qconfig(engine)  # per-channel symmetric weights
+    return torch.ao.quantization.prepare(model, inplace=True)
+
+
+def quantize_(model: nn.Module, config: PtqConfig, calibration: Iterable[torch.Tensor] | None = None) -> nn.Module:
+    """Return the quantized version of a trained FP32 `Net` (the input is not modified)."""
+    state = {k: v.detach().cpu().float() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
+    if isinstance(config, Fp32Config):
+        out = Net()
+        out.load_state_dict(state)
+        return out.eval()
+    if isinstance(config, Fp16Config):
+        out = Net()
+        out.load_state_dict(state)
+        return out.half().eval()
+    if isinstance(config, Int8DynamicConfig):
+        out = Net()
+        out.load_state_dict(state)
+        return torch.ao.quantization.quantize_dynamic(out.eval(), {nn.Linear, nn.Conv2d}, dtype=torch.qint8)
+    if calibration is None:
+        raise ValueError("int8 static quantization needs calibration batches")
+    observed = _int8_skeleton(state, config.engine)
+    with torch.no_grad():
+        for images in calibration:
+            observed(images)
+    return torch.ao.quantization.convert(observed, inplace=True)
+
+
+DYNAMIC_LAYERS = ("fc1", "fc2", "fc3")  # quantize_dynamic has no Conv2d kernel: convs stay float
+
+
+def quantized_state(model: nn.Module, config: PtqConfig) -> dict[str, torch.Tensor]:
+    """Plain-tensor state for the file: no packed-params objects, no pickled classes."""
+    if isinstance(config, Int8DynamicConfig):
+        state = {k: v for k, v in model.state_dict().items() if "_packed_params" not in k}
+        for name in DYNAMIC_LAYERS:
+            weight, bias = getattr(model, name).weight(), getattr(model, name).bias()
+            state[f"{name}.weight_int8"] = weight.int_repr()
+            state[f"{name}.weight_scale"] = torch.tensor([weight.q_scale()], dtype=torch.float32)
+            state[f"{name}.weight_zero_point"] = torch.tensor([weight.q_zero_point()], dtype=torch.int32)
+            state[f"{name}.bias"] = bias.detach().float()
+        return state
+    if not isinstance(config, Int8StaticConfig):
+        return {k: v for k, v in model.state_dict().items()}
+    state: dict[str, torch.Tensor] = {
+        "quant.scale": model.quant.scale.float(), "quant.zero_point": model.quant.zero_point.int(),
+    }
+    for name in QUANT_LAYERS:
+        module = getattr(model, name)
+        weight, bias = module.weight(), module.bias()
+        state[f"{name}.weight_int8"] = weight.int_repr()
+        state[f"{name}.weight_scale"] = weight.q_per_channel_scales().float()
+        if bias is not None:
+            state[f"{name}.bias"] = bias.detach().float()
+        state[f"{name}.out_scale"] = torch.tensor(module.scale, dtype=torch.float32)
+        state[f"{name}.out_zero_point"] = torch.tensor(module.zero_point, dtype=torch.int32)
+    return state
+
+
+def save_quantized(model: nn.Module, config: PtqConfig, path: Path) -> Path:
+    state = quantized_state(model, config)
+    state["__precision__"] = torch.tensor(list(config.name.encode()), dtype=torch.uint8)
+    return save_torch(path, state)
+
+
+def precision_of(state: dict[str, torch.Tensor]) -> str:
+    if "__precision__" in state:
+        return bytes(state["__precision__"].tolist()).decode()
+    return "fp32"  # a plain Net state dict (ours or the original berlin25-eurosat format)
+
+
+def load_quantized(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, str]:
+    """Rebuild any file written by `save_quantized` (or a plain FP32 state dict): (model, precision).
+
+    fp16 files come back as a float16 model; evaluate them with float16 inputs on CUDA, or
+    cast with `.float()` for CPU arithmetic (see compare.py).
+    """
+    state = dict(load_checkpoint(path))
+    precision = precision_of(state)
+    state.pop("__precision__", None)
+    if precision in ("fp32", "fp16"):
+        model = Net()
+        if precision == "fp16":
+            model = model.half()
+        model.load_state_dict(state)
+        return model.to(device).eval(), precision
+    if precision == "int8_dynamic":
+        net = Net()
+        net.load_state_dict({k: v for k, v in state.items() if k in net.state_dict()}, strict=False)
+        model = torch.ao.quantization.quantize_dynamic(net.eval(), {nn.Linear, nn.Conv2d}, dtype=torch.qint8)
+        for name in DYNAMIC_LAYERS:
+            weight = torch._make_per_tensor_quantized_tensor(
+                state[f"{name}.weight_int8"], float(state[f"{name}.weight_scale"]), int(state[f"{name}.weight_zero_point"]))
+            getattr(model, name).set_weight_bias(weight, state[f"{name}.bias"])
+        return model.eval(), precision
+    engine = CONFIGS["int8"].engine
+    with warnings.catch_warnings():  # an uncalibrated skeleton: its qparams are overwritten below
+        warnings.filterwarnings("ignore", message=".*must run observer.*")
+        model = torch.ao.quantization.convert(_int8_skeleton(None, engine), inplace=True)
+    model.quant.scale = state["quant.scale"].reshape(1)
+    model.quant.zero_point = state["quant.zero_point"].long().reshape(1)
+    for name in QUANT_LAYERS:
+        module = getattr(model, name)
+        scales = state[f"{name}.weight_scale"].double()
+        weight = torch._make_per_channel_quantized_tensor(
+            state[f"{name}.weight_int8"], scales, torch.zeros_like(scales, dtype=torch.long), 0)
+        module.set_weight_bias(weight, state.get(f"{name}.bias"))
+        module.scale = float(state[f"{name}.out_scale"])
+        module.zero_point = int(state[f"{name}.out_zero_point"])
+    return model.eval(), precision
+
+
+def is_fully_quantized(model: nn.Module) -> bool:
+    """True if every Conv2d/Linear of the model is a quantized kernel (the seed's method fails this)."""
+    float_layers = [m for m in model.modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    return not float_layers

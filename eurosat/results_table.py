@@ -1,0 +1,44 @@
+"""The cross-run table behind `analyze_results.py`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from eurosat.runs import find_runs
+
+COLUMNS = [("weight_bits", "W bits"), ("activation_bits", "A bits"), ("precision", "precision"),
+           ("transport", "transport"), ("state", "state"), ("size_mb", "size (MB)"),
+           ("compression", "compr."), ("reduction_percent", "reduct. %"), ("accuracy", "acc %"),
+           ("rounds", "rounds"), ("training_minutes", "time (min)"), ("folder", "folder")]
+
+
+def collect_rows(root: Path) -> list[dict]:
+    rows = []
+    for run in find_runs(root):
+        cfg, summary = run.config, run.metrics.get("summary", {})
+        comp_path = run.path / "compression_metrics.json"
+        comp = json.loads(comp_path.read_text()) if comp_path.exists() else None
+        rounds = run.metrics.get("rounds", [])
+        fp32_mb = summary.get("fp32_model_bytes", 0) / 2**20
+        rows.append({
+            "weight_bits": comp["weight_bits"] if comp else (8 if cfg.get("precision") == "int8" else cfg.get("weight-bits", 32)),
+            "activation_bits": comp["activation_bits"] if comp else cfg.get("activation-bits", 32),
+            "precision": cfg.get("precision", "?"),
+            "transport": cfg.get("transport", "fp32"),
+            "state": run.state,
+            "size_mb": round(comp["compressed_size_mb"] if comp else fp32_mb, 4) if (comp or fp32_mb) else None,
+            "compression": round(comp["compression_ratio"], 2) if comp else (1.0 if fp32_mb else None),
+            "reduction_percent": round(comp["size_reduction_percent"], 1) if comp else (0.0 if fp32_mb else None),
+            "accuracy": round(100 * run.final_accuracy, 2) if run.final_accuracy is not None else None,
+            "rounds": len(rounds),
+            "training_minutes": round(rounds[-1]["elapsed_seconds"] / 60, 2) if rounds else None,
+            "folder": str(run.path),
+        })
+    return sorted(rows, key=lambda r: (-r["weight_bits"], -r["activation_bits"], r["folder"]))
+
+
+def format_rows(rows: list[dict]) -> str:
+    cells = [[h for _, h in COLUMNS]] + [["-" if r[k] is None else str(r[k]) for k, _ in COLUMNS] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells)

@@ -1,0 +1,66 @@
+"""ServerApp: validate the run config, run budgeted FedAvg, save the model and the metrics.
+
+The run folder's `status.json` says how the run ended: `flwr run` exits 0 even when this app
+raises, so callers must trust the marker, never the exit code.
+"""
+
+import platform
+
+import flwr
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from eurosat import enable_logging, task
+from eurosat.config import RunConfig
+from eurosat.federation import BudgetedFedAvg, TimeBudget
+from eurosat.results import RunRecorder, new_run_dir
+from eurosat.training import seed_everything
+from eurosat.transport import get_codec, raw_nbytes, to_numpy
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    enable_logging()
+    budget = TimeBudget(None)  # started now: data loading counts against the wall clock
+    cfg = RunConfig.from_mapping(context.run_config)  # one-line ConfigError before any work
+    budget.limit_s = cfg.time_limit_s
+    run_dir = new_run_dir(cfg.output_root(), cfg.label, cfg.run_dir)
+    print(f"eurosat: writing results to {run_dir}", flush=True)
+    recorder = RunRecorder(run_dir, cfg.to_mapping(), extra={"versions": {
+        "flwr": flwr.__version__, "torch": torch.__version__, "python": platform.python_version()}})
+    try:
+        seed_everything(cfg.seed)
+        state = to_numpy(task.make_model(cfg).state_dict())
+        strategy = BudgetedFedAvg(
+            get_codec(cfg.transport), fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
+            min_train_nodes=1, min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0, min_available_nodes=1,
+        )
+        outcome = strategy.run(
+            grid, state, cfg.num_server_rounds, budget, cfg.to_mapping(),
+            evaluate_fn=task.server_evaluator(cfg), on_round=recorder.add_round, cost_per_mb=cfg.cost_per_mb,
+        )
+        rounds = recorder.data["rounds"]
+        artifacts = task.save_artifacts(cfg, run_dir, outcome.state)
+        recorder.finish(
+            task.final_state_dict(cfg, outcome.state),
+            rounds_completed=outcome.rounds_completed,
+            stop_reason=outcome.stop_reason,
+            time_limit_reached=outcome.time_limit_reached,
+            final_test_accuracy=rounds[-1]["server_test_accuracy"],
+            final_test_loss=rounds[-1]["server_test_loss"],
+            total_bytes=sum(r["bytes_sent"] + r["bytes_received"] for r in rounds),
+            total_cost=rounds[-1]["cumulative_cost"],
+            bytes_ratio_to_fp32=sum(r["bytes_sent"] + r["bytes_received"] for r in rounds)
+            / sum(r["fp32_equivalent_bytes"] for r in rounds),
+            fp32_model_bytes=raw_nbytes(outcome.state),
+            client_compute=sorted({c for r in rounds for c in r["client_compute"]}),
+            **artifacts,
+        )
+        print(f"eurosat: finished ({outcome.stop_reason}) after {outcome.rounds_completed} rounds; "
+              f"results in {run_dir}", flush=True)
+    except BaseException as exc:
+        recorder.fail(exc)
+        raise

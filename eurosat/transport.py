@@ -1,0 +1,116 @@
+"""Wire codecs: how model arrays travel between the server and the clients.
+
+A codec is a small config object (`Codec(name, bits)`) whose `encode` and `decode` sit side by
+side, and every encode logs the bytes before and after. Rules for each tensor:
+- integer buffers (`num_batches_tracked`) travel unchanged;
+- `fp32`: float32; `fp16`: float16;
+- `int8`/`int4`: weight tensors (ndim >= 2) as symmetric per-output-channel codes plus one
+  float32 scale per channel, `int4` packed two codes per byte; small tensors (biases,
+  BatchNorm) stay float32: they are under 0.5% of the bytes and sensitive to rounding.
+
+Decoding always yields float32 (or the original integer dtype), so aggregation never averages
+codes or scales and the global model never drifts into a low-precision dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from eurosat.packing import dequantize, pack_bits, qmax, quantize, unpack_bits
+
+log = logging.getLogger(__name__)
+SCALE, SHAPE = "::scale", "::shape"
+State = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    bits: int
+
+    def encode(self, state: Mapping[str, np.ndarray]) -> ArrayRecord:
+        record = ArrayRecord()
+        for key, value in state.items():
+            for name, array in self._encode_one(key, np.asarray(value)):
+                record[name] = Array(contiguous(array))
+        log.info("transport %s: encoded %d B -> %d B", self.name, raw_nbytes(state), record.count_bytes())
+        return record
+
+    def decode(self, record: ArrayRecord) -> State:
+        arrays = {k: v.numpy() for k, v in record.items()}
+        return {k: self._decode_one(k, arrays) for k in arrays if "::" not in k}
+
+    def _encode_one(self, key: str, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        if not np.issubdtype(x.dtype, np.floating):
+            return [(key, x)]
+        if self.bits == 32:
+            return [(key, x.astype(np.float32))]
+        if self.bits == 16:
+            return [(key, x.astype(np.float16))]
+        if x.ndim < 2:
+            return [(key, x.astype(np.float32))]
+        codes, scale = quantize(x, self.bits)
+        if self.bits == 8:
+            return [(key, codes), (key + SCALE, scale)]
+        unsigned = (codes.astype(np.int16) + qmax(self.bits)).astype(np.uint8)
+        return [(key, pack_bits(unsigned, self.bits)), (key + SCALE, scale),
+                (key + SHAPE, np.asarray(x.shape, dtype=np.int32))]
+
+    def _decode_one(self, key: str, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        x = arrays[key]
+        if key + SCALE not in arrays:
+            return x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x
+        if key + SHAPE in arrays:
+            shape = tuple(int(d) for d in arrays[key + SHAPE])
+            x = unpack_bits(x, self.bits, shape).astype(np.int16) - qmax(self.bits)
+        return dequantize(x, arrays[key + SCALE])
+
+
+CODECS: dict[str, Codec] = {c.name: c for c in (Codec("fp32", 32), Codec("fp16", 16), Codec("int8", 8), Codec("int4", 4))}
+
+
+def get_codec(name: str) -> Codec:
+    if name not in CODECS:
+        raise ValueError(f"transport: unknown value {name!r}; allowed: {', '.join(CODECS)}")
+    return CODECS[name]
+
+
+def contiguous(x: np.ndarray) -> np.ndarray:
+    """C-contiguous ndarray, 0-d kept 0-d (np.ascontiguousarray makes it 1-d; arithmetic on 0-d
+    arrays returns NumPy scalars, which flwr's Array refuses)."""
+    x = np.asarray(x)
+    return x if x.flags.c_contiguous else x.copy(order="C")
+
+
+def raw_nbytes(state: Mapping[str, np.ndarray]) -> int:
+    """Bytes the tensors take in their own dtype (the fp32 baseline for float models)."""
+    return sum(np.asarray(v).nbytes for v in state.values())
+
+
+def to_numpy(state_dict: Mapping[str, object]) -> State:
+    return {k: v.detach().cpu().numpy().copy() for k, v in state_dict.items()}
+
+
+def subtract(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> State:
+    return {k: a[k] - b[k] for k in a}
+
+
+def add(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> State:
+    return {k: (a[k] + b[k]).astype(a[k].dtype) for k in a}
+
+
+def weighted_mean(states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> State:
+    """Average decoded float32 states in float64; integer tensors are rounded back to integers."""
+    if not states:
+        raise ValueError("nothing to aggregate: no client update arrived")
+    total = float(sum(weights))
+    out: State = {}
+    for key, first in states[0].items():
+        acc = sum(np.asarray(s[key], dtype=np.float64) * (w / total) for s, w in zip(states, weights))
+        out[key] = acc.astype(np.float32) if np.issubdtype(first.dtype, np.floating) else np.rint(acc).astype(first.dtype)
+    return out

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# run_comparison.sh - FP32 vs FP16 vs INT8 training in the same time budget, then the PTQ report.
+#
+#   ./run_comparison.sh [options]
+#
+# 1. submits fp32, fp16 and int8 training jobs (submit_job.sh), each at most ROUNDS rounds / MINUTES;
+# 2. waits for them (polls squeue; its own overall timeout), and reports each job's end state;
+# 3. runs compare_quantizations.py on the best FP32 model (highest final test accuracy among
+#    finished fp32 runs under outputs/);
+# 4. runs create_comparison_plots.py (PTQ figure + training_comparison.png).
+# Continues with the runs that succeeded and says which failed and where their logs are.
+#
+# Options:
+#   --minutes M        training minutes per job [10]      --rounds R   rounds per job [100]
+#   --precisions LIST  comma-separated presets [fp32,fp16,int8]
+#   --timeout MIN      give up waiting after MIN minutes [MINUTES + 30]
+#   --poll S           seconds between squeue polls [15]
+#   --output-dir DIR   output root for the runs and the search for the best FP32 model [outputs/]
+#   --local            run the jobs one after another here, without Slurm
+#   every other option (--partition, --account, --cpus, --mem, --gpu, --gpus, --venv, --data,
+#   --margin, --signal-lead, --set) is passed on to submit_job.sh; see ./submit_job.sh --help
+#   -h, --help
+set -euo pipefail
+PROJECT=$(cd "$(dirname "$0")" && pwd)
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+die() { echo "error: $*" >&2; exit 2; }
+log() { printf '[run_comparison %(%H:%M:%S)T] %s\n' -1 "$*"; }
+
+MINUTES=10 ROUNDS=100 PRECISIONS=fp32,fp16,int8 TIMEOUT="" POLL=15 LOCAL=0 PASS=() OUT_DIR=$PROJECT/outputs
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        --local) LOCAL=1 ;;
+        --gpu) PASS+=("$1") ;;
+        --minutes|--rounds|--precisions|--timeout|--poll|--output-dir)
+            [ $# -ge 2 ] || die "$1 needs a value"
+            case "$1" in --minutes) MINUTES=$2 ;; --rounds) ROUNDS=$2 ;; --precisions) PRECISIONS=$2 ;;
+                         --timeout) TIMEOUT=$2 ;; --poll) POLL=$2 ;; --output-dir) OUT_DIR=$2 ;; esac
+            shift ;;
+        --partition|--account|--cpus|--mem|--gpus|--venv|--data|--margin|--signal-lead|--set)
+            [ $# -ge 2 ] || die "$1 needs a value"; PASS+=("$1" "$2"); shift ;;
+        *) die "unknown argument $1 (see --help)" ;;
+    esac
+    shift
+done
+[[ "$MINUTES" =~ ^[1-9][0-9]*$ ]] || die "--minutes must be a positive integer, got '$MINUTES'"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer, got '$ROUNDS'"
+[[ "$POLL" =~ ^[1-9][0-9]*$ ]] || die "--poll must be a positive integer"
+TIMEOUT=${TIMEOUT:-$((MINUTES + 30))}
+[[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--timeout must be a positive integer"
+IFS=, read -r -a PRESETS <<<"$PRECISIONS"
+for p in "${PRESETS[@]}"; do [ -f "$PROJECT/configs/$p.toml" ] || die "unknown precision '$p'"; done
+[ "$LOCAL" = 1 ] || command -v sbatch >/dev/null || die "sbatch not found: no Slurm here; use --local to run without Slurm"
+VENV=${EUROSAT_VENV:-$PROJECT/.venv}
+for ((i = 0; i < ${#PASS[@]}; i++)); do [ "${PASS[$i]}" = --venv ] && VENV=${PASS[$((i + 1))]}; done
+PY="$VENV/bin/python"
+mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd)
+PASS+=(--set "output-dir='$OUT_DIR'")
+LOG_DIR=${EUROSAT_LOG_DIR:-$PROJECT/logs}
+STARTED=$(date +%s)
+
+declare -A JOB STATE
+for p in "${PRESETS[@]}"; do
+    if [ "$LOCAL" = 1 ]; then
+        log "training $p here (--local): at most $ROUNDS rounds / $MINUTES min"
+        if id=$("$PROJECT/submit_job.sh" --local --print-id "${PASS[@]+"${PASS[@]}"}" "$p" "$ROUNDS" "$MINUTES"); then
+            STATE[$p]=COMPLETED
+        else
+            STATE[$p]=FAILED  # submit_job.sh printed the id anyway
+        fi
+        JOB[$p]=$id
+    else
+        JOB[$p]=$("$PROJECT/submit_job.sh" --print-id "${PASS[@]+"${PASS[@]}"}" "$p" "$ROUNDS" "$MINUTES") || die "submitting $p failed"
+        log "submitted $p as job ${JOB[$p]} (log $LOG_DIR/fl-$p-r$ROUNDS-t${MINUTES}m-${JOB[$p]}.out)"
+    fi
+done
+
+# A job is done when squeue no longer lists it: it prints only the header, or an error once
+# the job's record has expired. Its real outcome is the run's status.json, read from its log.
+job_state() {  # job_state PRESET -> COMPLETED | FAILED | INTERRUPTED | UNKNOWN
+    local logf="$LOG_DIR/fl-$1-r$ROUNDS-t${MINUTES}m-${JOB[$1]}.out" dir state
+    dir=$(grep -m1 '^eurosat.launch: run folder ' "$logf" 2>/dev/null | sed 's/^eurosat.launch: run folder //') || true
+    [ -n "$dir" ] && [ -f "$dir/status.json" ] || { echo UNKNOWN; return; }
+    state=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["state"].upper())' "$dir/status.json" 2>/dev/null) || state=UNKNOWN
+    echo "$state"
+}
+if [ "$LOCAL" = 0 ]; then
+    pending=("${PRESETS[@]}")
+    while [ ${#pending[@]} -gt 0 ]; do
+        still=()
+        for p in "${pending[@]}"; do
+            if squeue -h -j "${JOB[$p]}" -o %T 2>/dev/null | grep -q .; then still+=("$p"); else
+                STATE[$p]=$(job_state "$p"); log "job ${JOB[$p]} ($p) ended: ${STATE[$p]}"; fi
+        done
+        pending=("${still[@]+"${still[@]}"}")
+        [ ${#pending[@]} -eq 0 ] && break
+        if [ $(( $(date +%s) - STARTED )) -ge $((TIMEOUT * 60)) ]; then
+            for p in "${pending[@]}"; do STATE[$p]=TIMEOUT; log "gave up waiting for job ${JOB[$p]} ($p) after $TIMEOUT min; it may still be running"; done
+            break
+        fi
+        sleep "$POLL"
+    done
+else
+    for p in "${PRESETS[@]}"; do [ "${STATE[$p]}" = COMPLETED ] && STATE[$p]=$(job_state "$p"); done
+fi
+
+failed=0
+for p in "${PRESETS[@]}"; do
+    if [ "${STATE[$p]}" = COMPLETED ]; then log "$p: completed"; else
+        failed=1; log "$p: ${STATE[$p]}; see $LOG_DIR/fl-$p-r$ROUNDS-t${MINUTES}m-${JOB[$p]}.out and .err"; fi
+done
+
+BEST=$(cd "$PROJECT" && "$PY" -c '
+import sys
+from pathlib import Path
+from eurosat.runs import best_run, find_runs
+run = best_run(find_runs(Path(sys.argv[1])))
+print(run.final_model if run else "")' "$OUT_DIR")
+if [ -z "$BEST" ]; then
+    log "no finished fp32 run with a saved model under $OUT_DIR/fp32: nothing to compare"
+    exit 1
+fi
+log "best FP32 model: $BEST"
+DATA_ARGS=()
+for ((i = 0; i < ${#PASS[@]}; i++)); do [ "${PASS[$i]}" = --data ] && DATA_ARGS=(--data "${PASS[$((i + 1))]}"); done
+(cd "$PROJECT" && "$PY" compare_quantizations.py "$BEST" "${DATA_ARGS[@]+"${DATA_ARGS[@]}"}")
+(cd "$PROJECT" && "$PY" create_comparison_plots.py "$(dirname "$BEST")/quantization_comparison.json" --outputs "$OUT_DIR")
+log "done in $(( ($(date +%s) - STARTED) / 60 )) min; results beside $BEST"
+exit $failed

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# submit_job.sh - submit one federated EuroSAT training job to Slurm (or run it here with --local).
+#
+#   ./submit_job.sh [options] PRESET ROUNDS MINUTES
+#
+#   PRESET   fp32 | fp16 | int8, or any configs/<PRESET>.toml (bits-4, w8a6, ...)
+#   ROUNDS   at most this many rounds          MINUTES  training wall-clock limit (minutes)
+#
+# Options (environment variable in brackets, then default):
+#   --local              run the same job here, in the foreground, without Slurm
+#   --partition P        [SLURM_PARTITION]  cluster default
+#   --account A          [SLURM_ACCOUNT]    none
+#   --cpus N             [EUROSAT_CPUS]     4    CPUs per task; Ray is told exactly this
+#   --mem M              [EUROSAT_MEM]      16G
+#   --gpu | --gpus N     [EUROSAT_GPUS]     0    no --gres is requested with 0
+#   --venv DIR           [EUROSAT_VENV]     .venv   Python environment the job activates
+#   --data DIR           [EUROSAT_DATA]     run-config default (the hub)   dataset location
+#   --job-name NAME                         fl-PRESET
+#   --margin MIN         [EUROSAT_TIME_MARGIN_MIN] 5   Slurm --time = MINUTES + margin
+#   --slurm-minutes N    Slurm --time exactly N minutes (overrides the margin)
+#   --signal-lead S      [EUROSAT_SIGNAL_LEAD_S] 60    SIGTERM this many seconds before the kill
+#   --set 'k=v ...'      extra run-config overrides (repeatable)
+#   --print-id           print only the job id (for scripts)
+#   [EUROSAT_LOG_DIR]    log folder [logs/]
+#   -h, --help
+#
+# Logs: logs/<job-name>-r<ROUNDS>-t<MINUTES>m-<jobid>.out/.err. Results: outputs/<label>/<date>/<time>/.
+# The job exits non-zero (Slurm state FAILED) when the run's status.json is not "completed".
+set -euo pipefail
+PROJECT=$(cd "$(dirname "$0")" && pwd)
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+die() { echo "error: $*" >&2; exit 2; }
+
+LOCAL=0 PRINT_ID=0 JOB_NAME="" SLURM_MINUTES="" SETS=()
+PARTITION=${SLURM_PARTITION:-} ACCOUNT=${SLURM_ACCOUNT:-}
+CPUS=${EUROSAT_CPUS:-4} MEM=${EUROSAT_MEM:-16G} GPUS=${EUROSAT_GPUS:-0}
+VENV=${EUROSAT_VENV:-$PROJECT/.venv} DATA=${EUROSAT_DATA:-}
+MARGIN=${EUROSAT_TIME_MARGIN_MIN:-5} LEAD=${EUROSAT_SIGNAL_LEAD_S:-60}
+POS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        --local) LOCAL=1 ;;
+        --print-id) PRINT_ID=1 ;;
+        --gpu) GPUS=1 ;;
+        --partition|--account|--cpus|--mem|--gpus|--venv|--data|--job-name|--margin|--slurm-minutes|--signal-lead|--set)
+            [ $# -ge 2 ] || die "$1 needs a value"
+            case "$1" in
+                --partition) PARTITION=$2 ;; --account) ACCOUNT=$2 ;; --cpus) CPUS=$2 ;; --mem) MEM=$2 ;;
+                --gpus) GPUS=$2 ;; --venv) VENV=$2 ;; --data) DATA=$2 ;; --job-name) JOB_NAME=$2 ;;
+                --margin) MARGIN=$2 ;; --slurm-minutes) SLURM_MINUTES=$2 ;; --signal-lead) LEAD=$2 ;;
+                --set) SETS+=("$2") ;;
+            esac
+            shift ;;
+        -*) die "unknown option $1 (see --help)" ;;
+        *) POS+=("$1") ;;
+    esac
+    shift
+done
+[ ${#POS[@]} -eq 3 ] || { usage >&2; die "expected PRESET ROUNDS MINUTES, got ${#POS[@]} argument(s)"; }
+PRESET=${POS[0]} ROUNDS=${POS[1]} MINUTES=${POS[2]}
+CONFIG="configs/$PRESET.toml"
+[ -f "$PROJECT/$CONFIG" ] || die "unknown precision/preset '$PRESET'; allowed: $(cd "$PROJECT/configs" && ls *.toml | sed 's/\.toml$//' | tr '\n' ' ')"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
+[[ "$MINUTES" =~ ^[1-9][0-9]*$ ]] || die "MINUTES must be a positive whole number of minutes, got '$MINUTES'"
+for n in CPUS MARGIN LEAD; do [[ "${!n}" =~ ^[0-9]+$ ]] || die "--${n,,} must be a whole number, got '${!n}'"; done
+[[ "$GPUS" =~ ^[0-9]+$ ]] || die "--gpus must be a whole number, got '$GPUS'"
+[ -z "$SLURM_MINUTES" ] || [[ "$SLURM_MINUTES" =~ ^[1-9][0-9]*$ ]] || die "--slurm-minutes must be a positive integer"
+[ -x "$VENV/bin/python" ] || die "no Python environment at $VENV (run ./setup.sh, or pass --venv / EUROSAT_VENV)"
+if [ -n "$DATA" ]; then [ -d "$DATA" ] || die "data folder $DATA does not exist"; DATA=$(cd "$DATA" && pwd); fi
+JOB_NAME=${JOB_NAME:-fl-$PRESET}
+STEM="$JOB_NAME-r$ROUNDS-t${MINUTES}m"
+# Validate the whole run config now: a bad value must fail before anything is submitted.
+OVERRIDES="num-server-rounds=$ROUNDS time-limit-min=$MINUTES ${SETS[*]:-}"
+(cd "$PROJECT" && EUROSAT_DATA="$DATA" "$VENV/bin/python" -c '
+import sys
+from eurosat.config import ConfigError, load_run_config
+try:
+    load_run_config(sys.argv[1:])
+except ConfigError as exc:
+    sys.exit(f"error: {exc}")' "$CONFIG" "$OVERRIDES") || exit 2
+LOG_DIR=${EUROSAT_LOG_DIR:-$PROJECT/logs}
+mkdir -p "$LOG_DIR"
+
+# The job itself: exec makes the launcher the batch shell, so Slurm's SIGTERM (--signal=B:TERM)
+# reaches the process that marks the run interrupted and saves the last completed round.
+JOB_SCRIPT=$(cat <<EOF
+#!/usr/bin/env bash
+set -euo pipefail
+cd "$PROJECT"
+source "$VENV/bin/activate"
+${DATA:+export EUROSAT_DATA="$DATA"}
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+JOB_ID=\${SLURM_JOB_ID:-local-\$(date +%Y%m%d-%H%M%S)}
+echo "job \$JOB_ID on \$(hostname): $PRESET, at most $ROUNDS rounds / $MINUTES min, \${SLURM_CPUS_PER_TASK:-$CPUS} CPUs, $GPUS GPUs"
+exec python -m eurosat.launch -c "$CONFIG" -c "$OVERRIDES" \\
+    --cpus "\${SLURM_CPUS_PER_TASK:-$CPUS}" --gpus "$GPUS" --client-cpus 1 \\
+    --flwr-home "\${TMPDIR:-/tmp}/flwr-home-\$JOB_ID"
+EOF
+)
+
+if [ "$LOCAL" = 1 ]; then
+    ID="local-$(date +%Y%m%d-%H%M%S)"
+    LOG="$LOG_DIR/$STEM-$ID"
+    echo "running $STEM here (no Slurm); log $LOG.out" >&2
+    set +e
+    # the job's output goes to the log and to stderr, so stdout carries only --print-id's id
+    SLURM_JOB_ID="$ID" bash -c "$JOB_SCRIPT" > >(tee "$LOG.out" >&2) 2> >(tee "$LOG.err" >&2)
+    code=$?
+    set -e
+    wait
+    [ "$PRINT_ID" = 1 ] && echo "$ID"
+    exit $code
+fi
+
+command -v sbatch >/dev/null || die "sbatch not found: no Slurm here; use --local to run without Slurm"
+SLURM_TIME=${SLURM_MINUTES:-$((MINUTES + MARGIN))}
+ARGS=(--parsable --job-name "$JOB_NAME" --time "$SLURM_TIME" --cpus-per-task "$CPUS" --mem "$MEM"
+      --ntasks 1 --signal "B:TERM@$LEAD"
+      --output "$LOG_DIR/$STEM-%j.out" --error "$LOG_DIR/$STEM-%j.err")
+[ -n "$PARTITION" ] && ARGS+=(--partition "$PARTITION")
+[ -n "$ACCOUNT" ] && ARGS+=(--account "$ACCOUNT")
+[ "$GPUS" -gt 0 ] && ARGS+=(--gres "gpu:$GPUS")
+JOB_ID=$(sbatch "${ARGS[@]}" <<<"$JOB_SCRIPT") || die "sbatch refused the job (see its message above)"
+JOB_ID=${JOB_ID%%;*}
+if [ "$PRINT_ID" = 1 ]; then
+    echo "$JOB_ID"
+else
+    echo "submitted job $JOB_ID ($JOB_NAME): $PRESET, at most $ROUNDS rounds / $MINUTES min, Slurm --time $SLURM_TIME min"
+    echo "  progress: squeue -j $JOB_ID    log: tail -f $LOG_DIR/$STEM-$JOB_ID.out"
+fi

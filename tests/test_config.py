@@ -1,0 +1,58 @@
+import pytest
+
+from eurosat.config import ConfigError, load_run_config
+from eurosat.federation import TimeBudget
+
+
+def test_defaults_come_from_pyproject():
+    cfg = load_run_config()
+    assert (cfg.lr, cfg.batch_size, cfg.local_epochs, cfg.fraction_train, cfg.num_supernodes, cfg.seed) == (
+        0.001, 32, 2, 1.0, 10, 42)
+    assert cfg.precision == "fp32" and cfg.label == "fp32"
+
+
+def test_config_files_load():
+    assert load_run_config(["configs/fp32.toml"]).precision == "fp32"
+
+
+@pytest.mark.parametrize("override, message", [
+    ('precision="fp8"', r"precision: unknown value 'fp8'; allowed: fp32, fp16, int8"),
+    ('partitioner="pathological"', r"partitioner: unknown value 'pathological'; allowed: iid, dirichlet"),
+    ("time-limit-min=-1", r"time-limit-min: must be >= 0"),
+    ("fraction-train=0.0", r"fraction-train: must be in \(0, 1\]"),
+    ("fraction-train=1.5", r"fraction-train: must be in \(0, 1\]"),
+    ("no-such-key=1", r"unknown run-config key\(s\): no-such-key"),
+])
+def test_bad_values_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_run_config([override])
+    assert "\n" not in str(info.value)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_time_budget_stops_before_a_round_would_overrun():
+    clock = FakeClock()
+    budget = TimeBudget(limit_s=100, clock=clock)
+    clock.now = 5  # start-up
+    for length, expect_more in [(30, True), (20, True), (40, False)]:
+        budget.start_round()
+        clock.now += length
+        budget.end_round()
+        assert budget.allows_another_round() is expect_more, (clock.now, budget.longest_round)
+    # 95 s spent, longest round 40 s: 95 + 40 > 100
+
+
+def test_time_budget_without_limit_never_stops():
+    clock = FakeClock()
+    budget = TimeBudget(limit_s=None, clock=clock)
+    budget.start_round()
+    clock.now = 1e9
+    budget.end_round()
+    assert budget.allows_another_round()

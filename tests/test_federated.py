@@ -1,0 +1,69 @@
+"""Real `flwr run` simulations on a slice of the real data (no mocks of Flower or torch)."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from conftest import launch, run_dir_of
+
+from eurosat.model import Net
+from eurosat.results import load_state_dict
+
+
+def test_end_to_end_run_writes_results(e2e_run):
+    proc, run_dir = e2e_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert {"final_model.pt", "metrics.json", "checkpoint.pt", "status.json"} <= {p.name for p in run_dir.iterdir()}
+    assert run_dir.parts[-3] == "fp32"  # <root>/fp32/YYYY-MM-DD/HH-MM-SS
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    for r in metrics["rounds"]:
+        assert r["clients"] == 3 and r["bytes_sent"] > 3 * 1.7e6 and r["bytes_received"] > 3 * 1.7e6
+        assert [c.split("x")[0] for c in r["client_compute"]] == ["float32@cpu"]
+        assert {"server_test_loss", "client_train_loss", "client_train_accuracy", "round_seconds", "elapsed_seconds"} <= set(r)
+    summary = metrics["summary"]
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+    assert summary["time_limit_reached"] is False
+    assert summary["final_test_accuracy"] > 0.15, "no better than chance (0.10)"
+    net = Net()
+    net.load_state_dict(torch.load(run_dir / "final_model.pt", weights_only=True))
+    assert load_state_dict(run_dir / "checkpoint.pt").keys() == net.state_dict().keys()
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+
+
+def test_time_limit_stops_early_and_still_saves(small_data, tmp_path):
+    # 3 s budget: round 1 alone takes longer, so no second round may start.
+    proc = launch(["-c", f"num-server-rounds=5 num-supernodes=2 time-limit-min=0.05 "
+                         f"data='{small_data}' output-dir='{tmp_path}'"])
+    run_dir = run_dir_of(proc)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((run_dir / "metrics.json").read_text())["summary"]
+    assert summary["rounds_completed"] == 1 and summary["time_limit_reached"] is True
+    assert summary["stop_reason"] == "time_limit"
+    Net().load_state_dict(torch.load(run_dir / "final_model.pt", weights_only=True))
+
+
+def test_failed_run_is_marked_and_exits_nonzero(small_data, tmp_path):
+    """`flwr run` itself exits 0 here; the launcher must read the run's marker instead."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for split in ("train", "validation"):
+        (broken / f"{split}.parquet").write_bytes((small_data / f"{split}.parquet").read_bytes())
+    pq.write_table(pa.table({"unrelated": [1, 2, 3]}), broken / "test.parquet")
+    proc = launch(["-c", f"num-server-rounds=1 num-supernodes=2 data='{broken}' output-dir='{tmp_path / 'out'}'"])
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    status = json.loads((run_dir_of(proc) / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"]
+    assert "run failed" in proc.stderr
+
+
+def test_bad_input_fails_before_anything_starts(tmp_path):
+    for override, needle in [('precision="fp8"', "precision"), ('partitioner="x"', "partitioner"),
+                             ("time-limit-min=-1", "time-limit-min"), ("fraction-train=0.0", "fraction-train"),
+                             (f"data='{tmp_path}'", "no parquet files")]:
+        proc = launch(["-c", override], timeout=60)
+        assert proc.returncode == 2, (override, proc.stdout, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], proc.stderr
+        assert "run folder" not in proc.stdout

@@ -1,0 +1,93 @@
+"""Quantization-aware training: fake quantization, packed storage, and real 1-round runs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import launch, run_dir_of
+
+from eurosat.compression import compression_report
+from eurosat.model import Net
+from eurosat.ptq import is_fully_quantized, load_quantized
+from eurosat.qat import QATConfig, expected_packed_bytes, load_packed, prepare_qat, qat_layers, save_packed
+
+
+def _observed(model, steps=3):
+    """Train-mode forwards so activation ranges are observed, as local training does."""
+    torch.manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        model(torch.randn(8, 3, 64, 64))
+    return model.eval()
+
+
+@pytest.mark.parametrize("bits", [8, 6, 4, 2, 1])
+def test_fake_quantized_weights_take_at_most_2_pow_bits_values_per_channel(bits):
+    model = prepare_qat(Net(), QATConfig(bits, 32))
+    for name, layer in qat_layers(model).items():
+        w = layer.quantized_weight().detach().flatten(1)
+        for row in w:
+            assert len(torch.unique(row)) <= 2**bits, (name, bits)
+
+
+def test_straight_through_estimator_passes_gradients():
+    model = prepare_qat(Net(), QATConfig(2, 8))
+    model.train()
+    model(torch.randn(4, 3, 64, 64)).sum().backward()
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in qat_layers(model).values())
+
+
+@pytest.mark.parametrize("wbits, abits", [(16, 16), (8, 8), (6, 6), (4, 8), (2, 32), (1, 32)])
+def test_pack_unpack_round_trips_exactly_and_sizes_are_exact(wbits, abits, tmp_path):
+    model = _observed(prepare_qat(Net(), QATConfig(wbits, abits)))
+    path = save_packed(model, tmp_path / f"final_model_{wbits}bit.pt")
+    stored = torch.load(path, weights_only=True)
+    if wbits < 16:
+        assert sum(v.numel() for k, v in stored.items() if k.endswith(".packed")) == expected_packed_bytes(model)
+    restored = load_packed(path)
+    for name, layer in qat_layers(model).items():
+        assert torch.equal(qat_layers(restored)[name].quantized_weight(), layer.quantized_weight()), name
+    x = torch.randn(16, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(restored(x), model(x), atol=1e-5)
+    report = compression_report(model)
+    assert abs(report["size_vs_ideal"] - 1) <= 0.02  # packed within 2% of params x bits / 8 + scales
+
+
+def _run(small_data, tmp_path, override):
+    proc = launch(["-c", f"num-server-rounds=1 num-supernodes=2 time-limit-min=0 data='{small_data}' "
+                         f"output-dir='{tmp_path}' {override}"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = run_dir_of(proc)
+    return run_dir, json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("override, bits", [('precision="int8"', 8), ("weight-bits=4", 4), ("weight-bits=1", 1)])
+def test_quantized_training_runs_store_real_low_bit_models(small_data, tmp_path, override, bits):
+    run_dir, metrics = _run(small_data, tmp_path, override)
+    assert metrics["summary"]["status"] == "completed"
+    packed_path = run_dir / f"final_model_{bits}bit.pt"
+    model = load_packed(packed_path)
+    stored = torch.load(packed_path, weights_only=True)
+    expected = sum(-(-int(np.prod(m.weight.shape[1:])) * bits // 8) * m.weight.shape[0] for m in qat_layers(model).values())
+    assert sum(v.numel() for k, v in stored.items() if k.endswith(".packed")) == expected
+    for layer in qat_layers(model).values():
+        for row in layer.quantized_weight().detach().flatten(1):
+            assert len(torch.unique(row)) <= 2**bits
+    comp = json.loads((run_dir / "compression_metrics.json").read_text())
+    assert comp["weight_bits"] == bits and comp["compression_ratio"] > 3.5
+    Net().load_state_dict(torch.load(run_dir / "final_model_fp32.pt", weights_only=True))
+    Net().load_state_dict(torch.load(run_dir / "final_model.pt", weights_only=True))
+    if override.startswith("precision"):
+        int8, precision = load_quantized(run_dir / "model_int8.pt")
+        assert precision == "int8" and is_fully_quantized(int8)
+        assert metrics["summary"]["int8_model_test_accuracy"] > 0.1
+
+
+def test_fp16_on_cpu_records_bfloat16(small_data, tmp_path):
+    # one local epoch: bfloat16 autocast is emulated (slow) on CPUs without bf16 instructions
+    run_dir, metrics = _run(small_data, tmp_path, 'precision="fp16" local-epochs=1')
+    compute = metrics["summary"]["client_compute"]
+    assert compute and all(c.startswith("bfloat16@cpu") for c in compute), compute
+    assert (run_dir / "model_fp16.pt").exists()

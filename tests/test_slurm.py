@@ -1,0 +1,132 @@
+"""The job scripts against a real single-node Slurm (slurmctld + slurmd + munge from Debian's
+packages, started by tests/slurm/start-local-slurm.sh as plain daemons, stopped by PID).
+
+Skipped, with the reason, where this machine cannot run Slurm: not root, no cgroup
+filesystem, or the packages cannot be installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+SLURM = Path(__file__).parent / "slurm"
+
+
+def _cannot_run_slurm() -> str | None:
+    if os.geteuid() != 0:
+        return "Slurm tests need root (they start slurmctld/slurmd/munged)"
+    if not re.search(r" /sys/fs/cgroup(/[a-z]+)? (cgroup|cgroup2) ", Path("/proc/mounts").read_text()):
+        return "no cgroup filesystem under /sys/fs/cgroup: slurmd 22.05 cannot start"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    reason = _cannot_run_slurm()
+    if reason:
+        pytest.skip(reason)
+    env = {**os.environ, "SLURM_CI_CPUS": "6"}  # three 2-CPU jobs side by side (oversubscribed)
+    start = subprocess.run([str(SLURM / "start-local-slurm.sh")], capture_output=True, text=True, env=env, timeout=600)
+    if start.returncode != 0:
+        tail = (start.stdout + start.stderr)[-1500:]
+        if "apt-get" in tail or "installing" in tail and "missing" in tail:
+            pytest.skip(f"Slurm packages could not be installed: {tail[-300:]}")
+        pytest.fail(f"local Slurm did not start:\n{tail}")
+    yield
+    subprocess.run([str(SLURM / "stop-local-slurm.sh")], capture_output=True, text=True, timeout=120)
+
+
+def sh(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def wait_for(job_id: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not sh("squeue", "-h", "-j", job_id, "-o", "%T").stdout.strip():
+            return
+        time.sleep(2)
+    raise AssertionError(f"job {job_id} still queued/running after {timeout} s")
+
+
+def run_folder(log: Path) -> Path:
+    for line in log.read_text().splitlines():
+        if line.startswith("eurosat.launch: run folder "):
+            return Path(line.split("run folder ", 1)[1])
+    raise AssertionError(f"no run folder in {log}:\n{log.read_text()[-2000:]}")
+
+
+@pytest.fixture
+def job_env(small_data, tmp_path):
+    logs = tmp_path / "logs"
+    return {"EUROSAT_DATA": str(small_data), "EUROSAT_LOG_DIR": str(logs), "EUROSAT_CPUS": "2",
+            "EUROSAT_MEM": "2G"}, logs, tmp_path / "outputs"
+
+
+def test_bad_arguments_fail_before_anything_is_submitted(job_env):
+    env, logs, _ = job_env
+    for args, needle in [(["fp8", "10", "1"], "unknown precision/preset 'fp8'"),
+                         (["fp32", "ten", "1"], "ROUNDS must be a positive integer"),
+                         (["fp32", "10", "1.5"], "MINUTES must be a positive whole number"),
+                         (["fp32", "10"], "expected PRESET ROUNDS MINUTES")]:
+        proc = sh(ROOT / "submit_job.sh", *args, env=env)
+        assert proc.returncode == 2 and needle in proc.stderr, (args, proc.stderr)
+        assert not logs.exists() or not any(logs.iterdir())
+    proc = sh(ROOT / "submit_job.sh", "fp32", "10", "1", env={**env, "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert ("sbatch not found" in proc.stderr and "--local" in proc.stderr) or "Python environment" in proc.stderr
+
+
+def test_submit_job_completes_with_named_log_and_results(slurm, job_env):
+    env, logs, outputs = job_env
+    proc = sh(ROOT / "submit_job.sh", "--print-id", "--set", f"output-dir='{outputs}' num-supernodes=3",
+              "fp32", "2", "1", env=env)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip()
+    wait_for(job)
+    log = logs / f"fl-fp32-r2-t1m-{job}.out"
+    assert log.exists() and (logs / f"fl-fp32-r2-t1m-{job}.err").exists()
+    run_dir = run_folder(log)
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed", log.read_text()[-2000:]
+    assert (run_dir / "final_model.pt").exists()
+    assert json.loads((run_dir / "metrics.json").read_text())["summary"]["rounds_completed"] >= 1
+
+
+def test_job_killed_by_its_time_limit_leaves_an_interrupted_run(slurm, job_env):
+    env, logs, outputs = job_env
+    # the app may train for 10 minutes, Slurm allows 1: SIGTERM comes 40 s before the kill
+    proc = sh(ROOT / "submit_job.sh", "--print-id", "--slurm-minutes", "1", "--signal-lead", "40",
+              "--set", f"output-dir='{outputs}' num-supernodes=2", "fp32", "1000", "10", env=env)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip()
+    wait_for(job, timeout=240)
+    run_dir = run_folder(logs / f"fl-fp32-r1000-t10m-{job}.out")
+    status = json.loads((run_dir / "status.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert status["state"] == "interrupted" and metrics["summary"]["status"] == "interrupted"
+    assert metrics["summary"]["rounds_completed"] >= 1, "no round finished before the signal"
+    assert (run_dir / "final_model.pt").exists()
+
+
+def test_run_comparison_ends_with_report_and_plots(slurm, job_env):
+    env, logs, outputs = job_env
+    proc = sh(ROOT / "run_comparison.sh", "--minutes", "1", "--rounds", "2", "--poll", "3", "--timeout", "10",
+              "--output-dir", outputs, "--set", "num-supernodes=2", "--data", env["EUROSAT_DATA"], env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reports = list(outputs.rglob("quantization_comparison.json"))
+    assert len(reports) == 1
+    folder = reports[0].parent
+    for name in ("comparison_plots.png", "comparison_plots_highres.png", "model_int8.pt"):
+        assert (folder / name).exists(), name
+    assert (folder / "training_comparison.png").exists()
+    for p in ("fp32", "fp16", "int8"):
+        assert f"{p}: completed" in proc.stdout

@@ -1,0 +1,90 @@
+"""Quantized transport: codec round trips, aggregation, and a real 2-round int8 simulation."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import launch, run_dir_of
+
+from eurosat.config import load_run_config
+from eurosat.federation import aggregate_updates
+from eurosat.model import Net
+from eurosat.packing import channel_scales
+from eurosat.transport import get_codec, to_numpy
+
+
+@pytest.fixture
+def state():
+    net = Net()
+    for p in net.parameters():
+        p.data.normal_(0, 0.05)
+    return to_numpy(net.state_dict())
+
+
+def test_fp16_round_trip_is_exact_to_float16(state):
+    codec = get_codec("fp16")
+    decoded = codec.decode(codec.encode(state))
+    for k, v in state.items():
+        expect = v.astype(np.float16).astype(np.float32) if v.dtype.kind == "f" else v
+        assert np.array_equal(decoded[k], expect) and decoded[k].dtype == expect.dtype, k
+
+
+@pytest.mark.parametrize("name, bits", [("int8", 8), ("int4", 4)])
+def test_integer_codecs_error_is_at_most_half_a_step_per_channel(state, name, bits):
+    codec = get_codec(name)
+    decoded = codec.decode(codec.encode(state))
+    for k, v in state.items():
+        if v.dtype.kind != "f":
+            assert np.array_equal(decoded[k], v)  # num_batches_tracked travels unchanged
+        elif v.ndim >= 2:
+            err = np.abs(decoded[k] - v).reshape(v.shape[0], -1).max(1)
+            assert np.all(err <= channel_scales(v, bits) / 2 + 1e-7), k
+        else:
+            assert np.array_equal(decoded[k], v)  # biases and BatchNorm stay float32
+
+
+def test_wire_sizes_shrink_as_promised(state):
+    fp32 = get_codec("fp32").encode(state).count_bytes()
+    ratios = {n: get_codec(n).encode(state).count_bytes() / fp32 for n in ("fp16", "int8", "int4")}
+    assert ratios["fp16"] <= 0.51 and ratios["int8"] <= 0.27 and ratios["int4"] <= 0.15, ratios
+
+
+@pytest.mark.parametrize("name", ["fp16", "int8", "int4"])
+def test_aggregation_averages_dequantized_updates(state, name):
+    codec = get_codec(name)
+    rng = np.random.default_rng(0)
+    deltas = [{k: (rng.normal(0, 0.01, v.shape).astype(np.float32) if v.dtype.kind == "f" else np.zeros_like(v))
+               for k, v in state.items()} for _ in range(3)]
+    encoded = [codec.encode(d) for d in deltas]
+    weights = [100, 200, 300]
+    new = aggregate_updates(codec, state, encoded, weights)
+    decoded = [codec.decode(e) for e in encoded]
+    for k, v in new.items():
+        assert v.dtype == state[k].dtype  # the global model never drifts into float16
+        if v.dtype.kind == "f":
+            expected = state[k] + sum(d[k].astype(np.float64) * w for d, w in zip(decoded, weights)) / sum(weights)
+            assert np.allclose(v, expected, atol=1e-7), k
+
+
+def test_use_quantization_is_fp16_transport():
+    cfg = load_run_config(["use-quantization=true"])
+    assert cfg.transport == "fp16" and cfg.label == "fp32-txfp16"
+
+
+def test_unknown_transport_is_a_clear_error_before_training():
+    proc = launch(["-c", 'transport="int3"'], timeout=60)
+    assert proc.returncode == 2 and "transport: unknown value 'int3'; allowed: fp32, fp16, int8, int4" in proc.stderr
+
+
+def test_int8_transport_run_sends_at_most_0_27_of_fp32_bytes(e2e_run, small_data, tmp_path):
+    _, fp32_dir = e2e_run
+    proc = launch(["-c", f"num-server-rounds=2 num-supernodes=3 time-limit-min=0 transport=\"int8\" "
+                         f"data='{small_data}' output-dir='{tmp_path}'"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = run_dir_of(proc)
+    assert run_dir.parts[-3] == "fp32-txint8"
+    int8 = json.loads((run_dir / "metrics.json").read_text())
+    fp32 = json.loads((fp32_dir / "metrics.json").read_text())
+    for a, b in zip(int8["rounds"], fp32["rounds"]):
+        assert a["bytes_sent"] + a["bytes_received"] <= 0.27 * (b["bytes_sent"] + b["bytes_received"])
+    assert int8["summary"]["final_test_accuracy"] > 0.15
