@@ -131,6 +131,9 @@ def launch(
         "FLWR_LOCAL_CONTROL_API_PORT": os.environ.get("FLWR_LOCAL_CONTROL_API_PORT") or str(free_port()),
         PROJECT_ENV: str(project),
         "PYTHONUNBUFFERED": "1",
+        # `flwr run` starts `flower-superlink` from PATH (flwr >= 1.42): make it this venv's,
+        # also when the venv is not activated (CI, tests, a cluster's module system).
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     command = [
         str(Path(sys.executable).with_name("flwr")), "run", str(project), "--stream",
