@@ -146,11 +146,14 @@ def launch(
     proc = subprocess.Popen(command, env=env, cwd=project)
 
     def on_term(signum: int, _frame) -> None:
-        status = mark_interrupted(run_dir, reason=signal.Signals(signum).name) if run_dir.exists() else {}
-        print(f"eurosat.launch: {signal.Signals(signum).name}: run marked {status.get('state', 'not started')}; "
-              "stopping", flush=True)
+        # Stop first, mark second: a live ServerApp would rewrite metrics.json (or record its own
+        # death as a failure) after the mark.
+        name = signal.Signals(signum).name
+        print(f"eurosat.launch: {name}: stopping the run", flush=True)
         proc.terminate()
         stop_pids(superlink_pids(home))
+        status = mark_interrupted(run_dir, reason=name) if (run_dir / "metrics.json").exists() else {}
+        print(f"eurosat.launch: run marked {status.get('state', 'not started')}: {run_dir}", flush=True)
         sys.exit(EXIT["interrupted"])
 
     previous = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGINT)}

@@ -191,12 +191,13 @@ class RunRecorder:
 def mark_interrupted(run_dir: Path, reason: str = "SIGTERM") -> dict[str, Any]:
     """Close a run whose process is being killed: the last completed round becomes the final model.
 
-    Called from outside the training process (a Slurm job's SIGTERM trap). Idempotent; a run that
-    already ended is left as it is.
+    Called from outside the training process, after stopping it (a Slurm job's SIGTERM). A run that
+    completed before the signal is left as it is; "failed" is overridden, since a process killed
+    by the stop may record its own death as a failure.
     """
     run_dir = Path(run_dir)
     status = read_status(run_dir)
-    if status.get("state") in ("completed", "failed", "interrupted"):
+    if status.get("state") in ("completed", "interrupted"):
         return status
     metrics = read_json(run_dir / METRICS_FILE)
     ckpt = run_dir / CHECKPOINT_FILE
