@@ -173,7 +173,22 @@ class RunRecorder:
 
     def finish(self, state_dict: Mapping[str, Any], state: str = "completed", **summary: Any) -> None:
         save_torch(self.run_dir / FINAL_MODEL_FILE, as_tensors(state_dict))
-        self._close(state, summary)
+        self._close(state, {**self.totals(), **summary})
+
+    def totals(self) -> dict[str, Any]:
+        """Summary figures derived from the per-round records."""
+        rounds = self.data["rounds"]
+        if not rounds:
+            return {}
+        total = sum(r["bytes_sent"] + r["bytes_received"] for r in rounds)
+        return {
+            "final_test_accuracy": rounds[-1]["server_test_accuracy"],
+            "final_test_loss": rounds[-1]["server_test_loss"],
+            "total_bytes": total,
+            "total_cost": rounds[-1]["cumulative_cost"],
+            "bytes_ratio_to_fp32": total / sum(r["fp32_equivalent_bytes"] for r in rounds),
+            "client_compute": sorted({c for r in rounds for c in r["client_compute"]}),
+        }
 
     def fail(self, error: BaseException) -> None:
         self._close("failed", {"error": f"{type(error).__name__}: {error}"})

@@ -42,21 +42,13 @@ def main(grid: Grid, context: Context) -> None:
             grid, state, cfg.num_server_rounds, budget, cfg.to_mapping(),
             evaluate_fn=task.server_evaluator(cfg), on_round=recorder.add_round, cost_per_mb=cfg.cost_per_mb,
         )
-        rounds = recorder.data["rounds"]
         artifacts = task.save_artifacts(cfg, run_dir, outcome.state)
         recorder.finish(
             task.final_state_dict(cfg, outcome.state),
             rounds_completed=outcome.rounds_completed,
             stop_reason=outcome.stop_reason,
             time_limit_reached=outcome.time_limit_reached,
-            final_test_accuracy=rounds[-1]["server_test_accuracy"],
-            final_test_loss=rounds[-1]["server_test_loss"],
-            total_bytes=sum(r["bytes_sent"] + r["bytes_received"] for r in rounds),
-            total_cost=rounds[-1]["cumulative_cost"],
-            bytes_ratio_to_fp32=sum(r["bytes_sent"] + r["bytes_received"] for r in rounds)
-            / sum(r["fp32_equivalent_bytes"] for r in rounds),
             fp32_model_bytes=raw_nbytes(outcome.state),
-            client_compute=sorted({c for r in rounds for c in r["client_compute"]}),
             **artifacts,
         )
         print(f"eurosat: finished ({outcome.stop_reason}) after {outcome.rounds_completed} rounds; "
