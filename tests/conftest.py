@@ -66,6 +66,12 @@ def launch(args: list[str], timeout: float = 600, env: dict | None = None) -> su
     )
 
 
+def cli(script: str, *args: object, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run one of the top-level command-line scripts the way a user does."""
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def run_dir_of(proc: subprocess.CompletedProcess) -> Path:
     for line in proc.stdout.splitlines():
         if line.startswith("eurosat.launch: run folder "):

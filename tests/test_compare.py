@@ -3,21 +3,14 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import cli
 from PIL import Image
 
 from eurosat.model import Net
 from eurosat.ptq import QUANT_LAYERS, is_fully_quantized, load_quantized
-
-
-def cli(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
