@@ -5,7 +5,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from conftest import launch, run_dir_of
+from conftest import cli, launch, run_dir_of
 
 from eurosat.model import Net
 from eurosat.results import load_state_dict
@@ -56,6 +56,8 @@ def test_failed_run_is_marked_and_exits_nonzero(small_data, tmp_path):
     status = json.loads((run_dir_of(proc) / "status.json").read_text())
     assert status["state"] == "failed" and status["error"]
     assert "run failed" in proc.stderr
+    table = cli("analyze_results.py", tmp_path / "out", "--csv", tmp_path / "t.csv")
+    assert table.returncode == 0 and ",failed," in (tmp_path / "t.csv").read_text()  # listed, not skipped
 
 
 def test_bad_input_fails_before_anything_starts(tmp_path):

@@ -3,9 +3,10 @@
 import json
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
-from conftest import launch, run_dir_of
+from conftest import cli, launch, run_dir_of
 
 from eurosat.compression import compression_report
 from eurosat.model import Net
@@ -55,17 +56,27 @@ def test_pack_unpack_round_trips_exactly_and_sizes_are_exact(wbits, abits, tmp_p
     assert abs(report["size_vs_ideal"] - 1) <= 0.02  # packed within 2% of params x bits / 8 + scales
 
 
-def _run(small_data, tmp_path, override):
+def _run(small_data, out, override):
     proc = launch(["-c", f"num-server-rounds=1 num-supernodes=2 time-limit-min=0 data='{small_data}' "
-                         f"output-dir='{tmp_path}' {override}"])
+                         f"output-dir='{out}' {override}"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = run_dir_of(proc)
     return run_dir, json.loads((run_dir / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("override, bits", [('precision="int8"', 8), ("weight-bits=4", 4), ("weight-bits=1", 1)])
-def test_quantized_training_runs_store_real_low_bit_models(small_data, tmp_path, override, bits):
-    run_dir, metrics = _run(small_data, tmp_path, override)
+QAT_RUNS = [('precision="int8"', 8), ("weight-bits=4", 4), ("weight-bits=1", 1)]
+
+
+@pytest.fixture(scope="module")
+def qat_runs(small_data, tmp_path_factory):
+    """Three real 1-round runs in one output root (the sweep table and figures read it)."""
+    root = tmp_path_factory.mktemp("qat-outputs")
+    return root, {override: _run(small_data, root, override) for override, _ in QAT_RUNS}
+
+
+@pytest.mark.parametrize("override, bits", QAT_RUNS)
+def test_quantized_training_runs_store_real_low_bit_models(qat_runs, override, bits):
+    run_dir, metrics = qat_runs[1][override]
     assert metrics["summary"]["status"] == "completed"
     packed_path = run_dir / f"final_model_{bits}bit.pt"
     model = load_packed(packed_path)
@@ -91,3 +102,35 @@ def test_fp16_on_cpu_records_bfloat16(small_data, tmp_path):
     compute = metrics["summary"]["client_compute"]
     assert compute and all(c.startswith("bfloat16@cpu") for c in compute), compute
     assert (run_dir / "model_fp16.pt").exists()
+
+
+def test_analyze_results_and_bit_figures_cover_the_runs(qat_runs, tmp_path):
+    """After the three QAT runs above: one table sorted by bit-width, a CSV, two figures."""
+    csv_path = tmp_path / "table.csv"
+    qat_outputs = qat_runs[0]
+    proc = cli("analyze_results.py", qat_outputs, "--csv", csv_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = csv_path.read_text().strip().splitlines()
+    assert lines[0].startswith("weight_bits,activation_bits")
+    assert [int(line.split(",")[0]) for line in lines[1:]] == [8, 4, 1]
+    assert all(",completed," in line for line in lines[1:])
+    proc = cli("create_comparison_plots.py", "--outputs", qat_outputs, "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("bits_accuracy.png", "bits_parallel.png"):
+        with Image.open(tmp_path / name) as img:
+            assert img.format == "PNG"
+
+
+def test_measure_compression_reports_any_checkpoint(e2e_run, tmp_path):
+    _, run_dir = e2e_run
+    out = tmp_path / "w6a6.json"
+    proc = cli("measure_compression.py", "--checkpoint", run_dir / "final_model.pt",
+               "--weight_bits", 6, "--activation_bits", 6, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert (report["weight_bits"], report["activation_bits"]) == (6, 6)
+    assert report["compression_ratio"] > 5 and abs(report["size_vs_ideal"] - 1) < 0.02
+    assert report["activation_compression_ratio"] == pytest.approx(32 / 6, rel=0.01)
+    assert "compression ratio" in proc.stdout
+    bad = cli("measure_compression.py", "--checkpoint", run_dir / "final_model.pt", "--weight_bits", 5)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")
