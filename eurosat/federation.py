@@ -101,7 +101,7 @@ class BudgetedFedAvg(FedAvg):
         encoded = self.codec.encode(self.global_state)
         messages = list(super().configure_train(server_round, encoded, config, grid))
         self.last_sampled = [m.metadata.dst_node_id for m in messages]
-        fp32 = encoded.count_bytes() if self.codec.bits == 32 else FP32.encode(self.global_state).count_bytes()
+        fp32 = encoded.count_bytes() if self.codec.bits == 32 else FP32.encode(self.global_state, quiet=True).count_bytes()
         self.stats = RoundStats(sent_bytes=encoded.count_bytes() * len(messages), fp32_record_bytes=fp32)
         return messages
 

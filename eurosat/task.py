@@ -19,7 +19,7 @@ from eurosat.ptq import Fp16Config, Int8StaticConfig, quantize_, save_quantized
 from eurosat.qat import QATConfig, fp32_state, prepare_qat, save_packed
 from eurosat.results import save_torch, write_json
 from eurosat.training import ComputePlan, evaluate, pick_device, train
-from eurosat.transport import Codec, State, subtract, to_numpy
+from eurosat.transport import Codec, State, error_feedback, subtract, to_numpy
 
 
 def qat_config(cfg: RunConfig) -> QATConfig | None:
@@ -59,9 +59,7 @@ def client_update(
     delta = subtract(to_numpy(model.state_dict()), received)
     new_residual = None
     if cfg.transport_error_feedback and codec.bits < 32:
-        if residual:
-            delta = {k: delta[k] + residual.get(k, 0) for k in delta}
-        new_residual = subtract(delta, codec.decode(codec.encode(delta)))
+        delta, new_residual = error_feedback(codec, delta, residual)
     metrics.update(compute_dtype=plan.compute_dtype, device=str(plan.device), threads=str(torch.get_num_threads()), **{"num-examples": len(trainset)})
     return delta, new_residual, metrics
 

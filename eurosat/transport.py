@@ -33,12 +33,14 @@ class Codec:
     name: str
     bits: int
 
-    def encode(self, state: Mapping[str, np.ndarray]) -> ArrayRecord:
+    def encode(self, state: Mapping[str, np.ndarray], quiet: bool = False) -> ArrayRecord:
+        """`quiet`: a reference or residual encoding that is not sent, so not logged as traffic."""
         record = ArrayRecord()
         for key, value in state.items():
             for name, array in self._encode_one(key, np.asarray(value)):
                 record[name] = Array(contiguous(array))
-        log.info("transport %s: encoded %d B -> %d B", self.name, raw_nbytes(state), record.count_bytes())
+        if not quiet:
+            log.info("transport %s: encoded %d B -> %d B", self.name, raw_nbytes(state), record.count_bytes())
         return record
 
     def decode(self, record: ArrayRecord) -> State:
@@ -97,7 +99,18 @@ def to_numpy(state_dict: Mapping[str, object]) -> State:
 
 
 def subtract(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> State:
-    return {k: a[k] - b[k] for k in a}
+    return {k: contiguous(a[k] - b[k]) for k in a}  # 0-d minus 0-d is a NumPy scalar
+
+
+def error_feedback(codec: Codec, delta: State, residual: State | None) -> tuple[State, State]:
+    """Add what the last upload lost to this one; return it and what this upload loses.
+
+    Over any number of rounds, the decoded uploads plus the last residual sum exactly to the
+    true deltas: quantization error is delayed, never dropped.
+    """
+    if residual:
+        delta = {k: contiguous(v + residual[k]) if k in residual else v for k, v in delta.items()}
+    return delta, subtract(delta, codec.decode(codec.encode(delta, quiet=True)))
 
 
 def add(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> State:

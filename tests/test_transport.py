@@ -10,7 +10,7 @@ from eurosat.config import load_run_config
 from eurosat.federation import aggregate_updates
 from eurosat.model import Net
 from eurosat.packing import channel_scales
-from eurosat.transport import get_codec, to_numpy
+from eurosat.transport import error_feedback, get_codec, to_numpy
 
 
 @pytest.fixture
@@ -66,6 +66,22 @@ def test_aggregation_averages_dequantized_updates(state, name):
             assert np.allclose(v, expected, atol=1e-7), k
 
 
+def test_error_feedback_delays_quantization_error_and_never_drops_it(state):
+    codec, rng = get_codec("int4"), np.random.default_rng(0)
+    deltas = [{k: (rng.normal(0, 0.01, v.shape).astype(v.dtype) if v.dtype.kind == "f" else v) for k, v in state.items()}
+              for _ in range(3)]
+    residual, sent = None, []
+    for delta in deltas:
+        upload, residual = error_feedback(codec, delta, residual)
+        sent.append(codec.decode(codec.encode(upload)))
+    for k, v in state.items():
+        if v.dtype.kind == "f" and v.ndim >= 2:
+            total = sum(d[k].astype(np.float64) for d in deltas)
+            assert np.allclose(sum(s[k].astype(np.float64) for s in sent) + residual[k], total, atol=1e-6), k
+            assert np.abs(residual[k]).max() < np.abs(total).max()  # bounded: at most half a step per channel
+    assert all(isinstance(r, np.ndarray) for r in residual.values())  # 0-d stays an ndarray Flower can send
+
+
 def test_use_quantization_is_fp16_transport():
     cfg = load_run_config(["use-quantization=true"])
     assert cfg.transport == "fp16" and cfg.label == "fp32-txfp16"
@@ -88,3 +104,12 @@ def test_int8_transport_run_sends_at_most_0_27_of_fp32_bytes(e2e_run, small_data
     for a, b in zip(int8["rounds"], fp32["rounds"]):
         assert a["bytes_sent"] + a["bytes_received"] <= 0.27 * (b["bytes_sent"] + b["bytes_received"])
     assert int8["summary"]["final_test_accuracy"] > 0.15
+
+
+def test_int4_transport_with_error_feedback_runs_and_sends_at_most_0_15(small_data, tmp_path):
+    """Round 2 uploads carry round 1's residual, kept in each client's context.state."""
+    proc = launch(["-c", f"num-server-rounds=2 num-supernodes=2 local-epochs=1 time-limit-min=0 transport=\"int4\" "
+                         f"transport-error-feedback=true data='{small_data}' output-dir='{tmp_path}'"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((run_dir_of(proc) / "metrics.json").read_text())["summary"]
+    assert summary["rounds_completed"] == 2 and summary["bytes_ratio_to_fp32"] <= 0.15
