@@ -7,6 +7,7 @@ so a bad run fails before any data is loaded or any client trains.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from collections.abc import Mapping
@@ -51,6 +52,7 @@ class RunConfig:
     seed: int
     output_dir: str
     run_dir: str
+    wandb_project: str
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object], environ: Mapping[str, str] = os.environ) -> "RunConfig":
@@ -107,6 +109,9 @@ class RunConfig:
                 raise ConfigError(f"{key.replace('_', '-')}: must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0 or self.cost_per_mb < 0:
             raise ConfigError("lr must be > 0 and cost-per-mb >= 0")
+        if self.wandb_project and importlib.util.find_spec("wandb") is None:
+            raise ConfigError(f"wandb-project={self.wandb_project!r} needs wandb: pip install wandb, "
+                              "or leave wandb-project empty")
 
     @property
     def quantized_training(self) -> bool:

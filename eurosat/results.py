@@ -150,14 +150,18 @@ def _now() -> str:
 class RunRecorder:
     """Keeps `metrics.json` valid at every moment: rewritten atomically after each round."""
 
-    def __init__(self, run_dir: Path, config: Mapping[str, Any], extra: Mapping[str, Any] | None = None):
+    def __init__(self, run_dir: Path, config: Mapping[str, Any], extra: Mapping[str, Any] | None = None,
+                 tracker: Any = None):
+        """`tracker`: an optional mirror (`eurosat.tracking.WandbTracker`) fed the same rounds and summary."""
         self.run_dir = Path(run_dir)
         self.started = time.time()
+        self.tracker = tracker
         self.data: dict[str, Any] = {
             "run_dir": str(self.run_dir),
             "started": _now(),
             "config": dict(config),
             **(extra or {}),
+            **({"wandb": tracker.info} if tracker else {}),
             "rounds": [],
             "summary": {"status": "running", "rounds_completed": 0},
         }
@@ -169,6 +173,8 @@ class RunRecorder:
         save_torch(self.run_dir / CHECKPOINT_FILE, {"round": record["round"], "state_dict": as_tensors(state_dict)})
         self.data["rounds"].append(dict(record))
         self.data["summary"]["rounds_completed"] = len(self.data["rounds"])
+        if self.tracker:
+            self.tracker.log_round(record)
         self.flush()
 
     def finish(self, state_dict: Mapping[str, Any], state: str = "completed", **summary: Any) -> None:
@@ -196,6 +202,8 @@ class RunRecorder:
     def _close(self, state: str, summary: Mapping[str, Any]) -> None:
         self.data["summary"].update(summary, status=state, finished=_now(),
                                     wall_seconds=round(time.time() - self.started, 3))
+        if self.tracker:
+            self.tracker.finish(state, self.data["summary"])
         self.flush()
         write_status(self.run_dir, state, **{k: v for k, v in self.data["summary"].items() if k != "status"})
 

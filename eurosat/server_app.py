@@ -11,7 +11,7 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from eurosat import enable_logging, task
+from eurosat import enable_logging, task, tracking
 from eurosat.config import RunConfig
 from eurosat.federation import BudgetedFedAvg, TimeBudget
 from eurosat.results import RunRecorder, new_run_dir
@@ -30,7 +30,8 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = new_run_dir(cfg.output_root(), cfg.label, cfg.run_dir)
     print(f"eurosat: writing results to {run_dir}", flush=True)
     recorder = RunRecorder(run_dir, cfg.to_mapping(), extra={"versions": {
-        "flwr": flwr.__version__, "torch": torch.__version__, "python": platform.python_version()}})
+        "flwr": flwr.__version__, "torch": torch.__version__, "python": platform.python_version()}},
+        tracker=tracking.start(cfg.wandb_project, run_dir, cfg.to_mapping(), group=cfg.label))
     try:
         seed_everything(cfg.seed)
         state = to_numpy(task.make_model(cfg).state_dict())
