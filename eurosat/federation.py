@@ -87,6 +87,11 @@ def aggregate_updates(codec: Codec, base: State, records: list[ArrayRecord], wei
     return add(base, weighted_mean([codec.decode(r) for r in records], weights))
 
 
+def _client_order(content: RecordDict) -> int:
+    info = content.config_records.get("info")
+    return int(info["client"]) if info is not None and "client" in info else -1
+
+
 class BudgetedFedAvg(FedAvg):
     def __init__(self, codec: Codec, **kwargs):
         super().__init__(train_metrics_aggr_fn=aggregate_train_metrics, **kwargs)
@@ -111,7 +116,9 @@ class BudgetedFedAvg(FedAvg):
         if not valid:
             reasons = "; ".join(sorted({m.error.reason.splitlines()[0] for m in errors})) or "no replies"
             raise RuntimeError(f"round {server_round}: no client update arrived ({reasons})")
-        contents = [m.content for m in valid]
+        # Partition order, not arrival order: float sums depend on their order, and a repeated run
+        # with the same seed must give the same model bit for bit.
+        contents = sorted((m.content for m in valid), key=_client_order)
         self.stats.clients = len(contents)
         self.stats.compute = tuple(sorted({f"{c['info']['compute_dtype']}@{c['info']['device']}x{c['info']['threads']}"
                                            for c in contents if "info" in c.config_records}))

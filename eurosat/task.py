@@ -60,7 +60,8 @@ def client_update(
     new_residual = None
     if cfg.transport_error_feedback and codec.bits < 32:
         delta, new_residual = error_feedback(codec, delta, residual)
-    metrics.update(compute_dtype=plan.compute_dtype, device=str(plan.device), threads=str(torch.get_num_threads()), **{"num-examples": len(trainset)})
+    metrics.update(compute_dtype=plan.compute_dtype, device=str(plan.device), threads=str(torch.get_num_threads()),
+                   client=str(partition_id), **{"num-examples": len(trainset)})
     return delta, new_residual, metrics
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import launch, run_dir_of
 
 from eurosat.config import ConfigError, load_run_config
@@ -60,10 +61,14 @@ def test_wandb_project_without_wandb_is_a_clear_error(monkeypatch):
         load_run_config(["wandb-project='x'"])
 
 
-def test_flower_run_logs_to_wandb_offline(small_data, tmp_path):
-    proc = launch(["-c", f"num-server-rounds=1 num-supernodes=2 data='{small_data}' output-dir='{tmp_path}' "
-                         "wandb-project='eurosat-test'"], env={"WANDB_MODE": "offline"})
+def test_flower_run_logs_to_wandb_offline_and_trains_the_same_model(e2e_run, small_data, tmp_path):
+    """The e2e run's config again, W&B on: same seed, same model bit for bit (and W&B changes nothing)."""
+    _, plain_dir = e2e_run
+    proc = launch(["-c", f"num-server-rounds=2 num-supernodes=3 time-limit-min=0 data='{small_data}' "
+                         f"output-dir='{tmp_path}' wandb-project='eurosat-test'"], env={"WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = run_dir_of(proc)
     assert json.loads((run_dir / "metrics.json").read_text())["wandb"]["mode"] == "offline"
     assert b"server_test_accuracy" in logged_bytes(run_dir)
+    ours, plain = torch.load(run_dir / "final_model.pt", weights_only=True), torch.load(plain_dir / "final_model.pt", weights_only=True)
+    assert all(torch.equal(ours[k], plain[k]) for k in plain), "a repeated run with the same seed gave another model"
