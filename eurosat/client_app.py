@@ -5,7 +5,7 @@ from flwr.clientapp import ClientApp
 
 from eurosat import task
 from eurosat.config import RunConfig
-from eurosat.transport import contiguous, get_codec
+from eurosat.transport import get_codec
 
 app = ClientApp()
 RESIDUAL = "transport-residual"
@@ -26,7 +26,7 @@ def train(msg: Message, context: Context) -> Message:
     residual = {k: v.numpy() for k, v in residual.items()} if residual else None
     delta, new_residual, metrics = task.client_update(cfg, received, pid, n, codec, residual)
     if new_residual is not None:
-        context.state[RESIDUAL] = ArrayRecord({k: Array(contiguous(v)) for k, v in new_residual.items()})
+        context.state[RESIDUAL] = ArrayRecord({k: Array(v) for k, v in new_residual.items()})
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     info = {k: v for k, v in metrics.items() if isinstance(v, str)}  # e.g. the dtype that really ran
     content = RecordDict({"arrays": codec.encode(delta), "metrics": MetricRecord(numbers), "info": ConfigRecord(info)})
