@@ -1,5 +1,5 @@
 """Quantization-aware training: fake-quantized Conv2d/Linear with a straight-through estimator,
-and the packed low-bit files that store what was really learned.
+the one definition of N-bit weight codes that the packed files (packed_model.py) store.
 
     model = prepare_qat(Net(), QATConfig(weight_bits=4, activation_bits=8))
 
@@ -10,23 +10,19 @@ and the packed low-bit files that store what was really learned.
 - BatchNorm stays FP32. Layers keep the names `weight`/`bias`, so the state dict is `Net`'s
   plus one `act_range` buffer per layer, which FedAvg averages like any other buffer.
 
-`save_packed` writes the weights in N bits (sub-byte codes packed, see packing.py) plus
-per-channel scales; `load_packed` rebuilds a model whose outputs match the fake-quantized one.
+`packed_model.save_packed` writes the weights in N bits plus per-channel scales;
+`packed_model.load_packed` rebuilds a model whose outputs match the fake-quantized one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eurosat.model import Net
-from eurosat.packing import pack_bits, packed_nbytes, qmax, unpack_bits
-from eurosat.results import load_checkpoint, save_torch
+from eurosat.packing import qmax
 
 EMA = 0.05  # weight of the newest batch in the running activation range
 
@@ -161,67 +157,3 @@ def qat_layers(model: nn.Module) -> dict[str, _FakeQuant]:
 def fp32_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The latent full-precision weights as a plain `Net` state dict (no activation ranges)."""
     return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith("act_range")}
-
-
-# ---------------------------------------------------------------- packed storage
-
-def packed_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Weights in N bits + per-channel scales; everything else (biases, BatchNorm) in FP32."""
-    layers = qat_layers(model)
-    bits = next(iter(layers.values())).weight_bits
-    abits = next(iter(layers.values())).activation_bits
-    state: dict[str, torch.Tensor] = {"__bits__": torch.tensor([bits, abits], dtype=torch.int16)}
-    for key, value in fp32_state(model).items():
-        layer = key.rsplit(".", 1)[0]
-        if key.endswith(".weight") and layer in layers:
-            if bits == 16:
-                state[key + ".fp16"] = value.half()
-            else:
-                codes, scale = weight_codes(value.float(), bits)
-                unsigned = codes.numpy().astype(np.int16) + (0 if bits == 1 else qmax(bits))
-                state[key + ".packed"] = torch.from_numpy(pack_bits(unsigned.astype(np.uint8), bits))
-                state[key + ".scale"] = scale.float()
-                state[key + ".shape"] = torch.tensor(value.shape, dtype=torch.int16)
-        else:
-            state[key] = value
-    for layer, module in layers.items():
-        if abits < 32:
-            state[f"{layer}.act_range"] = module.act_range.detach().clone()
-    return state
-
-
-def save_packed(model: nn.Module, path: Path) -> Path:
-    return save_torch(path, packed_state(model))
-
-
-def load_packed(path: str | Path) -> nn.Module:
-    """Unpack a `final_model_{N}bit.pt` into a fake-quantized `Net` (eval mode)."""
-    state = dict(load_checkpoint(path))
-    bits, abits = (int(b) for b in state.pop("__bits__"))
-    model = prepare_qat(Net(), QATConfig(bits, abits))
-    plain: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.endswith(".packed"):
-            name = key.removesuffix(".packed")
-            shape = tuple(int(d) for d in state[name + ".shape"])
-            unsigned = unpack_bits(value.numpy(), bits, shape).astype(np.int16)
-            codes = torch.from_numpy(unsigned - (0 if bits == 1 else qmax(bits))).to(torch.int8)
-            plain[name] = dequantize_codes(codes, state[name + ".scale"], bits)
-        elif key.endswith(".fp16"):
-            plain[key.removesuffix(".fp16")] = value.float()
-        elif not key.endswith((".scale", ".shape")):
-            plain[key] = value
-    model.load_state_dict(plain, strict=False)
-    for layer in qat_layers(model).values():
-        layer.frozen = True
-    missing = set(Net().state_dict()) - set(plain)
-    if missing:
-        raise ValueError(f"{path}: packed model lacks {sorted(missing)[:3]}")
-    return model.eval()
-
-
-def expected_packed_bytes(model: nn.Module) -> int:
-    """Bytes the packed weight codes must take, to the byte (rows padded to whole bytes)."""
-    layers = qat_layers(model)
-    bits = next(iter(layers.values())).weight_bits
-    return sum(packed_nbytes(tuple(m.weight.shape), bits) for m in layers.values())

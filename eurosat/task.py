@@ -16,7 +16,8 @@ from eurosat.data import load_client_data, load_split, resolve_source
 from eurosat.compression import compression_report
 from eurosat.model import Net
 from eurosat.ptq import Fp16Config, Int8StaticConfig, quantize_, save_quantized
-from eurosat.qat import QATConfig, fp32_state, prepare_qat, save_packed
+from eurosat.packed_model import save_packed
+from eurosat.qat import QATConfig, fp32_state, prepare_qat
 from eurosat.results import save_torch, write_json
 from eurosat.training import ComputePlan, evaluate, pick_device, train
 from eurosat.transport import Codec, State, error_feedback, subtract, to_numpy

@@ -13,7 +13,8 @@ from conftest import ROOT
 
 from eurosat import task
 from eurosat.config import load_run_config
-from eurosat.qat import load_packed, qat_layers
+from eurosat.packed_model import load_packed
+from eurosat.qat import qat_layers
 from eurosat.transport import get_codec, to_numpy
 
 PRESETS = sorted(p.stem for p in (ROOT / "configs").glob("*.toml"))

@@ -11,7 +11,8 @@ from conftest import cli, launch, run_dir_of
 from eurosat.compression import compression_report
 from eurosat.model import Net
 from eurosat.ptq import is_fully_quantized, load_quantized
-from eurosat.qat import QATConfig, expected_packed_bytes, load_packed, prepare_qat, qat_layers, save_packed
+from eurosat.packed_model import expected_packed_bytes, load_packed, save_packed
+from eurosat.qat import QATConfig, prepare_qat, qat_layers
 
 
 def _observed(model, steps=3):
@@ -45,15 +46,17 @@ def test_pack_unpack_round_trips_exactly_and_sizes_are_exact(wbits, abits, tmp_p
     path = save_packed(model, tmp_path / f"final_model_{wbits}bit.pt")
     stored = torch.load(path, weights_only=True)
     if wbits < 16:
-        assert sum(v.numel() for k, v in stored.items() if k.endswith(".packed")) == expected_packed_bytes(model)
+        assert stored["codes"].numel() == expected_packed_bytes(model)
     restored = load_packed(path)
     for name, layer in qat_layers(model).items():
         assert torch.equal(qat_layers(restored)[name].quantized_weight(), layer.quantized_weight()), name
     x = torch.randn(16, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(restored(x), model(x), atol=1e-5)
-    report = compression_report(model)
+    report = compression_report(model, path, path)
     assert abs(report["size_vs_ideal"] - 1) <= 0.02  # packed within 2% of params x bits / 8 + scales
+    # the file is those tensors plus torch.save's zip container (~1.3 KB + ~0.3 KB per tensor), no more
+    assert report["files"]["packed_file_bytes"] - report["compressed_size_bytes"] < 2600
 
 
 def _run(small_data, out, override):
@@ -82,7 +85,7 @@ def test_quantized_training_runs_store_real_low_bit_models(qat_runs, override, b
     model = load_packed(packed_path)
     stored = torch.load(packed_path, weights_only=True)
     expected = sum(-(-int(np.prod(m.weight.shape[1:])) * bits // 8) * m.weight.shape[0] for m in qat_layers(model).values())
-    assert sum(v.numel() for k, v in stored.items() if k.endswith(".packed")) == expected
+    assert stored["codes"].numel() == expected
     for layer in qat_layers(model).values():
         for row in layer.quantized_weight().detach().flatten(1):
             assert len(torch.unique(row)) <= 2**bits
@@ -134,3 +137,15 @@ def test_measure_compression_reports_any_checkpoint(e2e_run, tmp_path):
     assert "compression ratio" in proc.stdout
     bad = cli("measure_compression.py", "--checkpoint", run_dir / "final_model.pt", "--weight_bits", 5)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+
+
+def test_load_packed_refuses_other_files_in_one_line(tmp_path):
+    from eurosat.results import CheckpointError, save_torch
+    plain = save_torch(tmp_path / "final_model_fp32.pt", Net().state_dict())
+    with pytest.raises(CheckpointError, match="not a packed model file"):
+        load_packed(plain)
+    model = _observed(prepare_qat(Net(), QATConfig(4, 8)))
+    state = torch.load(save_packed(model, tmp_path / "m.pt"), weights_only=True)
+    state["codes"] = state["codes"][:-1]
+    with pytest.raises(CheckpointError, match="shorter than the Net layout"):
+        load_packed(save_torch(tmp_path / "cut.pt", state))
