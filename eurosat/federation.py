@@ -4,6 +4,7 @@ Flower's `Strategy.start` is a plain loop with no early-stop hook, and raising o
 the result, so `BudgetedFedAvg.run` drives the rounds itself while reusing FedAvg's node
 sampling and message building. Clients upload *deltas* against the model they received;
 the server decodes them to float32, averages, and applies them to its float32 global model.
+What travels in which format, and what each end remembers, is `link.py`'s business.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from eurosat.transport import CODECS, Codec, State, contiguous, add, weighted_mean
+from eurosat.link import LINK, ServerLink
+from eurosat.transport import CODECS, Codec, State, add, contiguous, weighted_mean
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
@@ -68,6 +70,7 @@ def aggregate_train_metrics(records: list[RecordDict], weighting_key: str) -> Me
 @dataclass
 class RoundStats:
     sent_bytes: int = 0
+    messages_sent: int = 0
     received_bytes: int = 0
     clients: int = 0
     compute: tuple[str, ...] = ()
@@ -93,22 +96,45 @@ def _client_order(content: RecordDict) -> int:
 
 
 class BudgetedFedAvg(FedAvg):
-    def __init__(self, codec: Codec, **kwargs):
+    def __init__(self, codec: Codec, error_feedback: bool = False, **kwargs):
         super().__init__(train_metrics_aggr_fn=aggregate_train_metrics, **kwargs)
         self.codec = codec
+        self.link = ServerLink(codec, error_feedback)
         self.global_state: State | None = None
         self.stats = RoundStats()
-        self.last_sampled: list[int] = []
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        """Send the global model in the transport format; remember the float32 base."""
+        """Send the global model in the transport format (with error feedback: each node's update
+        to its replica); remember the float32 base the deltas will be added to."""
         self.global_state = {k: v.numpy() for k, v in arrays.items()}
-        encoded = self.codec.encode(self.global_state)
-        messages = list(super().configure_train(server_round, encoded, config, grid))
-        self.last_sampled = [m.metadata.dst_node_id for m in messages]
-        fp32 = encoded.count_bytes() if self.codec.bits == 32 else FP32.encode(self.global_state, quiet=True).count_bytes()
-        self.stats = RoundStats(sent_bytes=encoded.count_bytes() * len(messages), fp32_record_bytes=fp32)
-        return messages
+        fp32 = FP32.encode(self.global_state, quiet=True).count_bytes()
+        self.stats = RoundStats(fp32_record_bytes=fp32)
+        return self._encoded(super().configure_train(server_round, ArrayRecord(), config, grid))
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Evaluation messages carry the model in the transport format too, and count as traffic."""
+        return self._encoded(super().configure_evaluate(server_round, ArrayRecord(), config, grid),
+                             {k: v.numpy() for k, v in arrays.items()})
+
+    def _encoded(self, sampled: Iterable[Message], state: State | None = None) -> list[Message]:
+        """FedAvg's sampled messages, re-made with the model (or each node's update) encoded."""
+        sampled = list(sampled)
+        out: list[Message] = []
+        for nodes, arrays, link in self.link.encode(state or self.global_state, [m.metadata.dst_node_id for m in sampled]):
+            template = next(m for m in sampled if m.metadata.dst_node_id == nodes[0])
+            content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: template.content[self.configrecord_key],
+                                  **({LINK: link} if link is not None else {})})
+            out += [Message(content=content, message_type=template.metadata.message_type, dst_node_id=n) for n in nodes]
+            self.stats.sent_bytes += arrays.count_bytes() * len(nodes)
+            self.stats.messages_sent += len(nodes)
+        return out
+
+    def received(self, messages: list[Message], replies: Iterable[Message]) -> list[Message]:
+        """The replies; the link forgets the replicas of nodes that sent an error or nothing."""
+        replies = list(replies)
+        answered = {m.metadata.src_node_id for m in replies if not m.has_error()}
+        self.link.forget([m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in answered])
+        return replies
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Decode every delta to float32, weight by examples, apply to the float32 base."""
@@ -145,22 +171,20 @@ class BudgetedFedAvg(FedAvg):
         for rnd in range(1, num_rounds + 1):
             budget.start_round()
             train_started = budget.clock()
-            replies = grid.send_and_receive(
-                self.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), grid), timeout=timeout
-            )
+            messages = self.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), grid)
+            replies = self.received(messages, grid.send_and_receive(messages, timeout=timeout))
             arrays, train_metrics = self.aggregate_train(rnd, replies)
             train_phase = budget.clock() - train_started
             client_eval = None
             if self.fraction_evaluate > 0:
-                eval_replies = grid.send_and_receive(
-                    self.configure_evaluate(rnd, arrays, ConfigRecord(dict(train_config)), grid), timeout=timeout
-                )
-                client_eval = self.aggregate_evaluate(rnd, eval_replies)
+                messages = self.configure_evaluate(rnd, arrays, ConfigRecord(dict(train_config)), grid)
+                replies = self.received(messages, grid.send_and_receive(messages, timeout=timeout))
+                client_eval = self.aggregate_evaluate(rnd, replies)
             state = {k: v.numpy() for k, v in arrays.items()}
             server = evaluate_fn(state)
             seconds = budget.end_round()
             cumulative += self.stats.sent_bytes + self.stats.received_bytes
-            fp32_equivalent = self.stats.fp32_record_bytes * (self.stats.clients + len(self.last_sampled))
+            fp32_equivalent = self.stats.fp32_record_bytes * (self.stats.clients + self.stats.messages_sent)
             cumulative_fp32 += fp32_equivalent
             record = {
                 "round": rnd,

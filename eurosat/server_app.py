@@ -36,7 +36,8 @@ def main(grid: Grid, context: Context) -> None:
         seed_everything(cfg.seed)
         state = to_numpy(task.make_model(cfg).state_dict())
         strategy = BudgetedFedAvg(
-            get_codec(cfg.transport), fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
+            get_codec(cfg.transport), cfg.transport_error_feedback,
+            fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
             min_train_nodes=1, min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0, min_available_nodes=1,
         )
         outcome = strategy.run(

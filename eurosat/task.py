@@ -20,7 +20,7 @@ from eurosat.packed_model import save_packed
 from eurosat.qat import QATConfig, fp32_state, prepare_qat
 from eurosat.results import save_torch, write_json
 from eurosat.training import ComputePlan, evaluate, pick_device, train
-from eurosat.transport import Codec, State, error_feedback, subtract, to_numpy
+from eurosat.transport import State, subtract, to_numpy
 
 
 def qat_config(cfg: RunConfig) -> QATConfig | None:
@@ -43,27 +43,16 @@ def load_state(model: nn.Module, state: Mapping[str, np.ndarray]) -> nn.Module:
     return model
 
 
-def client_update(
-    cfg: RunConfig, received: State, partition_id: int, num_partitions: int,
-    codec: Codec, residual: State | None = None,
-) -> tuple[State, State | None, dict[str, float]]:
-    """Train locally from `received`; return the delta to upload, the new residual, metrics.
-
-    With error feedback, the part of the last upload that quantization dropped is added to
-    this one, and what this upload drops is kept for the next.
-    """
+def client_update(cfg: RunConfig, received: State, partition_id: int, num_partitions: int) -> tuple[State, dict]:
+    """Train locally from `received`; return the delta to upload (trained minus received) and metrics."""
     source = resolve_source(cfg.data)
     trainset, _ = load_client_data(source, partition_id, num_partitions, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)
     model = load_state(make_model(cfg), received)
     plan = ComputePlan.for_precision(cfg.precision, pick_device())
     metrics = train(model, trainset, cfg.local_epochs, cfg.lr, cfg.batch_size, plan, seed=cfg.seed + partition_id)
-    delta = subtract(to_numpy(model.state_dict()), received)
-    new_residual = None
-    if cfg.transport_error_feedback and codec.bits < 32:
-        delta, new_residual = error_feedback(codec, delta, residual)
     metrics.update(compute_dtype=plan.compute_dtype, device=str(plan.device), threads=str(torch.get_num_threads()),
                    client=str(partition_id), **{"num-examples": len(trainset)})
-    return delta, new_residual, metrics
+    return subtract(to_numpy(model.state_dict()), received), metrics
 
 
 def client_evaluate(cfg: RunConfig, received: State, partition_id: int, num_partitions: int) -> dict[str, float]:

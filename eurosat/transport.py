@@ -102,17 +102,6 @@ def subtract(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> State:
     return {k: contiguous(a[k] - b[k]) for k in a}  # 0-d minus 0-d is a NumPy scalar
 
 
-def error_feedback(codec: Codec, delta: State, residual: State | None) -> tuple[State, State]:
-    """Add what the last upload lost to this one; return it and what this upload loses.
-
-    Over any number of rounds, the decoded uploads plus the last residual sum exactly to the
-    true deltas: quantization error is delayed, never dropped.
-    """
-    if residual:
-        delta = {k: contiguous(v + residual[k]) if k in residual else v for k, v in delta.items()}
-    return delta, subtract(delta, codec.decode(codec.encode(delta, quiet=True)))
-
-
 def add(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> State:
     return {k: (a[k] + b[k]).astype(a[k].dtype) for k in a}
 

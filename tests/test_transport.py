@@ -5,12 +5,14 @@ import json
 import numpy as np
 import pytest
 from conftest import launch, run_dir_of
+from flwr.app import RecordDict
 
 from eurosat.config import load_run_config
 from eurosat.federation import aggregate_updates
 from eurosat.model import Net
 from eurosat.packing import channel_scales
-from eurosat.transport import error_feedback, get_codec, to_numpy
+from eurosat.link import ClientLink, ServerLink, error_feedback
+from eurosat.transport import get_codec, to_numpy
 
 
 @pytest.fixture
@@ -82,6 +84,50 @@ def test_error_feedback_delays_quantization_error_and_never_drops_it(state):
     assert all(isinstance(r, np.ndarray) for r in residual.values())  # 0-d stays an ndarray Flower can send
 
 
+def _drift(state, rng, scale=0.002):
+    return {k: (v + rng.normal(0, scale, v.shape).astype(v.dtype) if v.dtype.kind == "f" else v + 1)
+            for k, v in state.items()}
+
+
+def _payload(arrays, link):
+    return RecordDict({"arrays": arrays, **({"transport": link} if link is not None else {})})
+
+
+def test_downlink_error_feedback_keeps_node_and_server_replicas_identical_and_close(state):
+    """Each node's replica equals the server's bit for bit and stays within one update's rounding
+    of the global model, far closer than re-rounding the whole model each round."""
+    codec, rng = get_codec("int4"), np.random.default_rng(0)
+    server, nodes = ServerLink(codec, feedback=True), {7: ClientLink(codec, RecordDict()), 9: ClientLink(codec, RecordDict())}
+    for _ in range(4):
+        state = _drift(state, rng)
+        for group, arrays, link in server.encode(state, list(nodes)):
+            for node in group:
+                held = nodes[node].decode(_payload(arrays, link))
+                replica = server.replicas[server.held[node]]
+                assert all(np.array_equal(held[k], replica[k]) for k in state)
+    plain = codec.decode(codec.encode(state))
+    for k, v in state.items():
+        if v.dtype.kind != "f":
+            assert np.array_equal(held[k], v)
+        elif v.ndim >= 2:
+            assert np.abs(held[k] - v).max() < 0.25 * np.abs(plain[k] - v).max(), k
+
+
+def test_a_node_that_lost_its_replica_is_told_and_gets_the_whole_model_next(state):
+    codec = get_codec("int8")
+    server, node = ServerLink(codec, feedback=True), ClientLink(codec, RecordDict())
+    [(_, arrays, link)] = server.encode(state, [3])
+    node.decode(_payload(arrays, link))
+    [(_, arrays, link)] = server.encode(state, [3])
+    with pytest.raises(RuntimeError, match="holds no replica, the server sent an update to replica 1"):
+        ClientLink(codec, RecordDict()).decode(_payload(arrays, link))  # a restarted node: no replica
+    server.forget([3])  # what the server does with a node whose reply was an error
+    [(_, arrays, link)] = server.encode(state, [3])
+    fresh = ClientLink(codec, RecordDict()).decode(_payload(arrays, link))
+    assert link["base"] == 0 and all(np.array_equal(fresh[k], v) for k, v in codec.decode(codec.encode(state)).items())
+    assert set(server.replicas) == {server.held[3]}  # replicas no node holds are dropped
+
+
 def test_use_quantization_is_fp16_transport():
     cfg = load_run_config(["use-quantization=true"])
     assert cfg.transport == "fp16" and cfg.label == "fp32-txfp16"
@@ -107,9 +153,14 @@ def test_int8_transport_run_sends_at_most_0_27_of_fp32_bytes(e2e_run, small_data
 
 
 def test_int4_transport_with_error_feedback_runs_and_sends_at_most_0_15(small_data, tmp_path):
-    """Round 2 uploads carry round 1's residual, kept in each client's context.state."""
+    """Round 2 uploads carry round 1's residual and round 2's messages are updates to each node's
+    replica, both kept in the node's context.state; evaluation messages use the replicas too."""
     proc = launch(["-c", f"num-server-rounds=2 num-supernodes=2 local-epochs=1 time-limit-min=0 transport=\"int4\" "
-                         f"transport-error-feedback=true data='{small_data}' output-dir='{tmp_path}'"])
+                         f"transport-error-feedback=true fraction-evaluate=1.0 data='{small_data}' output-dir='{tmp_path}'"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((run_dir_of(proc) / "metrics.json").read_text())["summary"]
+    metrics = json.loads((run_dir_of(proc) / "metrics.json").read_text())
+    summary = metrics["summary"]
     assert summary["rounds_completed"] == 2 and summary["bytes_ratio_to_fp32"] <= 0.15
+    for r in metrics["rounds"]:  # train and evaluate messages to both nodes, and both updates, all counted
+        assert r["fp32_equivalent_bytes"] == 6 * get_codec("fp32").encode(to_numpy(Net().state_dict())).count_bytes()
+        assert r["bytes_sent"] == 2 * r["bytes_received"] and r["client_eval_eval_accuracy"] > 0
