@@ -4,7 +4,7 @@
 
 Every run uses the same seed, rounds, 10 clients and a stratified `--fraction` slice of the
 real train split (the whole real test split for evaluation), so they differ only in precision:
-- transport: fp32, fp16, int8, int4 (+ error feedback): bytes per round and final accuracy;
+- transport: fp32, fp16, int8, int4 without and with error feedback: bytes per round and final accuracy;
 - training: fp32 vs int8 QAT (W8A8) vs 4-bit weights (W4A32): accuracy, CPU time per step;
 - PTQ: compare_quantizations on the fp32 run's model: INT8 size ratio, accuracy drop, speed;
 - fp32 again with another seed: how far accuracy moves with the seed alone, the yardstick for
@@ -36,6 +36,7 @@ RUNS = {
     "fp32-seed43": "seed=43",  # not a precision: the run-to-run spread the other differences sit in
     "tx-fp16": 'transport="fp16"',
     "tx-int8": 'transport="int8"',
+    "tx-int4": 'transport="int4"',  # no error feedback: what the feedback below buys
     "tx-int4-ef": 'transport="int4" transport-error-feedback=true',
     "qat-int8": 'precision="int8"',
     "qat-w4": "weight-bits=4",

@@ -22,7 +22,7 @@ def _setup(msg: Message, context: Context):
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg, link, received, pid, n = _setup(msg, context)
-    delta, metrics = task.client_update(cfg, received, pid, n)
+    delta, metrics = task.client_update(cfg, received, pid, n, int(msg.content["config"]["server-round"]))
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     info = {k: v for k, v in metrics.items() if isinstance(v, str)}  # e.g. the dtype that really ran
     content = RecordDict({"arrays": link.encode(delta, cfg.transport_error_feedback),

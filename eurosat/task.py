@@ -43,13 +43,21 @@ def load_state(model: nn.Module, state: Mapping[str, np.ndarray]) -> nn.Module:
     return model
 
 
-def client_update(cfg: RunConfig, received: State, partition_id: int, num_partitions: int) -> tuple[State, dict]:
+def local_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """A batch-order seed of its own for each client and round: reproducible, never repeating."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
+
+
+def client_update(
+    cfg: RunConfig, received: State, partition_id: int, num_partitions: int, server_round: int = 1,
+) -> tuple[State, dict]:
     """Train locally from `received`; return the delta to upload (trained minus received) and metrics."""
     source = resolve_source(cfg.data)
     trainset, _ = load_client_data(source, partition_id, num_partitions, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)
     model = load_state(make_model(cfg), received)
     plan = ComputePlan.for_precision(cfg.precision, pick_device())
-    metrics = train(model, trainset, cfg.local_epochs, cfg.lr, cfg.batch_size, plan, seed=cfg.seed + partition_id)
+    metrics = train(model, trainset, cfg.local_epochs, cfg.lr, cfg.batch_size, plan,
+                    seed=local_seed(cfg.seed, server_round, partition_id))
     metrics.update(compute_dtype=plan.compute_dtype, device=str(plan.device), threads=str(torch.get_num_threads()),
                    client=str(partition_id), **{"num-examples": len(trainset)})
     return subtract(to_numpy(model.state_dict()), received), metrics
