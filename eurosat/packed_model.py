@@ -1,8 +1,10 @@
 """The packed N-bit model file (`final_model_{N}bit.pt`): what a QAT run really stored.
 
 One `torch.save` dict of a few flat tensors, in `Net().state_dict()` order, so the file is the
-ideal size (parameters x bits / 8 + scales + FP32 rest) plus torch's zip container (~1.3 KB
-fixed + ~0.3 KB per tensor); a dict of one tensor per layer cost 3-5% more. Keys:
+ideal size (parameters x bits / 8 + scales + FP32 rest) plus about 0.7 KB. It uses torch's
+non-zip format (`_use_new_zipfile_serialization=False`, documented, and read by every
+`torch.load`, `weights_only=True` included): the zip container costs ~1.3 KB fixed plus ~0.3 KB
+per tensor, 3.4% of a 61 KB 1-bit model; a dict of one tensor per layer cost 3-5% more. Keys:
 
 - `format`, `weight_bits`, `activation_bits`: plain Python values;
 - `codes`: uint8, every conv/linear weight's codes packed (see packing.py), rows padded to
@@ -27,7 +29,7 @@ from torch import nn
 from eurosat.model import Net
 from eurosat.packing import pack_bits, packed_nbytes, qmax, unpack_bits
 from eurosat.qat import QATConfig, dequantize_codes, fp32_state, prepare_qat, qat_layers, weight_codes
-from eurosat.results import CheckpointError, load_checkpoint, save_torch
+from eurosat.results import CheckpointError, atomic_write, load_checkpoint
 
 FORMAT = "eurosat-packed/2"
 
@@ -73,7 +75,8 @@ def packed_state(model: nn.Module) -> dict[str, object]:
 
 
 def save_packed(model: nn.Module, path: Path) -> Path:
-    return save_torch(path, packed_state(model))
+    state = packed_state(model)
+    return atomic_write(path, lambda fh: torch.save(state, fh, _use_new_zipfile_serialization=False))
 
 
 def is_packed(state: object) -> bool:

@@ -163,4 +163,4 @@ def test_int4_transport_with_error_feedback_runs_and_sends_at_most_0_15(small_da
     assert summary["rounds_completed"] == 2 and summary["bytes_ratio_to_fp32"] <= 0.15
     for r in metrics["rounds"]:  # train and evaluate messages to both nodes, and both updates, all counted
         assert r["fp32_equivalent_bytes"] == 6 * get_codec("fp32").encode(to_numpy(Net().state_dict())).count_bytes()
-        assert r["bytes_sent"] == 2 * r["bytes_received"] and r["client_eval_eval_accuracy"] > 0
+        assert r["clients"] == 2 and r["bytes_sent"] == 2 * r["bytes_received"] and r["client_eval_eval_accuracy"] > 0
