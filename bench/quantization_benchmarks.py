@@ -1,6 +1,7 @@
 """Quantized training, quantized transport and post-training quantization, side by side.
 
     .venv/bin/python bench/quantization_benchmarks.py [--data ../shared/data/eurosat] [--fraction 0.25] [--rounds 5]
+        [--only fp32,tx-int4,...] [--set 'seed=43'] [--keep DIR]
 
 Every run uses the same seed, rounds, 10 clients and a stratified `--fraction` slice of the
 real train split (the whole real test split for evaluation), so they differ only in precision:
@@ -69,6 +70,8 @@ def main() -> int:
     parser.add_argument("--client-cpus", type=int, default=1)
     parser.add_argument("--only", help="comma-separated subset of: " + ", ".join(RUNS))
     parser.add_argument("--keep", type=Path, help="keep runs under this folder")
+    parser.add_argument("--set", default="", help="run-config overrides added to every run, e.g. 'seed=43' "
+                        "(a run's own setting wins)")
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory()
     work = args.keep or Path(tmp.name)
@@ -79,7 +82,7 @@ def main() -> int:
     for name in names:
         started = time.perf_counter()
         code, run_dir = launch([f"num-server-rounds={args.rounds} time-limit-min=0 data='{data}' "
-                                f"output-dir='{work / 'outputs'}' {RUNS[name]}"], client_cpus=args.client_cpus)
+                                f"output-dir='{work / 'outputs'}' {args.set} {RUNS[name]}"], client_cpus=args.client_cpus)
         if code != 0:
             print(f"{name}: run did not complete (exit {code})", file=sys.stderr)
             return 1
