@@ -25,6 +25,11 @@ PROJECT_ENV = "EUROSAT_PROJECT_DIR"
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
+def wire_name(transport: str, error_feedback: bool) -> str:
+    """The transport as it ran: `int4`, or `int4+ef` with error feedback (fp32 has no error to feed back)."""
+    return f"{transport}+ef" if error_feedback and transport != "fp32" else transport
+
+
 class ConfigError(ValueError):
     """A run-config value that is out of range; the message is one line for the user."""
 
@@ -124,7 +129,8 @@ class RunConfig:
             label = f"w{self.weight_bits}a{self.activation_bits}"
         else:
             label = self.precision
-        return label if self.transport == "fp32" else f"{label}-tx{self.transport}"
+        wire = wire_name(self.transport, self.transport_error_feedback).replace("+", "-")
+        return label if self.transport == "fp32" else f"{label}-tx{wire}"
 
     @property
     def time_limit_s(self) -> float | None:

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from eurosat.results import atomic_write  # noqa: E402
 
@@ -101,6 +102,7 @@ def curves_figure(runs: Sequence[tuple[str, dict]], x_key: str, x_label: str, ti
         right.plot([r["round"] for r in rounds], acc, marker="o", ms=3, label=label)
     left.set(xlabel=x_label, ylabel="test accuracy (%)", title=f"Accuracy vs {x_label.split(' (')[0]}")
     right.set(xlabel="round", ylabel="test accuracy (%)", title="Accuracy vs round")
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))  # no round 2.5
     right.legend(loc="lower right")
     fig.suptitle(title, fontsize=13)
     fig.tight_layout()

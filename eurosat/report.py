@@ -60,9 +60,11 @@ def draw_all(report_paths: list[Path], outputs_root: Path, out: Path | None) -> 
                                   "Training precision: how far each gets in the same time budget")
         written.append(plots.save(fig, out / "training_comparison.png", 300))
     fp32_training = [r for r in runs if r.config.get("precision") == "fp32" and r.config.get("weight-bits", 32) == 32]
-    by_transport = latest_by(fp32_training, lambda r: r.config.get("transport", "fp32"))
+    by_transport = latest_by(fp32_training, lambda r: r.transport)
     if len(by_transport) >= 2:
-        curves = [(f"{t} on the wire", by_transport[t].metrics) for t in ("fp32", "fp16", "int8", "int4") if t in by_transport]
+        order = [f"{t}{ef}" for t in ("fp32", "fp16", "int8", "int4") for ef in ("", "+ef")]
+        curves = [(f"{t.replace('+ef', ' + error feedback')} on the wire", by_transport[t].metrics)
+                  for t in order if t in by_transport]
         fig = plots.curves_figure(curves, "cumulative_mb", "data transmitted (MB)",
                                   "Quantized transport: accuracy per megabyte sent")
         written.append(plots.save(fig, out / "transport_comparison.png", 300))

@@ -25,7 +25,7 @@ def collect_rows(root: Path) -> list[dict]:
             "weight_bits": comp["weight_bits"] if comp else (8 if cfg.get("precision") == "int8" else cfg.get("weight-bits", 32)),
             "activation_bits": comp["activation_bits"] if comp else cfg.get("activation-bits", 32),
             "precision": cfg.get("precision", "?"),
-            "transport": cfg.get("transport", "fp32"),
+            "transport": run.transport,
             "state": run.state,
             "size_mb": round(comp["compressed_size_mb"] if comp else fp32_mb, 4) if (comp or fp32_mb) else None,
             "compression": round(comp["compression_ratio"], 2) if comp else (1.0 if fp32_mb else None),

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from eurosat.config import wire_name
 from eurosat.results import FINAL_MODEL_FILE, METRICS_FILE, read_status
 
 
@@ -22,6 +23,10 @@ class Run:
     @property
     def config(self) -> dict:
         return self.metrics.get("config", {})
+
+    @property
+    def transport(self) -> str:
+        return wire_name(self.config.get("transport", "fp32"), bool(self.config.get("transport-error-feedback")))
 
     @property
     def label(self) -> str:

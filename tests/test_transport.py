@@ -1,10 +1,12 @@
 """Quantized transport: codec round trips, aggregation, and a real 2-round int8 simulation."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
-from conftest import launch, run_dir_of
+from PIL import Image
+from conftest import cli, launch, run_dir_of
 from flwr.app import RecordDict
 
 from eurosat.config import load_run_config
@@ -133,6 +135,11 @@ def test_use_quantization_is_fp16_transport():
     assert cfg.transport == "fp16" and cfg.label == "fp32-txfp16"
 
 
+def test_error_feedback_runs_get_a_label_of_their_own():
+    assert load_run_config(['transport="int4" transport-error-feedback=true']).label == "fp32-txint4-ef"
+    assert load_run_config(["transport-error-feedback=true"]).label == "fp32"  # nothing to feed back in fp32
+
+
 def test_unknown_transport_is_a_clear_error_before_training():
     proc = launch(["-c", 'transport="int3"'], timeout=60)
     assert proc.returncode == 2 and "transport: unknown value 'int3'; allowed: fp32, fp16, int8, int4" in proc.stderr
@@ -150,6 +157,12 @@ def test_int8_transport_run_sends_at_most_0_27_of_fp32_bytes(e2e_run, small_data
     for a, b in zip(int8["rounds"], fp32["rounds"]):
         assert a["bytes_sent"] + a["bytes_received"] <= 0.27 * (b["bytes_sent"] + b["bytes_received"])
     assert int8["summary"]["final_test_accuracy"] > 0.15
+    # the two real runs side by side: transport_comparison.png draws one line per format
+    shutil.copytree(fp32_dir, tmp_path / "fp32" / fp32_dir.parts[-2] / fp32_dir.parts[-1])
+    proc = cli("create_comparison_plots.py", "--outputs", tmp_path, "--out", tmp_path / "figures")
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(tmp_path / "figures" / "transport_comparison.png") as img:
+        assert img.format == "PNG"
 
 
 def test_int4_transport_with_error_feedback_runs_and_sends_at_most_0_15(small_data, tmp_path):
@@ -158,6 +171,7 @@ def test_int4_transport_with_error_feedback_runs_and_sends_at_most_0_15(small_da
     proc = launch(["-c", f"num-server-rounds=2 num-supernodes=2 local-epochs=1 time-limit-min=0 transport=\"int4\" "
                          f"transport-error-feedback=true fraction-evaluate=1.0 data='{small_data}' output-dir='{tmp_path}'"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert run_dir_of(proc).parts[-3] == "fp32-txint4-ef"
     metrics = json.loads((run_dir_of(proc) / "metrics.json").read_text())
     summary = metrics["summary"]
     assert summary["rounds_completed"] == 2 and summary["bytes_ratio_to_fp32"] <= 0.15
