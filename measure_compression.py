@@ -18,7 +18,7 @@ from pathlib import Path
 from eurosat.compression import compression_report, format_report
 from eurosat.config import ACTIVATION_BITS, WEIGHT_BITS
 from eurosat.model import Net
-from eurosat.packed_model import is_packed, load_packed, save_packed
+from eurosat.packed_model import is_packed, save_packed, unpack
 from eurosat.qat import QATConfig, prepare_qat
 from eurosat.results import CheckpointError, load_checkpoint, load_state_dict, save_torch, write_json
 
@@ -27,7 +27,7 @@ def load_model(path: Path, config: QATConfig):
     """FP32 weights from either file kind, re-quantized at the requested widths."""
     state = load_checkpoint(path)
     if is_packed(state):
-        latent = {k: v for k, v in load_packed(path).state_dict().items() if not k.endswith("act_range")}
+        latent = {k: v for k, v in unpack(state, path).state_dict().items() if not k.endswith("act_range")}
     else:
         latent = load_state_dict(path)
     net = Net()

@@ -14,7 +14,7 @@ app = ClientApp()
 def _setup(msg: Message, context: Context):
     config = {k: v for k, v in msg.content["config"].items() if k != "server-round"}
     cfg = RunConfig.from_mapping(config, environ={})  # the server already applied the environment
-    link = ClientLink(get_codec(cfg.transport), context.state)
+    link = ClientLink(get_codec(cfg.transport), context.state, cfg.transport_error_feedback)
     node = context.node_config
     return cfg, link, link.decode(msg.content), int(node["partition-id"]), int(node["num-partitions"])
 
@@ -25,8 +25,7 @@ def train(msg: Message, context: Context) -> Message:
     delta, metrics = task.client_update(cfg, received, pid, n, int(msg.content["config"]["server-round"]))
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     info = {k: v for k, v in metrics.items() if isinstance(v, str)}  # e.g. the dtype that really ran
-    content = RecordDict({"arrays": link.encode(delta, cfg.transport_error_feedback),
-                          "metrics": MetricRecord(numbers), "info": ConfigRecord(info)})
+    content = RecordDict({"arrays": link.encode(delta), "metrics": MetricRecord(numbers), "info": ConfigRecord(info)})
     return Message(content=content, reply_to=msg)
 
 

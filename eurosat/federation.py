@@ -109,19 +109,20 @@ class BudgetedFedAvg(FedAvg):
         self.global_state = {k: v.numpy() for k, v in arrays.items()}
         fp32 = FP32.encode(self.global_state, quiet=True).count_bytes()
         self.stats = RoundStats(fp32_record_bytes=fp32)
-        return self._encoded(super().configure_train(server_round, ArrayRecord(), config, grid))
+        return self._encoded(super().configure_train(server_round, ArrayRecord(), config, grid), self.global_state)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Evaluation messages carry the model in the transport format too, and count as traffic."""
         return self._encoded(super().configure_evaluate(server_round, ArrayRecord(), config, grid),
                              {k: v.numpy() for k, v in arrays.items()})
 
-    def _encoded(self, sampled: Iterable[Message], state: State | None = None) -> list[Message]:
-        """FedAvg's sampled messages, re-made with the model (or each node's update) encoded."""
+    def _encoded(self, sampled: Iterable[Message], state: State) -> list[Message]:
+        """FedAvg's sampled messages (one content for all), re-made with the model (or each node's
+        update) encoded."""
         sampled = list(sampled)
         out: list[Message] = []
-        for nodes, arrays, link in self.link.encode(state or self.global_state, [m.metadata.dst_node_id for m in sampled]):
-            template = next(m for m in sampled if m.metadata.dst_node_id == nodes[0])
+        for nodes, arrays, link in self.link.encode(state, [m.metadata.dst_node_id for m in sampled]):
+            template = sampled[0]  # nodes is never empty, so neither is sampled
             content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: template.content[self.configrecord_key],
                                   **({LINK: link} if link is not None else {})})
             out += [Message(content=content, message_type=template.metadata.message_type, dst_node_id=n) for n in nodes]
@@ -129,9 +130,9 @@ class BudgetedFedAvg(FedAvg):
             self.stats.messages_sent += len(nodes)
         return out
 
-    def received(self, messages: list[Message], replies: Iterable[Message]) -> list[Message]:
-        """The replies; the link forgets the replicas of nodes that sent an error or nothing."""
-        replies = list(replies)
+    def _exchange(self, grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+        """Send and wait; the link forgets the replicas of nodes that sent an error or nothing."""
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
         answered = {m.metadata.src_node_id for m in replies if not m.has_error()}
         self.link.forget([m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in answered])
         return replies
@@ -171,14 +172,13 @@ class BudgetedFedAvg(FedAvg):
         for rnd in range(1, num_rounds + 1):
             budget.start_round()
             train_started = budget.clock()
-            messages = self.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), grid)
-            replies = self.received(messages, grid.send_and_receive(messages, timeout=timeout))
+            replies = self._exchange(grid, self.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), grid), timeout)
             arrays, train_metrics = self.aggregate_train(rnd, replies)
             train_phase = budget.clock() - train_started
             client_eval = None
             if self.fraction_evaluate > 0:
-                messages = self.configure_evaluate(rnd, arrays, ConfigRecord(dict(train_config)), grid)
-                replies = self.received(messages, grid.send_and_receive(messages, timeout=timeout))
+                replies = self._exchange(grid, self.configure_evaluate(rnd, arrays, ConfigRecord(dict(train_config)), grid),
+                                         timeout)
                 client_eval = self.aggregate_evaluate(rnd, replies)
             state = {k: v.numpy() for k, v in arrays.items()}
             server = evaluate_fn(state)

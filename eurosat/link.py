@@ -45,7 +45,7 @@ class ServerLink:
 
     def __init__(self, codec: Codec, feedback: bool):
         self.codec = codec
-        self.feedback = feedback and codec.bits < 32
+        self.feedback = feedback and codec.lossy
         self.replicas: dict[int, State] = {}
         self.held: dict[int, int] = {}  # node id -> replica number
         self._numbers = iter(range(FRESH + 1, 2**62))
@@ -84,8 +84,9 @@ class ClientLink:
     encode the upload (with the last residual when error feedback is on); `store` is the node's
     `context.state`, which Flower keeps for the node between rounds."""
 
-    def __init__(self, codec: Codec, store: RecordDict):
+    def __init__(self, codec: Codec, store: RecordDict, feedback: bool):
         self.codec, self.store = codec, store
+        self.feedback = feedback and codec.lossy
 
     def decode(self, content: RecordDict) -> State:
         received = self.codec.decode(content["arrays"])
@@ -105,8 +106,8 @@ class ClientLink:
         self.store[REPLICA_NUMBER] = ConfigRecord({"replica": number})
         return received
 
-    def encode(self, delta: State, feedback: bool) -> ArrayRecord:
-        if feedback and self.codec.bits < 32:
+    def encode(self, delta: State) -> ArrayRecord:
+        if self.feedback:
             delta, residual = error_feedback(self.codec, delta, self._load(RESIDUAL))
             self._save(RESIDUAL, residual)
         return self.codec.encode(delta)

@@ -44,7 +44,7 @@ def packed_state(model: nn.Module) -> dict[str, object]:
     layers = qat_layers(model)
     first = next(iter(layers.values()))
     bits, abits = first.weight_bits, first.activation_bits
-    weights = {f"{name}.weight" for name in layers}
+    weights = _weight_keys(layers)
     codes: list[np.ndarray] = []
     scales: list[torch.Tensor] = []
     rest: list[torch.Tensor] = []
@@ -83,21 +83,31 @@ def is_packed(state: object) -> bool:
     return isinstance(state, dict) and state.get("format") == FORMAT
 
 
+def _weight_keys(layers: dict[str, nn.Module]) -> set[str]:
+    """The state-dict keys stored in N bits: each fake-quantized layer's weight."""
+    return {f"{name}.weight" for name in layers}
+
+
 def load_packed(path: str | Path) -> nn.Module:
     """Unpack a `final_model_{N}bit.pt` into a fake-quantized `Net` (eval mode) whose weights are
     exactly the stored N-bit values."""
-    state = load_checkpoint(path)
+    return unpack(load_checkpoint(path), path)
+
+
+def unpack(state: object, path: str | Path) -> nn.Module:
+    """`load_packed` for a state already loaded from `path` (named in errors)."""
     if not is_packed(state):
         raise CheckpointError(f"{path}: not a packed model file ({FORMAT}); the run's final_model_fp32.pt "
                               "holds the same weights unpacked")
     bits, abits = int(state["weight_bits"]), int(state["activation_bits"])
     model = prepare_qat(Net(), QATConfig(bits, abits))
     layers = qat_layers(model)
+    weights = _weight_keys(layers)
     parts = {k: _Reader(state[k]) for k in ("codes", "scales", "fp32", "fp16") if k in state}
     counters = list(state["counters"])
     plain: dict[str, torch.Tensor] = {}
     for key, like in Net().state_dict().items():
-        if key.removesuffix(".weight") in layers and key.endswith(".weight"):
+        if key in weights:
             plain[key] = _read_weight(parts, bits, tuple(like.shape))
         elif like.is_floating_point():
             plain[key] = parts["fp32"].take(like.numel()).reshape(like.shape)

@@ -33,6 +33,11 @@ class Codec:
     name: str
     bits: int
 
+    @property
+    def lossy(self) -> bool:
+        """Whether decoding loses anything, i.e. whether error feedback has anything to carry."""
+        return self.bits < 32
+
     def encode(self, state: Mapping[str, np.ndarray], quiet: bool = False) -> ArrayRecord:
         """`quiet`: a reference or residual encoding that is not sent, so not logged as traffic."""
         record = ArrayRecord()

@@ -99,7 +99,7 @@ def test_downlink_error_feedback_keeps_node_and_server_replicas_identical_and_cl
     """Each node's replica equals the server's bit for bit and stays within one update's rounding
     of the global model, far closer than re-rounding the whole model each round."""
     codec, rng = get_codec("int4"), np.random.default_rng(0)
-    server, nodes = ServerLink(codec, feedback=True), {7: ClientLink(codec, RecordDict()), 9: ClientLink(codec, RecordDict())}
+    server, nodes = ServerLink(codec, feedback=True), {7: ClientLink(codec, RecordDict(), feedback=True), 9: ClientLink(codec, RecordDict(), feedback=True)}
     for _ in range(4):
         state = _drift(state, rng)
         for group, arrays, link in server.encode(state, list(nodes)):
@@ -117,15 +117,15 @@ def test_downlink_error_feedback_keeps_node_and_server_replicas_identical_and_cl
 
 def test_a_node_that_lost_its_replica_is_told_and_gets_the_whole_model_next(state):
     codec = get_codec("int8")
-    server, node = ServerLink(codec, feedback=True), ClientLink(codec, RecordDict())
+    server, node = ServerLink(codec, feedback=True), ClientLink(codec, RecordDict(), feedback=True)
     [(_, arrays, link)] = server.encode(state, [3])
     node.decode(_payload(arrays, link))
     [(_, arrays, link)] = server.encode(state, [3])
     with pytest.raises(RuntimeError, match="holds no replica, the server sent an update to replica 1"):
-        ClientLink(codec, RecordDict()).decode(_payload(arrays, link))  # a restarted node: no replica
+        ClientLink(codec, RecordDict(), feedback=True).decode(_payload(arrays, link))  # a restarted node: no replica
     server.forget([3])  # what the server does with a node whose reply was an error
     [(_, arrays, link)] = server.encode(state, [3])
-    fresh = ClientLink(codec, RecordDict()).decode(_payload(arrays, link))
+    fresh = ClientLink(codec, RecordDict(), feedback=True).decode(_payload(arrays, link))
     assert link["base"] == 0 and all(np.array_equal(fresh[k], v) for k, v in codec.decode(codec.encode(state)).items())
     assert set(server.replicas) == {server.held[3]}  # replicas no node holds are dropped
 
