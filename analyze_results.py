@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from eurosat.config import PROJECT_DIR
-from eurosat.results import atomic_write
+from eurosat.files import OutputPathError, atomic_write, check_output_file
 from eurosat.results_table import COLUMNS, collect_rows, format_rows
 
 
@@ -27,7 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, help="CSV path [<outputs>/results_summary.csv]")
     args = parser.parse_args(argv)
     if not args.outputs.is_dir():
-        print(f"error: {args.outputs}: no such folder", file=sys.stderr)
+        what = "is a file, expected a folder" if args.outputs.exists() else "no such folder"
+        print(f"error: {args.outputs}: {what}", file=sys.stderr)
+        return 2
+    csv_path = args.csv or args.outputs / "results_summary.csv"
+    try:
+        check_output_file(csv_path, "--csv")
+    except OutputPathError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     rows = collect_rows(args.outputs)
     if not rows:
@@ -38,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     writer = csv.DictWriter(buf, fieldnames=[key for key, _ in COLUMNS])
     writer.writeheader()
     writer.writerows(rows)
-    path = atomic_write(args.csv or args.outputs / "results_summary.csv", lambda fh: fh.write(buf.getvalue()), mode="w")
+    path = atomic_write(csv_path, lambda fh: fh.write(buf.getvalue()), mode="w")
     print(f"wrote {path}")
     return 0
 

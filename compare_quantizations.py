@@ -3,8 +3,12 @@
 accuracy drops, speed and the cost of sending each version in federated training.
 
     python compare_quantizations.py outputs/fp32/2025-11-15/14-30-00/final_model.pt
+    python compare_quantizations.py MODEL --test-data /data/eurosat-winter --test-split test
+    python compare_quantizations.py MODEL --corruptions all --severity 1..5
 
-Writes model_<precision>.pt and quantization_comparison.json into --out-dir.
+Writes model_<precision>.pt and quantization_comparison.json into --out-dir. With --corruptions,
+every precision is also evaluated on the test images under each corruption and severity
+(`robustness` in the JSON; see eurosat/corruptions.py for what each severity means).
 Exit status: 0 done, 2 bad input (nothing written).
 """
 
@@ -16,10 +20,12 @@ import sys
 from pathlib import Path
 
 from eurosat.compare import RESULT_FILE, CompareOptions, compare, format_table
+from eurosat.corruptions import CORRUPTIONS, parse_corruptions, parse_severities
 from eurosat.config import project_defaults
 from eurosat.data import DATA_ENV, DataError, resolve_source
 from eurosat.ptq import CONFIGS
-from eurosat.results import CheckpointError
+from eurosat.datacheck import check_source
+from eurosat.files import CheckpointError, check_output_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,6 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
     parser.add_argument("--precisions", default="fp32,fp16,int8",
                         help=f"comma-separated, from: {', '.join(CONFIGS)} (fp32 is always the baseline)")
+    parser.add_argument("--test-data", help="evaluate on this folder's split instead (same parquet layout); "
+                        "calibration still comes from --data")
+    parser.add_argument("--test-split", default="test", help="the split evaluated (of --test-data, else --data)")
+    parser.add_argument("--corruptions", default="", help=f"comma-separated, from: {', '.join(CORRUPTIONS)}, or all "
+                        "[none: clean images only]")
+    parser.add_argument("--severity", default="1..5", help="severities 1-5 for --corruptions: N, N,M or N..M")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the corruptions' randomness")
     return parser.parse_args(argv)
 
 
@@ -65,15 +78,19 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--device {args.device}: CUDA is not available")
         from eurosat.compare import load_fp32_net
 
+        corruptions = parse_corruptions(args.corruptions) if args.corruptions else ()
+        severities = parse_severities(args.severity)
         load_fp32_net(args.checkpoint)
-        resolve_source(args.data)
-        out_dir = args.out_dir or args.checkpoint.resolve().parent
+        out_dir = check_output_dir(args.out_dir or args.checkpoint.resolve().parent, "--out-dir")
+        check_source(resolve_source(args.data, splits=(args.calibration_split,)))
+        check_source(resolve_source(args.test_data or args.data, splits=(args.test_split,)))
         opts = CompareOptions(args.data, out_dir, args.clients, args.rounds, args.cost_per_mb,
                               args.calibration_samples, args.calibration_split, args.device,
-                              args.batch_size, precisions)
+                              args.batch_size, precisions, args.test_data, args.test_split, corruptions,
+                              severities, args.seed)
         print(f"comparing {', '.join(['fp32'] + [p for p in precisions if p != 'fp32'])} for {args.checkpoint}", flush=True)
         report = compare(args.checkpoint, opts)
-    except (CheckpointError, DataError, ValueError) as exc:
+    except (CheckpointError, DataError, ValueError) as exc:  # OutputPathError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(report))

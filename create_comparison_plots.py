@@ -5,8 +5,11 @@
 
 - comparison_plots.png (300 DPI) and comparison_plots_highres.png (600 DPI): the post-training
   quantization report (newest quantization_comparison.json under --outputs if none is given);
+- robustness.png: accuracy vs corruption severity, one panel per corruption, one line per
+  precision, where the comparison was run with --corruptions;
 - training_comparison.png: test accuracy vs wall clock and vs round of the newest fp32, fp16
-  and int8 training runs, where at least two exist;
+  and int8 training runs, where at least two exist (several seeds of one configuration: their
+  mean, with a min-max band);
 - transport_comparison.png: accuracy vs MB transmitted and vs round, one line per transport
   format, where runs with at least two formats exist;
 - bits_accuracy.png and bits_parallel.png: the weight/activation bit-width sweep, where runs
@@ -17,7 +20,6 @@ Exit status: 0 done, 2 bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         written = draw_all(args.reports, args.outputs, args.out)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for path in written:

@@ -20,7 +20,7 @@ from eurosat.config import ACTIVATION_BITS, WEIGHT_BITS
 from eurosat.model import Net
 from eurosat.packed_model import is_packed, save_packed, unpack
 from eurosat.qat import QATConfig, prepare_qat
-from eurosat.results import CheckpointError, load_checkpoint, load_state_dict, save_torch, write_json
+from eurosat.files import CheckpointError, check_output_file, load_checkpoint, load_state_dict, save_torch, write_json
 
 
 def load_model(path: Path, config: QATConfig):
@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.weight_bits == 32:
             raise ValueError("--weight_bits 32 is the FP32 baseline itself; choose 16 or fewer")
         model, latent = load_model(args.checkpoint, QATConfig(args.weight_bits, args.activation_bits))
-    except (CheckpointError, ValueError) as exc:
+        out = check_output_file(args.out or args.checkpoint.resolve().parent /
+                                f"compression_w{args.weight_bits}a{args.activation_bits}.json", "--out")
+    except (CheckpointError, ValueError) as exc:  # OutputPathError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:  # real files, to report bytes on disk too
@@ -62,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     report["checkpoint"] = str(args.checkpoint.resolve())
     for key in ("fp32_file", "packed_file"):
         report["files"].pop(key)
-    out = args.out or args.checkpoint.resolve().parent / f"compression_w{args.weight_bits}a{args.activation_bits}.json"
     write_json(out, report)
     print(format_report(report))
     print(f"wrote {out}")

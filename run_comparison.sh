@@ -76,13 +76,11 @@ for p in "${PRESETS[@]}"; do
 done
 
 # A job is done when squeue no longer lists it: it prints only the header, or an error once
-# the job's record has expired. Its real outcome is the run's status.json, read from its log.
-job_state() {  # job_state PRESET -> COMPLETED | FAILED | INTERRUPTED | UNKNOWN
-    local logf="$LOG_DIR/fl-$1-r$ROUNDS-t${MINUTES}m-${JOB[$1]}.out" dir state
-    dir=$(grep -m1 '^eurosat.launch: run folder ' "$logf" 2>/dev/null | sed 's/^eurosat.launch: run folder //') || true
-    [ -n "$dir" ] && [ -f "$dir/status.json" ] || { echo UNKNOWN; return; }
-    state=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["state"].upper())' "$dir/status.json" 2>/dev/null) || state=UNKNOWN
-    echo "$state"
+# the job's record has expired. Its real outcome is the run's final state, which the launcher
+# writes with the run folder into logs/<job>-<id>.json (--result-json).
+job_state() {  # job_state PRESET -> COMPLETED | FAILED | INTERRUPTED | ... | UNKNOWN (from the launcher's result JSON)
+    "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["state"].upper())' \
+        "$LOG_DIR/fl-$1-r$ROUNDS-t${MINUTES}m-${JOB[$1]}.json" 2>/dev/null || echo UNKNOWN
 }
 if [ "$LOCAL" = 0 ]; then
     pending=("${PRESETS[@]}")

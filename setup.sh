@@ -10,7 +10,7 @@
 # Environment: PYTHON (interpreter to build the venv from) [python3], VENV [.venv].
 set -euo pipefail
 cd "$(dirname "$0")"
-case "${1:-}" in -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}

@@ -24,7 +24,8 @@
 #   [EUROSAT_LOG_DIR]    log folder [logs/]
 #   -h, --help
 #
-# Logs: logs/<job-name>-r<ROUNDS>-t<MINUTES>m-<jobid>.out/.err. Results: outputs/<label>/<date>/<time>/.
+# Logs: logs/<job-name>-r<ROUNDS>-t<MINUTES>m-<jobid>.out/.err, and .json: the run folder and its final
+# state (python -m eurosat.launch --result-json). Results: outputs/<label>/<date>/<time>/.
 # The job exits non-zero (Slurm state FAILED) when the run's status.json is not "completed".
 set -euo pipefail
 PROJECT=$(cd "$(dirname "$0")" && pwd)
@@ -52,6 +53,7 @@ while [ $# -gt 0 ]; do
                 --set) SETS+=("$2") ;;
             esac
             shift ;;
+        -[0-9]*) POS+=("$1") ;;  # a negative number is a (bad) positional value, not an option
         -*) die "unknown option $1 (see --help)" ;;
         *) POS+=("$1") ;;
     esac
@@ -95,7 +97,7 @@ JOB_ID=\${SLURM_JOB_ID:-local-\$(date +%Y%m%d-%H%M%S)}
 echo "job \$JOB_ID on \$(hostname): $PRESET, at most $ROUNDS rounds / $MINUTES min, \${SLURM_CPUS_PER_TASK:-$CPUS} CPUs, $GPUS GPUs"
 exec python -m eurosat.launch -c "$CONFIG" -c "$OVERRIDES" \\
     --cpus "\${SLURM_CPUS_PER_TASK:-$CPUS}" --gpus "$GPUS" --client-cpus 1 \\
-    --flwr-home "\${TMPDIR:-/tmp}/flwr-home-\$JOB_ID"
+    --result-json "$LOG_DIR/$STEM-\$JOB_ID.json"
 EOF
 )
 

@@ -17,15 +17,19 @@ from pathlib import Path
 
 import torch
 
-from eurosat.cost import communication_cost, savings, verdict
+from eurosat.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from eurosat.cost import communication_cost, savings
 from eurosat.data import TensorData, load_split, resolve_source
 from eurosat.model import Net
 from eurosat.ptq import CONFIGS, is_fully_quantized, load_quantized, quantize_, save_quantized
-from eurosat.results import CheckpointError, load_state_dict, write_json
+from eurosat.files import CheckpointError, load_state_dict, write_json
+from eurosat.stats import Interval, paired_accuracy_difference
 from eurosat.training import evaluate
+from eurosat.verdict import NOT_MEANINGFUL, baseline_problems, judge
 
 MB = 1024 * 1024
 RESULT_FILE = "quantization_comparison.json"
+ROBUSTNESS_MARGIN = 0.5  # points: INT8 may lose at most this much more than FP16 under corruption
 CLASS_NAMES = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
                "PermanentCrop", "Residential", "River", "SeaLake"]
 
@@ -42,6 +46,11 @@ class CompareOptions:
     device: str = "cpu"
     batch_size: int = 256
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    test_data: str | None = None  # another folder to evaluate on (calibration stays on `data`)
+    test_split: str = "test"
+    corruptions: tuple[str, ...] = ()
+    severities: tuple[int, ...] = SEVERITIES
+    seed: int = 0  # corruption noise
 
 
 def load_fp32_net(path: Path) -> Net:
@@ -63,8 +72,17 @@ def _calibration(source, split: str, n: int, batch_size: int) -> list[torch.Tens
     return [x for x, _ in images.batches(batch_size)]
 
 
-def _evaluate_file(path: Path, precision: str, testset: TensorData, device: torch.device, batch_size: int) -> dict:
-    """Evaluate a saved model file as a user would load it."""
+@dataclass
+class Loaded:
+    """A saved model file loaded back as a user would load it, and where/how it computes."""
+
+    model: torch.nn.Module
+    device: torch.device
+    input_dtype: torch.dtype
+    compute: str
+
+
+def _load_file(path: Path, precision: str, device: torch.device) -> Loaded:
     model, stored = load_quantized(path)
     assert stored == precision, (stored, precision)
     eval_device, input_dtype, compute = torch.device("cpu"), torch.float32, "float32"
@@ -77,11 +95,18 @@ def _evaluate_file(path: Path, precision: str, testset: TensorData, device: torc
         compute = "float32 (float16 storage upcast)"
     else:
         eval_device = device
-    model = model.to(eval_device)
-    warm = next(testset.batches(batch_size, device=eval_device))[0].to(input_dtype)
+    return Loaded(model.to(eval_device), eval_device, input_dtype, compute)
+
+
+def _score(loaded: Loaded, testset: TensorData, batch_size: int, progress: str | None = None) -> dict:
+    return evaluate(loaded.model, testset, batch_size, loaded.device, loaded.input_dtype, progress=progress)
+
+
+def _clean_result(loaded: Loaded, testset: TensorData, batch_size: int, precision: str) -> dict:
+    warm = next(testset.batches(batch_size, device=loaded.device))[0].to(loaded.input_dtype)
     with torch.no_grad():
-        model(warm)  # first-call set-up is not inference speed
-    result = evaluate(model, testset, batch_size, eval_device, input_dtype, progress=f"evaluating {precision}")
+        loaded.model(warm)  # first-call set-up is not inference speed
+    result = _score(loaded, testset, batch_size, progress=f"evaluating {precision}")
     confusion = torch.tensor(result["confusion_matrix"])
     per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1)).tolist()
     return {
@@ -92,10 +117,50 @@ def _evaluate_file(path: Path, precision: str, testset: TensorData, device: torc
         "throughput_images_per_s": result["num_examples"] / result["seconds"],
         "latency_ms_per_batch": 1000.0 * result["seconds"] / result["batches"],
         "batch_size": batch_size,
-        "device": str(eval_device),
-        "compute_dtype": compute,
-        "fully_quantized": is_fully_quantized(model) if precision.startswith("int8") else None,
+        "device": str(loaded.device),
+        "compute_dtype": loaded.compute,
+        "fully_quantized": is_fully_quantized(loaded.model) if precision.startswith("int8") else None,
+        "_correct": result["correct"],
     }
+
+
+def robustness(models: dict[str, Loaded], testset: TensorData, clean: dict[str, float], opts: CompareOptions) -> dict:
+    """Accuracy of every precision under every corruption and severity. Each corrupted image set is
+    made once and evaluated by every precision."""
+    results: dict[str, dict] = {name: {} for name in models}
+    total = len(opts.corruptions) * len(opts.severities)
+    done = 0
+    for corruption in opts.corruptions:
+        for name in models:
+            results[name][corruption] = {}
+        for severity in opts.severities:
+            images = TensorData(corrupt(testset.images, corruption, severity, opts.seed), testset.labels)
+            accuracy = {name: 100.0 * _score(loaded, images, opts.batch_size)["accuracy"] for name, loaded in models.items()}
+            for name, acc in accuracy.items():
+                results[name][corruption][str(severity)] = {
+                    "accuracy": acc, "drop_vs_clean": clean[name] - acc, "drop_vs_fp32": accuracy["fp32"] - acc}
+            done += 1
+            print(f"  robustness {done}/{total}: {corruption} severity {severity}: "
+                  + ", ".join(f"{n} {a:.1f}%" for n, a in accuracy.items()), flush=True)
+    summary: dict[str, dict] = {"mean_corruption_accuracy": {}, "mean_drop_vs_clean": {}, "worst": {}}
+    for name, by_corruption in results.items():
+        cells = [(c, int(s), v) for c, by_sev in by_corruption.items() for s, v in by_sev.items()]
+        summary["mean_corruption_accuracy"][name] = sum(v["accuracy"] for *_, v in cells) / len(cells)
+        summary["mean_drop_vs_clean"][name] = sum(v["drop_vs_clean"] for *_, v in cells) / len(cells)
+        c, s, v = min(cells, key=lambda cell: cell[2]["accuracy"])
+        summary["worst"][name] = {"corruption": c, "severity": s, "accuracy": v["accuracy"]}
+    per_corruption = {c: sum(results["fp32"][c][str(s)]["accuracy"] for s in opts.severities) / len(opts.severities)
+                      for c in opts.corruptions}
+    summary["worst_corruption_fp32"] = min(per_corruption, key=per_corruption.get)
+    if "int8" in results and "fp16" in results:
+        i8, f16 = summary["mean_drop_vs_clean"]["int8"], summary["mean_drop_vs_clean"]["fp16"]
+        holds = i8 <= f16 + ROBUSTNESS_MARGIN
+        summary["int8_within_fp16_plus_margin"] = holds
+        summary["verdict"] = (f"INT8 {'holds up' if holds else 'does not hold up'} under corruption: mean drop "
+                              f"{i8:+.2f} points vs FP16's {f16:+.2f} (allowed: FP16's + {ROBUSTNESS_MARGIN})")
+    return {"corruptions": {c: {"parameter": CORRUPTIONS[c].parameter, "levels": list(CORRUPTIONS[c].levels)}
+                            for c in opts.corruptions},
+            "severities": list(opts.severities), "seed": opts.seed, "results": results, "summary": summary}
 
 
 def compare(checkpoint: Path, opts: CompareOptions) -> dict:
@@ -105,35 +170,44 @@ def compare(checkpoint: Path, opts: CompareOptions) -> dict:
     if unknown:
         raise ValueError(f"--precisions: unknown {', '.join(unknown)}; allowed: {', '.join(CONFIGS)}")
     precisions = ["fp32"] + [p for p in opts.precisions if p != "fp32"]  # fp32 is the baseline
-    source = resolve_source(opts.data)
+    source = resolve_source(opts.data, splits=(opts.calibration_split,))
+    test_source = resolve_source(opts.test_data or opts.data, splits=(opts.test_split,))
     device = torch.device(opts.device)
     started = time.perf_counter()
-    testset = load_split(source, "test")
+    testset = load_split(test_source, opts.test_split)
     calibration = (_calibration(source, opts.calibration_split, opts.calibration_samples, 64)
                    if "int8" in precisions else None)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
+    models: dict[str, Loaded] = {}
     for name in precisions:
         config = CONFIGS[name]
         path = opts.out_dir / f"model_{name}.pt"
         save_quantized(quantize_(net, config, calibration if name == "int8" else None), config, path)
         size = os.path.getsize(path)
+        models[name] = _load_file(path, name, device)
         results[name] = {"file": path.name, "file_size_bytes": size, "file_size_mb": size / MB,
-                         **_evaluate_file(path, name, testset, device, opts.batch_size)}
+                         **_clean_result(models[name], testset, opts.batch_size, name)}
         print(f"  {name}: {results[name]['accuracy']:.2f}% accuracy, {size / MB:.3f} MB", flush=True)
     base = results["fp32"]
     base_cost = communication_cost(base["file_size_bytes"], opts.clients, opts.rounds, opts.cost_per_mb)
     for r in results.values():
         r["accuracy_drop_percent"] = base["accuracy"] - r["accuracy"]  # percentage points, as in the seed
+        # FP32's accuracy minus this one's, image by image: the drop and its 95% interval
+        r["accuracy_drop_ci95"] = paired_accuracy_difference(base["_correct"], r["_correct"]).as_dict()
         r["compression_ratio"] = base["file_size_bytes"] / r["file_size_bytes"]
         r["size_reduction_percent"] = 100.0 * (1 - r["file_size_bytes"] / base["file_size_bytes"])
         cost = communication_cost(r["file_size_bytes"], opts.clients, opts.rounds, opts.cost_per_mb)
         r["communication"] = {**cost.as_dict(), **savings(cost, base_cost)}
+    for r in results.values():
+        del r["_correct"]
     report = {
         "checkpoint": str(Path(checkpoint).resolve()),
         "data": source.name,
+        "test_data": {"source": test_source.name, "split": opts.test_split},
         "test_samples": len(testset),
-        "calibration": {"split": opts.calibration_split, "samples": opts.calibration_samples} if calibration else None,
+        "calibration": {"source": source.name, "split": opts.calibration_split, "samples": opts.calibration_samples}
+        if calibration else None,
         "device": str(device),
         "timestamp": datetime.now().astimezone().isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "python": platform.python_version(),
@@ -141,25 +215,44 @@ def compare(checkpoint: Path, opts: CompareOptions) -> dict:
         "communication_settings": {"clients": opts.clients, "rounds": opts.rounds, "cost_per_mb": opts.cost_per_mb,
                                    "formula": "file MB x 2 (down+up) x clients x rounds x cost per MB"},
         "precisions": results,
-        "seconds": time.perf_counter() - started,
     }
     if "int8" in results:
         i8 = results["int8"]
-        report["verdict"] = verdict(i8["accuracy_drop_percent"], i8["compression_ratio"],
-                                    i8["communication"]["savings_percent"])
+        drop = Interval(**{k: i8["accuracy_drop_ci95"][k] for k in ("estimate", "low", "high", "n")})
+        report["verdict"], report["verdict_reasons"] = judge(drop, i8["compression_ratio"],
+                                                             i8["communication"]["savings_percent"],
+                                                             base["confusion_matrix"])
+    if opts.corruptions:
+        report["robustness"] = robustness(models, testset, {n: r["accuracy"] for n, r in results.items()}, opts)
+        problems = baseline_problems(base["confusion_matrix"])
+        if problems and "verdict" in report["robustness"]["summary"]:
+            report["robustness"]["summary"]["verdict"] = f"{NOT_MEANINGFUL}: baseline not trained ({'; '.join(problems)})"
+    report["seconds"] = time.perf_counter() - started
     write_json(opts.out_dir / RESULT_FILE, report)
     return report
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{'Precision':<13}{'Accuracy':>9}{'Drop':>8}{'Size (MB)':>11}{'Compression':>13}"
+    lines = [f"{'Precision':<13}{'Accuracy':>9}{'Drop [95% interval]':>24}{'Size (MB)':>11}{'Compression':>13}"
              f"{'img/s':>9}{'Cost ($)':>10}{'Saved':>8}  compute"]
     for name, r in report["precisions"].items():
-        lines.append(f"{name:<13}{r['accuracy']:>8.2f}%{r['accuracy_drop_percent']:>+8.2f}{r['file_size_mb']:>11.3f}"
+        ci = r["accuracy_drop_ci95"]
+        drop = f"{ci['estimate']:+.2f} [{ci['low']:+.2f}, {ci['high']:+.2f}]"
+        lines.append(f"{name:<13}{r['accuracy']:>8.2f}%{drop:>24}{r['file_size_mb']:>11.3f}"
                      f"{r['compression_ratio']:>12.2f}x{r['throughput_images_per_s']:>9.0f}"
                      f"{r['communication']['total_cost']:>10.2f}{r['communication']['savings_percent']:>7.1f}%"
                      f"  {r['compute_dtype']}")
+    lines.append(f"(drop = FP32 accuracy minus this precision's, in points, on the same {report['test_samples']} "
+                 "images; paired bootstrap 95% interval)")
     if "verdict" in report:
-        lines.append(f"INT8 verdict: {report['verdict']}")
+        reasons = report.get("verdict_reasons") or []
+        lines.append(f"INT8 verdict: {report['verdict']}" + (f" ({'; '.join(reasons)})" if reasons else ""))
+    if "robustness" in report:
+        summary = report["robustness"]["summary"]
+        lines.append("Under corruption (mean over corruptions and severities): " + ", ".join(
+            f"{n} {a:.2f}% (drop {summary['mean_drop_vs_clean'][n]:+.2f})"
+            for n, a in summary["mean_corruption_accuracy"].items()))
+        lines.append(f"Worst corruption for FP32: {summary['worst_corruption_fp32']}")
+        if "verdict" in summary:
+            lines.append(summary["verdict"])
     return "\n".join(lines)
-

@@ -8,13 +8,17 @@ so a bad run fails before any data is loaded or any client trains.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from eurosat.augment import AUGMENTATIONS
 from eurosat.data import DATA_ENV, PARTITIONERS
+from eurosat.schedule import SCHEDULES, LrSchedule
+from eurosat.training import OPTIMIZERS, LocalTraining
 
 PRECISIONS = ("fp32", "fp16", "int8")
 WEIGHT_BITS = (32, 16, 8, 6, 4, 2, 1)
@@ -51,9 +55,18 @@ class RunConfig:
     dirichlet_alpha: float
     fraction_train: float
     fraction_evaluate: float
+    min_clients_fraction: float
+    round_timeout_s: float
     local_epochs: int
     batch_size: int
     lr: float
+    optimizer: str
+    weight_decay: float
+    momentum: float
+    lr_schedule: str
+    lr_warmup_rounds: int
+    lr_floor: float
+    augment: str
     seed: int
     output_dir: str
     run_dir: str
@@ -94,6 +107,9 @@ class RunConfig:
         _choice("activation-bits", self.activation_bits, ACTIVATION_BITS)
         _choice("transport", self.transport, TRANSPORTS)
         _choice("partitioner", self.partitioner, PARTITIONERS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("lr-schedule", self.lr_schedule, SCHEDULES)
+        _choice("augment", self.augment, AUGMENTATIONS)
         if self.precision != "fp32" and (self.weight_bits, self.activation_bits) != (32, 32):
             raise ConfigError(
                 f"precision={self.precision!r} cannot be combined with weight-bits={self.weight_bits}/"
@@ -107,16 +123,38 @@ class RunConfig:
             raise ConfigError(f"fraction-train: must be in (0, 1], got {self.fraction_train}")
         if not 0 <= self.fraction_evaluate <= 1:
             raise ConfigError(f"fraction-evaluate: must be in [0, 1], got {self.fraction_evaluate}")
+        if not 0 < self.min_clients_fraction <= 1:
+            raise ConfigError(f"min-clients-fraction: must be in (0, 1], got {self.min_clients_fraction}")
+        if self.round_timeout_s < 0:
+            raise ConfigError(f"round-timeout-s: must be >= 0 (0 = what is left of the budget), got {self.round_timeout_s}")
         if self.dirichlet_alpha <= 0:
             raise ConfigError(f"dirichlet-alpha: must be > 0, got {self.dirichlet_alpha}")
         for key in ("num_server_rounds", "num_supernodes", "local_epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key.replace('_', '-')}: must be >= 1, got {getattr(self, key)}")
-        if self.lr <= 0 or self.cost_per_mb < 0:
-            raise ConfigError("lr must be > 0 and cost-per-mb >= 0")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if self.cost_per_mb < 0:
+            raise ConfigError(f"cost-per-mb: must be >= 0, got {self.cost_per_mb}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight-decay: must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
+        if self.lr_warmup_rounds < 0:
+            raise ConfigError(f"lr-warmup-rounds: must be >= 0, got {self.lr_warmup_rounds}")
+        if not 0 <= self.lr_floor <= 1:
+            raise ConfigError(f"lr-floor: must be in [0, 1] (a fraction of lr), got {self.lr_floor}")
         if self.wandb_project and importlib.util.find_spec("wandb") is None:
             raise ConfigError(f"wandb-project={self.wandb_project!r} needs wandb: pip install wandb, "
                               "or leave wandb-project empty")
+
+    def lr_schedule_plan(self) -> LrSchedule:
+        return LrSchedule(self.lr_schedule, self.lr, self.lr_floor, self.lr_warmup_rounds)
+
+    def local_training(self) -> LocalTraining:
+        """The client's local recipe: the one place the training keys are read."""
+        return LocalTraining(self.local_epochs, self.batch_size, self.optimizer, self.weight_decay, self.momentum,
+                             self.augment, self.lr_schedule_plan())
 
     @property
     def quantized_training(self) -> bool:
@@ -182,10 +220,14 @@ def _coerce(key: str, value: object, kind: object) -> object:
                 raise ValueError
             return int(value)
         if kind == "float":
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
+            number = float(value)
+        else:
+            return str(value)
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{key}: expected {kind}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    return number
 
 
 def project_defaults(project: Path = PROJECT_DIR) -> dict[str, object]:

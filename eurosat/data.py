@@ -8,7 +8,7 @@ would dominate a small CNN's step time on CPU.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,14 +50,23 @@ def _split_files(folder: Path, split: str) -> str | None:
     return str(folder / "data" / f"{split}-*.parquet") if sharded else None
 
 
+def looks_like_path(data: str) -> bool:
+    """A local path, not a hub id (`owner/name` or `name`): it starts like a path, exists, has more
+    than two parts, or its first part is a local folder (a mistyped `data/eurosat` must not be
+    sent to the Hub)."""
+    if data.startswith((".", "/", "~")) or Path(data).expanduser().exists():
+        return True
+    parts = Path(data).parts
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+
+
 def resolve_source(data: str = HUB_DATASET, splits: tuple[str, ...] = ("train", "test")) -> Source:
     """A hub id, or a path: a local folder with `<split>.parquet` or the hub's `data/<split>-*.parquet`.
 
     `$EUROSAT_DATA` is applied by the caller (RunConfig, the CLIs), never here, so that
     clients use exactly the source the server chose.
     """
-    looks_like_path = data.startswith((".", "/", "~")) or Path(data).expanduser().exists()
-    if not looks_like_path:
+    if not looks_like_path(data):
         return Source(name=data)
     folder = Path(data).expanduser().resolve()
     if not folder.is_dir():
@@ -130,11 +139,16 @@ class TensorData:
 
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-        device: torch.device | str = "cpu",
+        device: torch.device | str = "cpu", augment: Callable | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised float batches; `augment(uint8 images, generator)` runs before normalisation."""
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         for idx in order.split(batch_size):
-            yield normalize(self.images[idx].to(device)), self.labels[idx].to(device)
+            images = self.images[idx].to(device)
+            if augment is not None:
+                images = augment(images, generator)
+            yield normalize(images).contiguous(memory_format=memory_format), self.labels[idx].to(device)
 
     def take(self, n: int, seed: int = 0) -> "TensorData":
         """A seeded random subset of n samples (all if n >= len)."""

@@ -1,30 +1,40 @@
-"""FedAvg with a wall-clock budget, per-round bookkeeping and quantized transport.
+"""FedAvg with a wall-clock budget, a learning-rate schedule placed within it, per-round
+bookkeeping of every client asked, and quantized transport.
 
 Flower's `Strategy.start` is a plain loop with no early-stop hook, and raising out of it loses
 the result, so `BudgetedFedAvg.run` drives the rounds itself while reusing FedAvg's node
-sampling and message building. Clients upload *deltas* against the model they received;
-the server decodes them to float32, averages, and applies them to its float32 global model.
-What travels in which format, and what each end remembers, is `link.py`'s business.
+sampling and message building. Clients upload *deltas* against the model they received; the
+server decodes them to float32, averages, and applies them to its float32 global model. What
+travels in which format, and what each end remembers, is `link.py`'s business; what else the
+messages say is `protocol.py`'s.
+
+A round is accepted when at least `min-clients-fraction` of the clients asked answered; the
+round record names every client that failed and why. Fewer answers end the run with the first
+client's root cause.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from eurosat.link import LINK, ServerLink
+from eurosat.protocol import ARRAYS, CONFIG, EvalReport, Instruction, TrainReport, reply_error, weighted
+from eurosat.schedule import LrSchedule, RoundPlanner
 from eurosat.transport import CODECS, Codec, State, add, contiguous, weighted_mean
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
 FP32 = CODECS["fp32"]
+NO_LIMIT_TIMEOUT_S = 3600.0  # Flower's own per-round reply timeout, for runs without a budget
+FIRST_ROUND_MIN_S = 120.0  # the first round's timeout is never shorter: a cold start takes time
 
 
 class TimeBudget:
@@ -55,16 +65,18 @@ class TimeBudget:
     def allows_another_round(self) -> bool:
         return self.limit_s is None or self.elapsed() + self.longest_round <= self.limit_s
 
+    def rounds_that_fit(self, cap: int) -> int:
+        """How many more rounds the stop rule will allow, at most `cap`: the schedule's estimate."""
+        if self.limit_s is None or self.longest_round <= 0:
+            return cap
+        return max(0, min(cap, math.floor((self.limit_s - self.elapsed()) / self.longest_round)))
 
-def aggregate_train_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
-    """Example-weighted loss/accuracy; images and seconds summed (for throughput)."""
-    metrics = [next(iter(r.metric_records.values())) for r in records]
-    total = sum(float(m[weighting_key]) for m in metrics)
-    out = {key: sum(float(m[key]) * float(m[weighting_key]) for m in metrics) / total
-           for key in ("train_loss", "train_accuracy")}
-    out.update({key: sum(float(m[key]) for m in metrics) for key in ("train_images", "train_seconds")})
-    out[weighting_key] = total
-    return MetricRecord(out)
+    def remaining(self) -> float | None:
+        return None if self.limit_s is None else self.limit_s - self.elapsed()
+
+
+class ClientsFailed(RuntimeError):
+    """Too few clients answered a round; the message leads with a client's root cause."""
 
 
 @dataclass
@@ -75,6 +87,7 @@ class RoundStats:
     clients: int = 0
     compute: tuple[str, ...] = ()
     fp32_record_bytes: int = 0  # one model as fp32 transport would send it
+    failures: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -83,6 +96,16 @@ class Outcome:
     rounds_completed: int
     stop_reason: str
     time_limit_reached: bool
+    client_failures: int = 0
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """The replies of one send-and-receive, and who was asked but did not answer properly."""
+
+    asked: int
+    replies: list[Message]
+    failures: list[dict]
 
 
 def aggregate_updates(codec: Codec, base: State, records: list[ArrayRecord], weights: list[float]) -> State:
@@ -90,18 +113,20 @@ def aggregate_updates(codec: Codec, base: State, records: list[ArrayRecord], wei
     return add(base, weighted_mean([codec.decode(r) for r in records], weights))
 
 
-def _client_order(content: RecordDict) -> int:
-    info = content.config_records.get("info")
-    return int(info["client"]) if info is not None and "client" in info else -1
-
-
 class BudgetedFedAvg(FedAvg):
-    def __init__(self, codec: Codec, error_feedback: bool = False, **kwargs):
-        super().__init__(train_metrics_aggr_fn=aggregate_train_metrics, **kwargs)
+    def __init__(self, codec: Codec, error_feedback: bool = False, schedule: LrSchedule = LrSchedule(),
+                 min_clients_fraction: float = 1.0, round_timeout_s: float = 0.0, cost_per_mb: float = 0.0,
+                 **kwargs):
+        super().__init__(**kwargs)
         self.codec = codec
         self.link = ServerLink(codec, error_feedback)
+        self.schedule = schedule
+        self.min_clients_fraction = min_clients_fraction
+        self.round_timeout_s = round_timeout_s
+        self.cost_per_mb = cost_per_mb
         self.global_state: State | None = None
         self.stats = RoundStats()
+        self.partitions: dict[int, int] = {}  # node id -> partition, learnt from its replies
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Send the global model in the transport format (with error feedback: each node's update
@@ -123,36 +148,67 @@ class BudgetedFedAvg(FedAvg):
         out: list[Message] = []
         for nodes, arrays, link in self.link.encode(state, [m.metadata.dst_node_id for m in sampled]):
             template = sampled[0]  # nodes is never empty, so neither is sampled
-            content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: template.content[self.configrecord_key],
+            content = RecordDict({ARRAYS: arrays, CONFIG: template.content[CONFIG],
                                   **({LINK: link} if link is not None else {})})
             out += [Message(content=content, message_type=template.metadata.message_type, dst_node_id=n) for n in nodes]
             self.stats.sent_bytes += arrays.count_bytes() * len(nodes)
             self.stats.messages_sent += len(nodes)
         return out
 
-    def _exchange(self, grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
-        """Send and wait; the link forgets the replicas of nodes that sent an error or nothing."""
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
-        answered = {m.metadata.src_node_id for m in replies if not m.has_error()}
-        self.link.forget([m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in answered])
-        return replies
+    def _timeout(self, budget: TimeBudget) -> float:
+        """`round-timeout-s`, else what is left of the budget, so a hung client never holds the run
+        past it. The first round, which always runs (start-up included: Ray, data decoding), may take
+        the whole budget of its own, and at least FIRST_ROUND_MIN_S; later rounds start only with at
+        least their length left (the stop rule)."""
+        if self.round_timeout_s > 0:
+            return self.round_timeout_s
+        if budget.limit_s is None:
+            return NO_LIMIT_TIMEOUT_S
+        return budget.remaining() if budget.longest_round > 0 else max(budget.limit_s, FIRST_ROUND_MIN_S)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def _exchange(self, grid: Grid, messages: list[Message], timeout: float) -> Exchange:
+        """Send and wait; record who failed and why; the link forgets the replicas of those nodes."""
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        by_node = {m.metadata.src_node_id: m for m in replies}
+        good, failures = [], []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            reply = by_node.get(node)
+            if reply is not None and not reply.has_error():
+                good.append(reply)
+                continue
+            error = reply_error(reply) if reply is not None else f"no reply within {timeout:.0f} s"
+            failures.append({"node": node, "partition": self.partitions.get(node), "error": error})
+            log.warning("client on node %s (partition %s) failed: %s", node, self.partitions.get(node), error)
+        self.link.forget([f["node"] for f in failures])
+        return Exchange(len(messages), good, failures)
+
+    def _accept(self, server_round: int, phase: str, exchange: Exchange) -> None:
+        answered = len(exchange.replies)
+        needed = max(1, math.ceil(self.min_clients_fraction * exchange.asked - 1e-9))
+        if answered < needed:
+            first = exchange.failures[0]["error"] if exchange.failures else "no client was asked"
+            raise ClientsFailed(f"round {server_round} {phase}: {answered} of {exchange.asked} clients answered "
+                                f"(min-clients-fraction {self.min_clients_fraction:g} needs {needed}); {first}")
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord, dict[str, float]]:
         """Decode every delta to float32, weight by examples, apply to the float32 base."""
-        valid, errors = self._check_and_log_replies(list(replies), is_train=True)
-        if not valid:
-            reasons = "; ".join(sorted({m.error.reason.splitlines()[0] for m in errors})) or "no replies"
-            raise RuntimeError(f"round {server_round}: no client update arrived ({reasons})")
+        reports = [(TrainReport.from_content(m.content), m) for m in replies]
         # Partition order, not arrival order: float sums depend on their order, and a repeated run
         # with the same seed must give the same model bit for bit.
-        contents = sorted((m.content for m in valid), key=_client_order)
-        self.stats.clients = len(contents)
-        self.stats.compute = tuple(sorted({f"{c['info']['compute_dtype']}@{c['info']['device']}x{c['info']['threads']}"
-                                           for c in contents if "info" in c.config_records}))
-        self.stats.received_bytes = sum(c[self.arrayrecord_key].count_bytes() for c in contents)
-        weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key]) for c in contents]
-        new_state = aggregate_updates(self.codec, self.global_state, [c[self.arrayrecord_key] for c in contents], weights)
-        return ArrayRecord({k: _array(v) for k, v in new_state.items()}), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        reports.sort(key=lambda pair: pair[0].partition)
+        self.partitions.update({m.metadata.src_node_id: r.partition for r, m in reports})
+        contents = [m.content for _, m in reports]
+        self.stats.clients = len(reports)
+        self.stats.compute = tuple(sorted({r.compute for r, _ in reports}))
+        self.stats.received_bytes = sum(c[ARRAYS].count_bytes() for c in contents)
+        weights = [float(r.num_examples) for r, _ in reports]
+        new_state = aggregate_updates(self.codec, self.global_state, [c[ARRAYS] for c in contents], weights)
+        only = [r for r, _ in reports]
+        metrics = weighted(only, ("train_loss", "train_accuracy"))
+        metrics.update(train_images=sum(r.train_images for r in only), train_seconds=sum(r.train_seconds for r in only),
+                       lr_last=only[0].lr_last)
+        return ArrayRecord({k: _array(v) for k, v in new_state.items()}), metrics
 
     def run(
         self,
@@ -160,39 +216,50 @@ class BudgetedFedAvg(FedAvg):
         state: State,
         num_rounds: int,
         budget: TimeBudget,
-        train_config: Mapping[str, object],
+        run_config: Mapping[str, object],
         evaluate_fn: Callable[[State], Mapping[str, float]],
         on_round: Callable[[dict, State], None],
-        cost_per_mb: float = 0.0,
-        timeout: float = 3600,
     ) -> Outcome:
         """Rounds until `num_rounds` or the budget; `on_round` persists each finished round."""
         arrays = ArrayRecord({k: _array(v) for k, v in state.items()})
-        cumulative = cumulative_fp32 = 0
+        planner = RoundPlanner(self.schedule, num_rounds, budget.rounds_that_fit)
+        cumulative = cumulative_fp32 = failures_total = 0
         for rnd in range(1, num_rounds + 1):
             budget.start_round()
             train_started = budget.clock()
-            replies = self._exchange(grid, self.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), grid), timeout)
-            arrays, train_metrics = self.aggregate_train(rnd, replies)
+            instruction = Instruction(rnd, planner.span(rnd))
+            config = ConfigRecord({**run_config, **instruction.to_config()})
+            exchange = self._exchange(grid, self.configure_train(rnd, arrays, config, grid), self._timeout(budget))
+            self._accept(rnd, "train", exchange)
+            arrays, train_metrics = self.aggregate_train(rnd, exchange.replies)
+            failures = [dict(f, phase="train") for f in exchange.failures]
             train_phase = budget.clock() - train_started
-            client_eval = None
+            client_eval: dict[str, float] = {}
             if self.fraction_evaluate > 0:
-                replies = self._exchange(grid, self.configure_evaluate(rnd, arrays, ConfigRecord(dict(train_config)), grid),
-                                         timeout)
-                client_eval = self.aggregate_evaluate(rnd, replies)
+                evaluation = self._exchange(grid, self.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid),
+                                            self._timeout(budget))
+                self._accept(rnd, "evaluate", evaluation)
+                reports = [EvalReport.from_content(m.content) for m in evaluation.replies]
+                client_eval = {f"client_eval_{k}": v for k, v in weighted(reports, ("loss", "accuracy")).items()}
+                failures += [dict(f, phase="evaluate") for f in evaluation.failures]
             state = {k: v.numpy() for k, v in arrays.items()}
             server = evaluate_fn(state)
             seconds = budget.end_round()
-            cumulative += self.stats.sent_bytes + self.stats.received_bytes
+            wire = self.stats.sent_bytes + self.stats.received_bytes
+            cumulative += wire
             fp32_equivalent = self.stats.fp32_record_bytes * (self.stats.clients + self.stats.messages_sent)
             cumulative_fp32 += fp32_equivalent
+            failures_total += len(failures)
             record = {
                 "round": rnd,
                 "server_test_loss": server["loss"],
                 "server_test_accuracy": server["accuracy"],
-                **{f"client_{k}": v for k, v in dict(train_metrics).items()},
-                **({f"client_eval_{k}": v for k, v in dict(client_eval).items()} if client_eval else {}),
+                **{f"client_{k}": v for k, v in train_metrics.items()},
+                **client_eval,
+                "lr_span": [instruction.span.start, instruction.span.stop],
+                "clients_asked": exchange.asked,
                 "clients": self.stats.clients,
+                "client_failures": failures,
                 "client_compute": list(self.stats.compute),
                 "round_seconds": round(seconds, 3),
                 "train_phase_seconds": round(train_phase, 3),
@@ -200,17 +267,18 @@ class BudgetedFedAvg(FedAvg):
                 "bytes_sent": self.stats.sent_bytes,
                 "bytes_received": self.stats.received_bytes,
                 "cumulative_mb": cumulative / MB,
-                "cumulative_cost": cumulative / MB * cost_per_mb,
+                "cumulative_cost": cumulative / MB * self.cost_per_mb,
                 "fp32_equivalent_bytes": fp32_equivalent,
-                "bytes_ratio_to_fp32": (self.stats.sent_bytes + self.stats.received_bytes) / fp32_equivalent,
+                "bytes_ratio_to_fp32": wire / fp32_equivalent,
             }
-            log.info("round %d: test acc %.4f, %.1f s, %.2f MB on the wire", rnd, server["accuracy"], seconds,
-                     (self.stats.sent_bytes + self.stats.received_bytes) / MB)
+            log.info("round %d: test acc %.4f, lr %.2e at the end, %.1f s, %.2f MB on the wire%s", rnd,
+                     server["accuracy"], train_metrics["lr_last"], seconds, wire / MB,
+                     f", {len(failures)} client failure(s)" if failures else "")
             on_round(record, state)
             if rnd < num_rounds and not budget.allows_another_round():
-                return Outcome(state, rnd, "time_limit", True)
-        return Outcome(state, num_rounds, "num_server_rounds", False)
+                return Outcome(state, rnd, "time_limit", True, failures_total)
+        return Outcome(state, num_rounds, "num_server_rounds", False, failures_total)
 
 
-def _array(value: np.ndarray) -> Array:
+def _array(value) -> Array:
     return Array(contiguous(value))

@@ -3,34 +3,49 @@
     python -m eurosat.launch --run-config configs/fp16.toml --run-config "num-server-rounds=5"
 
 What this adds around `flwr run . --stream`:
-- validates the run config and the data source first: one line and exit 2, nothing started;
-- its own `FLWR_HOME` and free SuperLink ports, so two jobs on one node never meet, and
-  `FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1` (compute nodes are offline);
-- fixes the run folder in advance, so the caller knows where the results land;
-- stops the detached SuperLink it started, by PID, when the run ends;
-- exits by the run's own `status.json` (0 completed, 1 failed, 143 interrupted), since
-  `flwr run` exits 0 even when the ServerApp raised;
-- on SIGTERM (Slurm's warning before its time limit) marks the run interrupted with the last
-  completed round's model as the final model, then stops the processes.
+- checks its options, the run config, the output folder and every data file first: one line
+  and exit 2, nothing started (a data folder that passed is remembered, see datacheck.py);
+- makes the run folder exclusively before anything starts, so two launches never share one, and
+  says where it is (`--result-json` writes it with the final state for scripts);
+- its own `FLWR_HOME` (a temp folder, removed at the end) and free SuperLink ports, so two jobs
+  on one node never meet, and `FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1` (offline nodes);
+- stops every process of the run when it ends, and a watchdog does so if the launcher is
+  killed hard (see processes.py);
+- exits by the run's own `status.json` (see record.EXIT_CODES), since `flwr run` exits 0 even
+  when the ServerApp raised;
+- on SIGTERM/SIGINT (Slurm's warning before its time limit) stops the processes, then marks the
+  run interrupted with the last completed round's model as the final model.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-from datetime import datetime
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from eurosat.config import PROJECT_DIR, PROJECT_ENV, ConfigError, RunConfig, load_run_config, to_override_string
 from eurosat.data import DataError, resolve_source
-from eurosat.results import mark_interrupted, read_status
+from eurosat.datacheck import check_source
+from eurosat.files import OutputPathError, check_output_dir, check_output_file, write_json
+from eurosat.processes import TOKEN_ENV, new_token, start_watchdog, stop_run
+from eurosat.record import (BAD_INPUT_EXIT, EXIT_CODES, METRICS_FILE, STATUS_FILE, RunDirError, mark_interrupted,
+                            new_run_dir, read_status)
 
-EXIT = {"completed": 0, "failed": 1, "interrupted": 143}
+INPUT_ERRORS = (ConfigError, DataError, OutputPathError, RunDirError)
+_PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")  # flwr's own k=v pattern (flwr.common.config)
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGINT arrived; the run is already stopped and marked."""
 
 
 def free_port() -> int:
@@ -39,12 +54,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def plan_run_dir(cfg: RunConfig) -> Path:
-    if cfg.run_dir:
-        path = Path(cfg.run_dir).expanduser()
-        return path if path.is_absolute() else cfg.output_root() / path
-    now = datetime.now()
-    return cfg.output_root() / cfg.label / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")
+def quote_strings(override: str) -> str:
+    """`precision=fp16` -> `precision="fp16"` for string keys: Flower's TOML parser needs the quotes,
+    users do not type them. TOML files and quoted values pass unchanged."""
+    if override.endswith(".toml"):
+        return override
+    pairs = _PAIR.findall(override)
+    if not pairs:
+        raise ConfigError(f"--run-config {override!r}: expected a .toml file or key=value pairs")
+    kinds = {f.name.replace("_", "-"): f.type for f in fields(RunConfig)}
+
+    def value(key: str, raw: str) -> str:
+        return json.dumps(raw) if kinds.get(key) == "str" and raw[0] not in "'\"" else raw
+
+    return " ".join(f"{k}={value(k, v)}" for k, v in pairs)
 
 
 def federation_config(cfg: RunConfig, cpus: int, gpus: float, client_cpus: int, client_gpus: float) -> str:
@@ -53,78 +76,56 @@ def federation_config(cfg: RunConfig, cpus: int, gpus: float, client_cpus: int, 
             f"client-resources-num-cpus={client_cpus} client-resources-num-gpus={client_gpus:g}")
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
+@dataclass(frozen=True)
+class Resources:
+    cpus: int | None = None
+    gpus: float = 0.0
+    client_cpus: int | None = None
+    client_gpus: float | None = None
+
+    def check(self) -> None:
+        for name in ("cpus", "client_cpus"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+        for name in ("gpus", "client_gpus"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < float("inf"):
+                raise ConfigError(f"--{name.replace('_', '-')}: must be >= 0, got {value}")
 
 
-def superlink_pids(flwr_home: Path) -> list[int]:
-    """The SuperLink `flwr run` started for this FLWR_HOME (its log file lives there), and its tree."""
-    marker = str(flwr_home / "local-superlink")
-    roots = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if marker in cmdline.read_bytes().decode(errors="replace"):
-                roots.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    tree, todo = [], list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in tree and pid != os.getpid():
-            tree.append(pid)
-            todo.extend(_children(pid))
-    return tree
-
-
-def stop_pids(pids: list[int], grace_s: float = 10.0) -> None:
-    import time
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        alive = []
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-                alive.append(pid)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while alive and time.monotonic() < deadline:
-            alive = [p for p in alive if Path(f"/proc/{p}").exists() and _state(p) != "Z"]
-            time.sleep(0.1)
-        if not alive:
-            return
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "Z"
+def prepare(overrides: list[str], project: Path, flwr_home: Path | None,
+            check_data: bool = True) -> tuple[RunConfig, Path]:
+    """Every check that can fail on input, then the run folder (made exclusively); nothing runs yet."""
+    if not (project / "pyproject.toml").is_file():
+        raise ConfigError(f"--project {project}: not a Flower app folder (no pyproject.toml)")
+    if flwr_home is not None:
+        check_output_dir(flwr_home, "--flwr-home")
+    cfg = load_run_config([quote_strings(o) for o in overrides], project)
+    check_output_dir(cfg.output_root(), "output-dir")
+    source = resolve_source(cfg.data)
+    if check_data:
+        check_source(source)
+    return cfg, new_run_dir(cfg.output_root(), cfg.label, cfg.run_dir)
 
 
 def launch(
     overrides: list[str], project: Path = PROJECT_DIR, flwr_home: Path | None = None,
-    cpus: int | None = None, gpus: float = 0.0, client_cpus: int | None = None, client_gpus: float | None = None,
+    resources: Resources = Resources(), check_data: bool = True,
 ) -> tuple[int, Path]:
     """Validate, run `flwr run --stream`, clean up; return (exit status, run folder)."""
-    cfg = load_run_config(overrides, project)
-    resolve_source(cfg.data)
-    run_dir = plan_run_dir(cfg)
-    cpus = cpus or int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
-    client_cpus = client_cpus or 1  # single-threaded clients side by side beat one client on all cores (bench/)
-    client_gpus = gpus if client_gpus is None else client_gpus
+    resources.check()
+    cfg, run_dir = prepare(overrides, project, flwr_home, check_data)
+    cpus = resources.cpus or int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
+    client_cpus = resources.client_cpus or 1  # single-threaded clients side by side beat one client on all cores
+    client_gpus = resources.gpus if resources.client_gpus is None else resources.client_gpus
     overrides_str = to_override_string({**cfg.to_mapping(), "data": cfg.data, "run-dir": str(run_dir)})
+    temp_home = flwr_home is None
     home = Path(flwr_home or tempfile.mkdtemp(prefix="flwr-home-"))
+    token = new_token()
     env = {
         **os.environ,
+        TOKEN_ENV: token,
         "FLWR_HOME": str(home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": os.environ.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT") or str(free_port()),
@@ -138,11 +139,12 @@ def launch(
     command = [
         str(Path(sys.executable).with_name("flwr")), "run", str(project), "--stream",
         "--run-config", overrides_str,
-        "--federation-config", federation_config(cfg, cpus, gpus, client_cpus, client_gpus),
+        "--federation-config", federation_config(cfg, cpus, resources.gpus, client_cpus, client_gpus),
     ]
     print(f"eurosat.launch: run folder {run_dir}", flush=True)
     print(f"eurosat.launch: FLWR_HOME={home} ports {env['FLWR_LOCAL_SUPERLINK_HTTP_API_PORT']}/"
           f"{env['FLWR_LOCAL_CONTROL_API_PORT']}", flush=True)
+    watchdog = start_watchdog(token, run_dir, home if temp_home else None)
     proc = subprocess.Popen(command, env=env, cwd=project)
 
     def on_term(signum: int, _frame) -> None:
@@ -150,50 +152,77 @@ def launch(
         # death as a failure) after the mark.
         name = signal.Signals(signum).name
         print(f"eurosat.launch: {name}: stopping the run", flush=True)
-        proc.terminate()
-        stop_pids(superlink_pids(home))
-        status = mark_interrupted(run_dir, reason=name) if (run_dir / "metrics.json").exists() else {}
+        stop_run(token)
+        status = mark_interrupted(run_dir, reason=name) if (run_dir / METRICS_FILE).exists() else {}
         print(f"eurosat.launch: run marked {status.get('state', 'not started')}: {run_dir}", flush=True)
-        sys.exit(EXIT["interrupted"])
+        raise Interrupted(name)
 
     previous = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         proc.wait()
+    except Interrupted:
+        return EXIT_CODES["interrupted"], run_dir
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        stop_pids(superlink_pids(home))
+        stop_run(token)
+        watchdog.terminate()
+        if temp_home:
+            shutil.rmtree(home, ignore_errors=True)
+    return finish(run_dir), run_dir
+
+
+def finish(run_dir: Path) -> int:
+    """The exit status from the run's marker; a run that never started leaves no empty folder."""
+    if not (run_dir / STATUS_FILE).exists():
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        return EXIT_CODES["failed"]
     state = read_status(run_dir).get("state", "unknown")
     if state == "running":  # the ServerApp died without closing its run (e.g. killed)
         state = mark_interrupted(run_dir, reason="server process ended without finishing").get("state")
-    return EXIT.get(state, 1), run_dir
+    return EXIT_CODES.get(state, EXIT_CODES["failed"])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m eurosat.launch",
-        description="Run federated EuroSAT training in Flower's simulation, isolated, with a "
-                    "trustworthy exit status (0 completed, 1 failed, 2 bad input, 143 interrupted).",
+        description="Run federated EuroSAT training in Flower's simulation, isolated, with a trustworthy exit "
+                    "status: 0 completed, 1 failed, 2 bad input, 3 completed with client failures, 143 interrupted.",
     )
     parser.add_argument("--run-config", "-c", action="append", default=[], metavar="TOML|'k=v ...'",
                         help="run-config overrides: a configs/*.toml file or 'key=value ...'; repeatable, later wins")
-    parser.add_argument("--flwr-home", type=Path, help="FLWR_HOME for this run [a fresh temp folder]")
+    parser.add_argument("--flwr-home", type=Path, help="FLWR_HOME for this run, kept [a fresh temp folder, removed]")
     parser.add_argument("--cpus", type=int, help="CPUs Ray may use [$SLURM_CPUS_PER_TASK or all]")
     parser.add_argument("--gpus", type=float, default=0.0, help="GPUs Ray may use [0]")
     parser.add_argument("--client-cpus", type=int, help="CPUs per client [1: --cpus clients train side by side]")
     parser.add_argument("--client-gpus", type=float, help="GPUs per client [--gpus]")
     parser.add_argument("--project", type=Path, default=PROJECT_DIR, help="the Flower app folder [%(default)s]")
+    parser.add_argument("--skip-data-check", action="store_true",
+                        help="trust the data folder: skip decoding every image up front (bad rows then fail clients)")
+    parser.add_argument("--result-json", type=Path, metavar="PATH",
+                        help="write {run_dir, state, exit_code, error} here when the run ends (for scripts)")
     args = parser.parse_args(argv)
+    resources = Resources(args.cpus, args.gpus, args.client_cpus, args.client_gpus)
     try:
-        code, run_dir = launch(args.run_config, args.project.resolve(), args.flwr_home, args.cpus, args.gpus,
-                               args.client_cpus, args.client_gpus)
-    except (ConfigError, DataError) as exc:
+        if args.result_json:
+            check_output_file(args.result_json, "--result-json")
+        code, run_dir = launch(args.run_config, args.project.expanduser().resolve(), args.flwr_home, resources,
+                               check_data=not args.skip_data_check)
+    except INPUT_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return BAD_INPUT_EXIT
     status = read_status(run_dir)
-    print(f"eurosat.launch: run {status.get('state', 'unknown')}: {run_dir}", flush=True)
-    if code == 1:
-        print(f"error: run failed: {status.get('error', 'no status written; see the log above')}", file=sys.stderr)
+    state = status.get("state", "not started")
+    print(f"eurosat.launch: run {state}: {run_dir}", flush=True)
+    if code == EXIT_CODES["failed"]:
+        print(f"error: run failed: {status.get('error', 'the run did not start; see the log above')}", file=sys.stderr)
+    if code == EXIT_CODES["completed_with_failures"]:
+        print(f"warning: {status.get('client_failures')} client failure(s) in accepted rounds; see metrics.json "
+              "(client_failures per round)", file=sys.stderr)
+    if args.result_json:
+        write_json(args.result_json, {"run_dir": str(run_dir), "state": state, "exit_code": code,
+                                      "error": status.get("error")})
     return code
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from eurosat.model import Net
 from eurosat.packing import pack_bits, packed_nbytes, qmax, unpack_bits
 from eurosat.qat import QATConfig, dequantize_codes, fp32_state, prepare_qat, qat_layers, weight_codes
-from eurosat.results import CheckpointError, atomic_write, load_checkpoint
+from eurosat.files import CheckpointError, atomic_write, load_checkpoint
 
 FORMAT = "eurosat-packed/2"
 

@@ -1,28 +1,41 @@
-"""Report figures. Matplotlib with the non-interactive Agg backend, the Okabe-Ito palette
-(distinguishable with any common colour-vision deficiency), sized for a report page.
+"""Report figures: the Okabe-Ito palette (distinguishable with any common colour-vision
+deficiency), sized for a report page.
 
 Each function takes already-loaded results (dicts from the JSON files) and returns a Figure;
-`save` writes it atomically at the requested DPI.
+`save` writes it atomically at the requested DPI. Figures are made without pyplot, and the style
+applies inside each function only: importing this module changes no global state.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from eurosat.results import atomic_write  # noqa: E402
+from eurosat.files import atomic_write
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
-plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3,
-                     "axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO)})
+STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3,
+         "axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO)}
+
+
+def styled(draw):
+    """Draw under the report style, without touching matplotlib's global settings."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs) -> Figure:
+        with matplotlib.rc_context(STYLE):
+            return draw(*args, **kwargs)
+    return wrapper
+
+
+def subplots(*grid: int, figsize: tuple[float, float]):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid) if grid else fig.subplots()
 
 
 def save(fig: Figure, path: Path, dpi: int) -> Path:
@@ -40,13 +53,14 @@ def _ptq_rows(reports: Sequence[dict]) -> list[tuple[str, dict]]:
     return rows
 
 
+@styled
 def ptq_figure(reports: Sequence[dict]) -> Figure:
     """Six panels: accuracy vs size, size, compression, accuracy drop, cost with savings, summary table."""
     rows = _ptq_rows(reports)
     labels = [name for name, _ in rows]
     colors = [OKABE_ITO[i % len(OKABE_ITO)] for i in range(len(rows))]
     sizes = [r["file_size_mb"] for _, r in rows]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 9))
+    fig, axes = subplots(2, 3, figsize=(15, 9))
     ax = axes[0, 0]
     for (name, r), c in zip(rows, colors):
         ax.scatter(r["file_size_mb"], r["accuracy"], s=90, color=c, zorder=3)
@@ -55,8 +69,14 @@ def ptq_figure(reports: Sequence[dict]) -> Figure:
     _bars(axes[0, 1], labels, sizes, colors, "Model size", "file size (MB)", "{:.3f}")
     _bars(axes[0, 2], labels, [r["compression_ratio"] for _, r in rows], colors, "Compression vs FP32",
           "compression ratio (x)", "{:.2f}x")
-    _bars(axes[1, 0], labels, [r["accuracy_drop_percent"] for _, r in rows], colors, "Accuracy drop vs FP32",
-          "drop (percentage points)", "{:+.2f}")
+    drops = [r["accuracy_drop_percent"] for _, r in rows]
+    intervals = [r.get("accuracy_drop_ci95") for _, r in rows]
+    errors = None
+    if all(intervals):
+        errors = [[max(0.0, d - i["low"]) for d, i in zip(drops, intervals)],
+                  [max(0.0, i["high"] - d) for d, i in zip(drops, intervals)]]
+    _bars(axes[1, 0], labels, drops, colors, "Accuracy drop vs FP32" + (" (95% interval)" if errors else ""),
+          "drop (percentage points)", "{:+.2f}", errors)
     costs = [r["communication"]["total_cost"] for _, r in rows]
     bars = _bars(axes[1, 1], labels, costs, colors, "Communication cost", "dollars", "${:,.2f}")
     for bar, (_, r) in zip(bars, rows):
@@ -81,8 +101,8 @@ def ptq_figure(reports: Sequence[dict]) -> Figure:
     return fig
 
 
-def _bars(ax, labels, values, colors, title, ylabel, fmt):
-    bars = ax.bar(labels, values, color=colors, zorder=3)
+def _bars(ax, labels, values, colors, title, ylabel, fmt, errors=None):
+    bars = ax.bar(labels, values, color=colors, zorder=3, yerr=errors, capsize=4 if errors else 0)
     for bar, v in zip(bars, values):
         ax.annotate(fmt.format(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     textcoords="offset points", xytext=(0, 3), ha="center", fontsize=9)
@@ -91,28 +111,42 @@ def _bars(ax, labels, values, colors, title, ylabel, fmt):
     return bars
 
 
-def curves_figure(runs: Sequence[tuple[str, dict]], x_key: str, x_label: str, title: str) -> Figure:
-    """Test accuracy against `x_key` (wall clock, MB sent) and against round, one line per run."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for label, metrics in runs:
-        rounds = metrics["rounds"]
-        acc = [100 * r["server_test_accuracy"] for r in rounds]
-        xs = [r[x_key] / (60 if x_key == "elapsed_seconds" else 1) for r in rounds]
-        left.plot(xs, acc, marker="o", ms=3, label=label)
-        right.plot([r["round"] for r in rounds], acc, marker="o", ms=3, label=label)
+@styled
+def curves_figure(groups: Sequence[tuple[str, Sequence[dict]]], x_key: str, x_label: str, title: str) -> Figure:
+    """Test accuracy against `x_key` (wall clock, MB sent) and against round, one line per group of
+    runs. A group of several seeds is drawn as its mean with a band from the lowest to the highest
+    seed, round by round (over the seeds that reached that round)."""
+    fig, (left, right) = subplots(1, 2, figsize=(13, 4.8))
+    scale = 60 if x_key == "elapsed_seconds" else 1
+    for i, (label, runs) in enumerate(groups):
+        color = OKABE_ITO[i % len(OKABE_ITO)]
+        by_round: dict[int, list[dict]] = {}
+        for metrics in runs:
+            for r in metrics["rounds"]:
+                by_round.setdefault(r["round"], []).append(r)
+        rounds = sorted(by_round)
+        acc = [[100 * r["server_test_accuracy"] for r in by_round[n]] for n in rounds]
+        xs = [sum(r[x_key] for r in by_round[n]) / len(by_round[n]) / scale for n in rounds]
+        mean = [sum(a) / len(a) for a in acc]
+        name = f"{label} (mean of {len(runs)} seeds, band min-max)" if len(runs) > 1 else label
+        for ax, x in ((left, xs), (right, rounds)):
+            ax.plot(x, mean, marker="o", ms=3, color=color, label=name)
+            if len(runs) > 1:
+                ax.fill_between(x, [min(a) for a in acc], [max(a) for a in acc], color=color, alpha=0.2, lw=0)
     left.set(xlabel=x_label, ylabel="test accuracy (%)", title=f"Accuracy vs {x_label.split(' (')[0]}")
     right.set(xlabel="round", ylabel="test accuracy (%)", title="Accuracy vs round")
     right.xaxis.set_major_locator(MaxNLocator(integer=True))  # no round 2.5
-    right.legend(loc="lower right")
+    right.legend(loc="lower right", fontsize=8)
     fig.suptitle(title, fontsize=13)
     fig.tight_layout()
     return fig
 
 
+@styled
 def bits_figure(runs: Sequence[dict]) -> Figure:
     """Accuracy against weight bits, with the compression ratio on a second axis."""
     runs = sorted(runs, key=lambda r: -r["weight_bits"])
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, ax = subplots(figsize=(8, 4.8))
     for abits in sorted({r["activation_bits"] for r in runs}, reverse=True):
         sel = [r for r in runs if r["activation_bits"] == abits]
         ax.plot([r["weight_bits"] for r in sel], [r["accuracy"] for r in sel], marker="o", label=f"activations {abits} bit")
@@ -131,11 +165,12 @@ def bits_figure(runs: Sequence[dict]) -> Figure:
     return fig
 
 
+@styled
 def parallel_figure(runs: Sequence[dict]) -> Figure:
     """Parallel coordinates over runs: weight bits, activation bits, accuracy, compression ratio."""
     axes_keys = [("weight_bits", "weight bits"), ("activation_bits", "activation bits"),
                  ("accuracy", "accuracy (%)"), ("compression_ratio", "compression (x)")]
-    fig, ax = plt.subplots(figsize=(10, 5))
+    fig, ax = subplots(figsize=(10, 5))
     lows = [min(r[k] for r in runs) for k, _ in axes_keys]
     highs = [max(r[k] for r in runs) for k, _ in axes_keys]
     cmap = matplotlib.colormaps["cividis"]
@@ -154,5 +189,35 @@ def parallel_figure(runs: Sequence[dict]) -> Figure:
     ax.grid(False)
     ax.set_title("Bit-width sweep: parallel coordinates (colour = accuracy)")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+@styled
+def robustness_figure(report: dict) -> Figure:
+    """Accuracy against severity (0 = clean), one panel per corruption, one line per precision."""
+    rob = report["robustness"]
+    corruptions = list(rob["corruptions"])
+    severities = [0] + rob["severities"]
+    cols = min(4, len(corruptions))
+    rows = -(-len(corruptions) // cols)
+    fig, axes = subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows))
+    axes = list(axes.flat) if hasattr(axes, "flat") else [axes]
+    markers = ["o", "s", "^", "D", "v"]
+    for ax, corruption in zip(axes, corruptions):
+        spec = rob["corruptions"][corruption]
+        for i, (name, by_corruption) in enumerate(rob["results"].items()):
+            clean = report["precisions"][name]["accuracy"]
+            acc = [clean] + [by_corruption[corruption][str(s)]["accuracy"] for s in rob["severities"]]
+            ax.plot(severities, acc, marker=markers[i % len(markers)], ms=4, color=OKABE_ITO[i % len(OKABE_ITO)],
+                    linestyle=["-", "--", ":", "-."][i % 4], label=name)
+        levels = ", ".join(f"{v:g}" for v, s in zip(spec["levels"], range(1, 6)) if s in rob["severities"])
+        ax.set(title=corruption, xlabel=f"severity ({spec['parameter']}: {levels})", ylabel="test accuracy (%)")
+        ax.set_xticks(severities)
+    for ax in axes[len(corruptions):]:
+        ax.axis("off")
+    axes[0].legend(fontsize=8, loc="lower left")
+    verdict = rob["summary"].get("verdict", "")
+    fig.suptitle("Accuracy under corruption, by precision" + (f"\n{verdict}" if verdict else ""), fontsize=12)
     fig.tight_layout()
     return fig

@@ -18,6 +18,7 @@ codes + per-channel scales + activation qparams and rebuilt by `load_quantized`.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,14 +28,23 @@ import torch
 from torch import nn
 
 from eurosat.model import Net
-from eurosat.results import load_checkpoint, save_torch
+from eurosat.files import load_checkpoint, save_torch
 
-# torch.ao eager quantization is deprecated but is what gives real int8 conv kernels on CPU
-# (torchao 0.18 has none); its notices would bury the report.
-for _message in (".*torch.ao.quantization.*deprecated.*", ".*quantized tensor creation functions.*deprecated.*",
-                 ".*reduce_range will be deprecated.*"):
-    warnings.filterwarnings("ignore", message=_message)
-warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.ao")
+
+def _quiet_ao(fn):
+    """torch.ao eager quantization is deprecated but is what gives real int8 conv kernels on CPU
+    (torchao 0.18 has none); its notices would bury the report. Silenced in these calls only, not
+    process-wide; "must run observer" is the uncalibrated skeleton `load_quantized` overwrites."""
+    @functools.wraps(fn)
+    def quiet(*args, **kwargs):
+        with warnings.catch_warnings():
+            for message in (".*torch.ao.quantization.*deprecated.*", ".*quantized tensor creation functions.*deprecated.*",
+                            ".*reduce_range will be deprecated.*", ".*must run observer.*"):
+                warnings.filterwarnings("ignore", message=message)
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.ao")
+            return fn(*args, **kwargs)
+    return quiet
+
 
 FUSE_GROUPS = [["conv1", "bn1", "relu1"], ["conv2", "bn2", "relu2"], ["conv3", "bn3", "relu3"],
                ["fc1", "relu4"], ["fc2", "relu5"]]
@@ -99,6 +109,7 @@ def _int8_skeleton(state_dict: dict[str, torch.Tensor] | None, engine: str) -> n
     return torch.ao.quantization.prepare(model, inplace=True)
 
 
+@_quiet_ao
 def quantize_(model: nn.Module, config: PtqConfig, calibration: Iterable[torch.Tensor] | None = None) -> nn.Module:
     """Return the quantized version of a trained FP32 `Net` (the input is not modified)."""
     state = {k: v.detach().cpu().float() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
@@ -166,6 +177,7 @@ def precision_of(state: dict[str, torch.Tensor]) -> str:
     return "fp32"  # a plain Net state dict (ours or the original berlin25-eurosat format)
 
 
+@_quiet_ao
 def load_quantized(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, str]:
     """Rebuild any file written by `save_quantized` (or a plain FP32 state dict): (model, precision).
 
@@ -191,9 +203,7 @@ def load_quantized(path: str | Path, device: torch.device | str = "cpu") -> tupl
             getattr(model, name).set_weight_bias(weight, state[f"{name}.bias"])
         return model.eval(), precision
     engine = CONFIGS["int8"].engine
-    with warnings.catch_warnings():  # an uncalibrated skeleton: its qparams are overwritten below
-        warnings.filterwarnings("ignore", message=".*must run observer.*")
-        model = torch.ao.quantization.convert(_int8_skeleton(None, engine), inplace=True)
+    model = torch.ao.quantization.convert(_int8_skeleton(None, engine), inplace=True)  # qparams set below
     model.quant.scale = state["quant.scale"].reshape(1)
     model.quant.zero_point = state["quant.zero_point"].long().reshape(1)
     for name in QUANT_LAYERS:

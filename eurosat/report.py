@@ -7,7 +7,9 @@ from pathlib import Path
 
 from eurosat import plots
 from eurosat.compare import RESULT_FILE
-from eurosat.runs import Run, find_runs, latest_by
+from eurosat.files import check_output_dir
+from eurosat.record import FINISHED
+from eurosat.runs import Run, find_runs, latest_by, warn_skipped
 
 COMPRESSION_FILE = "compression_metrics.json"
 
@@ -18,12 +20,31 @@ def newest_report(root: Path) -> Path | None:
 
 
 def _load_report(path: Path) -> dict:
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, expected a {RESULT_FILE}")
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    report = json.loads(path.read_text())
-    if not isinstance(report, dict) or "fp32" not in report.get("precisions", {}):
+    try:
+        report = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("precisions"), dict) or "fp32" not in report["precisions"]:
         raise ValueError(f"{path}: not a {RESULT_FILE} (no precisions.fp32)")
+    for name, row in report["precisions"].items():
+        missing = [k for k in REPORT_NUMBERS if not isinstance(_get(row, k), (int, float))]
+        if missing:
+            raise ValueError(f"{path}: precisions.{name}: {', '.join(missing)} missing or not a number")
     return report
+
+
+REPORT_NUMBERS = ("accuracy", "accuracy_drop_percent", "file_size_mb", "compression_ratio",
+                  "communication.total_cost", "communication.savings_percent")
+
+
+def _get(row: object, dotted: str) -> object:
+    for part in dotted.split("."):
+        row = row.get(part) if isinstance(row, dict) else None
+    return row
 
 
 def bit_sweep_rows(runs: list[Run]) -> list[dict]:
@@ -31,47 +52,62 @@ def bit_sweep_rows(runs: list[Run]) -> list[dict]:
     rows: dict[tuple[int, int], dict] = {}
     for run in runs:
         path = run.path / COMPRESSION_FILE
-        if run.state not in ("completed", "interrupted") or not path.exists() or run.final_accuracy is None:
+        if run.state not in FINISHED or not path.exists() or run.final_accuracy is None:
             continue
-        comp = json.loads(path.read_text())
-        key = (comp["weight_bits"], comp["activation_bits"])
+        try:
+            comp = json.loads(path.read_text())
+            key = (int(comp["weight_bits"]), int(comp["activation_bits"]))
+            ratio = float(comp["compression_ratio"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warn_skipped(path, f"not a compression report ({type(exc).__name__})")
+            continue
         rows[key] = {"weight_bits": key[0], "activation_bits": key[1], "accuracy": 100 * run.final_accuracy,
-                     "compression_ratio": comp["compression_ratio"], "run": str(run.path)}
+                     "compression_ratio": ratio, "run": str(run.path)}
     return list(rows.values())
 
 
-def draw_all(report_paths: list[Path], outputs_root: Path, out: Path | None) -> list[Path]:
-    written: list[Path] = []
+def _groups(by: dict[object, list[Run]], order: list, name) -> list[tuple[str, list[dict]]]:
+    return [(name(k, by[k]), [r.metrics for r in by[k]]) for k in order if k in by]
+
+
+def figures(report_paths: list[Path], outputs_root: Path) -> list[tuple[str, object, int]]:
+    """Every figure there is data for, as (file name, figure, dpi); nothing is written here."""
+    out: list[tuple[str, object, int]] = []
     if not report_paths and (newest := newest_report(outputs_root)):
         report_paths = [newest]
     reports = [_load_report(p) for p in report_paths]
-    out = out or (report_paths[0].parent if report_paths else outputs_root)
     if reports:
         fig = plots.ptq_figure(reports)
-        written += [plots.save(fig, out / "comparison_plots.png", 300),
-                    plots.save(fig, out / "comparison_plots_highres.png", 600)]
+        out += [("comparison_plots.png", fig, 300), ("comparison_plots_highres.png", fig, 600)]
+        robust = [r for r in reports if isinstance(r.get("robustness"), dict)]
+        if robust:
+            out.append(("robustness.png", plots.robustness_figure(robust[0]), 300))
     runs = find_runs(outputs_root) if outputs_root.exists() else []
     plain = [r for r in runs if r.config.get("transport", "fp32") == "fp32" and r.config.get("weight-bits", 32) == 32]
     by_precision = latest_by(plain, lambda r: r.config.get("precision"))
     if len(by_precision) >= 2:
-        curves = [(f"{p} ({by_precision[p].path.name})", by_precision[p].metrics) for p in ("fp32", "fp16", "int8")
-                  if p in by_precision]
-        fig = plots.curves_figure(curves, "elapsed_seconds", "wall-clock time (min)",
-                                  "Training precision: how far each gets in the same time budget")
-        written.append(plots.save(fig, out / "training_comparison.png", 300))
+        groups = _groups(by_precision, ["fp32", "fp16", "int8"],
+                         lambda p, g: p if len(g) > 1 else f"{p} ({g[0].path.name})")
+        out.append(("training_comparison.png", plots.curves_figure(
+            groups, "elapsed_seconds", "wall-clock time (min)",
+            "Training precision: how far each gets in the same time budget"), 300))
     fp32_training = [r for r in runs if r.config.get("precision") == "fp32" and r.config.get("weight-bits", 32) == 32]
     by_transport = latest_by(fp32_training, lambda r: r.transport)
     if len(by_transport) >= 2:
         order = [f"{t}{ef}" for t in ("fp32", "fp16", "int8", "int4") for ef in ("", "+ef")]
-        curves = [(f"{t.replace('+ef', ' + error feedback')} on the wire", by_transport[t].metrics)
-                  for t in order if t in by_transport]
-        fig = plots.curves_figure(curves, "cumulative_mb", "data transmitted (MB)",
-                                  "Quantized transport: accuracy per megabyte sent")
-        written.append(plots.save(fig, out / "transport_comparison.png", 300))
+        groups = _groups(by_transport, order, lambda t, _: f"{t.replace('+ef', ' + error feedback')} on the wire")
+        out.append(("transport_comparison.png", plots.curves_figure(
+            groups, "cumulative_mb", "data transmitted (MB)", "Quantized transport: accuracy per megabyte sent"), 300))
     rows = bit_sweep_rows(runs)
     if len(rows) >= 2:
-        written.append(plots.save(plots.bits_figure(rows), out / "bits_accuracy.png", 300))
-        written.append(plots.save(plots.parallel_figure(rows), out / "bits_parallel.png", 300))
-    if not written:
+        out += [("bits_accuracy.png", plots.bits_figure(rows), 300), ("bits_parallel.png", plots.parallel_figure(rows), 300)]
+    return out
+
+
+def draw_all(report_paths: list[Path], outputs_root: Path, out: Path | None) -> list[Path]:
+    """Read every input and draw every figure first; only then write them (no half-updated set)."""
+    out = check_output_dir(out or (report_paths[0].parent if report_paths else outputs_root), "--out")
+    drawn = figures(report_paths, outputs_root)
+    if not drawn:
         raise ValueError(f"nothing to plot: no {RESULT_FILE} given or found, and no runs to compare under {outputs_root}")
-    return written
+    return [plots.save(fig, out / name, dpi) for name, fig, dpi in drawn]

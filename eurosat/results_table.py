@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from eurosat.runs import find_runs
+from eurosat.runs import find_runs, warn_skipped
 
 COLUMNS = [("weight_bits", "W bits"), ("activation_bits", "A bits"), ("precision", "precision"),
            ("transport", "transport"), ("state", "state"), ("size_mb", "size (MB)"),
@@ -17,8 +17,7 @@ def collect_rows(root: Path) -> list[dict]:
     rows = []
     for run in find_runs(root):
         cfg, summary = run.config, run.metrics.get("summary", {})
-        comp_path = run.path / "compression_metrics.json"
-        comp = json.loads(comp_path.read_text()) if comp_path.exists() else None
+        comp = _compression(run.path / "compression_metrics.json")
         rounds = run.metrics.get("rounds", [])
         fp32_mb = summary.get("fp32_model_bytes", 0) / 2**20
         rows.append({
@@ -36,6 +35,23 @@ def collect_rows(root: Path) -> list[dict]:
             "folder": str(run.path),
         })
     return sorted(rows, key=lambda r: (-r["weight_bits"], -r["activation_bits"], r["folder"]))
+
+
+def _compression(path: Path) -> dict | None:
+    """A run's compression report, or None (absent, or unusable: then with a warning)."""
+    if not path.exists():
+        return None
+    try:
+        comp = json.loads(path.read_text())
+        if all(isinstance(comp.get(k), (int, float)) for k in REPORT_KEYS):
+            return comp
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        pass
+    warn_skipped(path, "not a compression report; the run is listed without it")
+    return None
+
+
+REPORT_KEYS = ("weight_bits", "activation_bits", "compressed_size_mb", "compression_ratio", "size_reduction_percent")
 
 
 def format_rows(rows: list[dict]) -> str:

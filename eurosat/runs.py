@@ -1,17 +1,24 @@
 """Finding training runs on disk: every folder under an output root with a `metrics.json`.
 
 Used by the plots, `analyze_results.py` and the job scripts (best FP32 model). Runs that are
-still going or that failed are returned with their state, never silently dropped.
+still going or that failed are returned with their state, never silently dropped; a
+`metrics.json` that cannot be read, or whose fields have the wrong types, is skipped with one
+warning naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 
 from eurosat.config import wire_name
-from eurosat.results import FINAL_MODEL_FILE, METRICS_FILE, read_status
+from eurosat.record import FINAL_MODEL_FILE, FINISHED, METRICS_FILE, label_of, read_status
+
+ROUND_NUMBERS = ("round", "server_test_accuracy", "elapsed_seconds", "bytes_sent", "bytes_received", "cumulative_mb")
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,7 @@ class Run:
 
     @property
     def label(self) -> str:
-        return self.path.relative_to(self.path.parents[2]).parts[0] if len(self.path.parts) > 3 else self.path.name
+        return label_of(self.path)
 
     @property
     def final_accuracy(self) -> float | None:
@@ -43,28 +50,70 @@ class Run:
         return path if path.exists() else None
 
 
-def find_runs(root: Path) -> list[Run]:
-    """All runs under `root`, oldest first (folder names are timestamps)."""
+def warn_skipped(path: Path, reason: str) -> None:
+    print(f"warning: {path}: skipped: {reason}", file=sys.stderr)
+
+
+def problem(metrics: object) -> str | None:
+    """Why a parsed `metrics.json` cannot be used, or None."""
+    if not isinstance(metrics, dict):
+        return "not a JSON object"
+    if not isinstance(metrics.get("config", {}), dict):
+        return "'config' is not an object"
+    rounds = metrics.get("rounds", [])
+    if not isinstance(rounds, list):
+        return "'rounds' is not a list"
+    for i, r in enumerate(rounds):
+        if not isinstance(r, dict):
+            return f"rounds[{i}] is not an object"
+        for key in ROUND_NUMBERS:
+            if not isinstance(r.get(key), Real) or isinstance(r.get(key), bool):
+                return f"rounds[{i}].{key} is missing or not a number"
+    if not isinstance(metrics.get("summary", {}), dict):
+        return "'summary' is not an object"
+    return None
+
+
+def find_runs(root: Path, on_skip: Callable[[Path, str], None] | None = warn_skipped) -> list[Run]:
+    """All runs under `root`, oldest first; unusable records go to `on_skip(path, reason)`."""
     runs = []
     for metrics_path in sorted(Path(root).rglob(METRICS_FILE)):
         try:
             metrics = json.loads(metrics_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            metrics = {}
-        if "rounds" not in metrics and "config" not in metrics:
-            continue  # not a training run's metrics
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if on_skip:
+                on_skip(metrics_path, f"not readable JSON ({type(exc).__name__})")
+            continue
+        if isinstance(metrics, dict) and "rounds" not in metrics and "config" not in metrics:
+            continue  # another tool's metrics.json, not a training run's
+        reason = problem(metrics)
+        if reason:
+            if on_skip:
+                on_skip(metrics_path, reason)
+            continue
         state = read_status(metrics_path.parent).get("state", "unknown")
         runs.append(Run(metrics_path.parent, state, metrics))
-    return sorted(runs, key=lambda r: (r.metrics.get("started", ""), str(r.path)))
+    return sorted(runs, key=lambda r: (str(r.metrics.get("started", "")), str(r.path)))
 
 
-def latest_by(runs: list[Run], key) -> dict[object, Run]:
-    """The newest finished (completed or interrupted) run for each value of `key(run)`."""
-    out: dict[object, Run] = {}
-    for run in runs:
-        if run.state in ("completed", "interrupted") and run.metrics.get("rounds"):
-            out[key(run)] = run
-    return out
+# Run-config keys that do not change what is trained: runs that differ only in these are seeds
+# (or copies) of one configuration.
+NOT_THE_RECIPE = ("seed", "run-dir", "output-dir", "wandb-project", "data")
+
+
+def recipe_key(run: Run) -> tuple:
+    return tuple(sorted((k, str(v)) for k, v in run.config.items() if k not in NOT_THE_RECIPE))
+
+
+def latest_by(runs: list[Run], key) -> dict[object, list[Run]]:
+    """For each value of `key(run)`: the newest finished run (one that left a model) together with
+    every other finished seed of the same configuration, oldest first."""
+    finished = [r for r in runs if r.state in FINISHED and r.metrics.get("rounds")]
+    newest: dict[object, Run] = {}
+    for run in finished:
+        newest[key(run)] = run
+    return {k: [r for r in finished if key(r) == k and recipe_key(r) == recipe_key(last)]
+            for k, last in newest.items()}
 
 
 def best_run(runs: list[Run], label: str = "fp32") -> Run | None:

@@ -14,7 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from eurosat import enable_logging, task, tracking
 from eurosat.config import RunConfig
 from eurosat.federation import BudgetedFedAvg, TimeBudget
-from eurosat.results import RunRecorder, new_run_dir
+from eurosat.record import RunRecorder, new_run_dir
 from eurosat.training import seed_everything
 from eurosat.transport import get_codec, raw_nbytes, to_numpy
 
@@ -36,20 +36,21 @@ def main(grid: Grid, context: Context) -> None:
         seed_everything(cfg.seed)
         state = to_numpy(task.make_model(cfg).state_dict())
         strategy = BudgetedFedAvg(
-            get_codec(cfg.transport), cfg.transport_error_feedback,
-            fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
+            get_codec(cfg.transport), cfg.transport_error_feedback, cfg.lr_schedule_plan(),
+            min_clients_fraction=cfg.min_clients_fraction, round_timeout_s=cfg.round_timeout_s,
+            cost_per_mb=cfg.cost_per_mb, fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
             min_train_nodes=1, min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0, min_available_nodes=1,
         )
-        outcome = strategy.run(
-            grid, state, cfg.num_server_rounds, budget, cfg.to_mapping(),
-            evaluate_fn=task.server_evaluator(cfg), on_round=recorder.add_round, cost_per_mb=cfg.cost_per_mb,
-        )
+        outcome = strategy.run(grid, state, cfg.num_server_rounds, budget, cfg.to_mapping(),
+                               evaluate_fn=task.server_evaluator(cfg), on_round=recorder.add_round)
         artifacts = task.save_artifacts(cfg, run_dir, outcome.state)
         recorder.finish(
             task.final_state_dict(cfg, outcome.state),
+            state="completed_with_failures" if outcome.client_failures else "completed",
             rounds_completed=outcome.rounds_completed,
             stop_reason=outcome.stop_reason,
             time_limit_reached=outcome.time_limit_reached,
+            client_failures=outcome.client_failures,
             fp32_model_bytes=raw_nbytes(outcome.state),
             **artifacts,
         )

@@ -18,7 +18,8 @@ from eurosat.model import Net
 from eurosat.ptq import Fp16Config, Int8StaticConfig, quantize_, save_quantized
 from eurosat.packed_model import save_packed
 from eurosat.qat import QATConfig, fp32_state, prepare_qat
-from eurosat.results import save_torch, write_json
+from eurosat.protocol import EvalReport, Instruction, TrainReport
+from eurosat.files import save_torch, write_json
 from eurosat.training import ComputePlan, evaluate, pick_device, train
 from eurosat.transport import State, subtract, to_numpy
 
@@ -49,25 +50,26 @@ def local_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 
 def client_update(
-    cfg: RunConfig, received: State, partition_id: int, num_partitions: int, server_round: int = 1,
-) -> tuple[State, dict]:
-    """Train locally from `received`; return the delta to upload (trained minus received) and metrics."""
+    cfg: RunConfig, received: State, partition_id: int, num_partitions: int,
+    instruction: Instruction = Instruction(1),
+) -> tuple[State, TrainReport]:
+    """Train locally from `received`; return the delta to upload (trained minus received) and the report."""
     source = resolve_source(cfg.data)
     trainset, _ = load_client_data(source, partition_id, num_partitions, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)
     model = load_state(make_model(cfg), received)
     plan = ComputePlan.for_precision(cfg.precision, pick_device())
-    metrics = train(model, trainset, cfg.local_epochs, cfg.lr, cfg.batch_size, plan,
-                    seed=local_seed(cfg.seed, server_round, partition_id))
-    metrics.update(compute_dtype=plan.compute_dtype, device=str(plan.device), threads=str(torch.get_num_threads()),
-                   client=str(partition_id), **{"num-examples": len(trainset)})
-    return subtract(to_numpy(model.state_dict()), received), metrics
+    metrics = train(model, trainset, cfg.local_training(), plan,
+                    seed=local_seed(cfg.seed, instruction.server_round, partition_id), span=instruction.span)
+    report = TrainReport(partition=partition_id, num_examples=len(trainset),
+                         compute=f"{plan.compute_dtype}@{plan.device}x{torch.get_num_threads()}", **metrics)
+    return subtract(to_numpy(model.state_dict()), received), report
 
 
-def client_evaluate(cfg: RunConfig, received: State, partition_id: int, num_partitions: int) -> dict[str, float]:
+def client_evaluate(cfg: RunConfig, received: State, partition_id: int, num_partitions: int) -> EvalReport:
     source = resolve_source(cfg.data)
     _, testset = load_client_data(source, partition_id, num_partitions, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)
     result = evaluate(load_state(make_model(cfg), received), testset, device=pick_device())
-    return {"eval_loss": result["loss"], "eval_accuracy": result["accuracy"], "num-examples": len(testset)}
+    return EvalReport(partition_id, len(testset), result["loss"], result["accuracy"])
 
 
 def server_evaluator(cfg: RunConfig) -> Callable[[State], dict[str, float]]:

@@ -17,8 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# Expectations that depend on the device read it: the suite passes on GPU nodes too.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+FP16_COMPUTE = "float16" if DEVICE == "cuda" else "bfloat16"  # what precision=fp16 really computes in
 SHARED_DATA = ROOT.parent / "shared" / "data" / "eurosat"
 SLICE = {"train": 1200, "test": 300, "validation": 200}
 
@@ -86,3 +90,13 @@ def e2e_run(small_data, tmp_path_factory) -> tuple[subprocess.CompletedProcess, 
     proc = launch(["-c", f"num-server-rounds=2 num-supernodes=3 time-limit-min=0 "
                          f"data='{small_data}' output-dir='{out}'"])
     return proc, run_dir_of(proc)
+
+
+SLOW_FIXTURES = {"e2e_run", "qat_runs", "comparison", "slurm"}  # each is a real Flower run or a real Slurm
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses a real run's fixture is slow like the run; the others mark themselves."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -22,6 +22,18 @@ def test_config_files_load():
     ("fraction-train=0.0", r"fraction-train: must be in \(0, 1\]"),
     ("fraction-train=1.5", r"fraction-train: must be in \(0, 1\]"),
     ("no-such-key=1", r"unknown run-config key\(s\): no-such-key"),
+    ('optimizer="rmsprop"', r"optimizer: unknown value 'rmsprop'; allowed: adam, adamw, sgd"),
+    ('lr-schedule="step"', r"lr-schedule: unknown value 'step'; allowed: constant, cosine, linear"),
+    ('augment="mixup"', r"augment: unknown value 'mixup'; allowed: none, dihedral"),
+    ("lr-floor=1.5", r"lr-floor: must be in \[0, 1\]"),
+    ("lr-warmup-rounds=-1", r"lr-warmup-rounds: must be >= 0"),
+    ("weight-decay=-0.1", r"weight-decay: must be >= 0"),
+    ("momentum=1.0", r"momentum: must be in \[0, 1\)"),
+    ("min-clients-fraction=0.0", r"min-clients-fraction: must be in \(0, 1\]"),
+    ("round-timeout-s=-5", r"round-timeout-s: must be >= 0"),
+    ("lr=nan", r"lr: expected a finite number, got nan"),
+    ("time-limit-min=inf", r"time-limit-min: expected a finite number, got inf"),
+    ("num-server-rounds=inf", r"num-server-rounds: expected int, got inf"),
 ])
 def test_bad_values_are_one_line_errors(override, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -33,8 +33,8 @@ def test_preset_trains_and_saves(preset, small_data, tmp_path, monkeypatch):
                            f"local-epochs=1 batch-size=64 data='{small_data}' num-supernodes=12"])
     codec = get_codec(cfg.transport)
     received = codec.decode(codec.encode(to_numpy(task.make_model(cfg).state_dict())))
-    delta, metrics = task.client_update(cfg, received, 0, cfg.num_supernodes)
-    assert metrics["train_images"] == 80 and metrics["compute_dtype"] in ("float32", "bfloat16")
+    delta, report = task.client_update(cfg, received, 0, cfg.num_supernodes)
+    assert report.train_images == 80 and report.compute.split("@")[0] in ("float32", "bfloat16")
     state = {k: received[k] + delta[k] for k in received}
     extra = task.save_artifacts(cfg, tmp_path, state)
     assert (tmp_path / "final_model_fp32.pt").exists()

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 import torch
-from conftest import cli, launch, run_dir_of
+from conftest import DEVICE, FP16_COMPUTE, cli, launch, run_dir_of
 
 from eurosat.compression import compression_report
 from eurosat.model import Net
@@ -100,11 +100,12 @@ def test_quantized_training_runs_store_real_low_bit_models(qat_runs, override, b
         assert metrics["summary"]["int8_model_test_accuracy"] > 0.1
 
 
-def test_fp16_on_cpu_records_bfloat16(small_data, tmp_path):
-    # one local epoch: bfloat16 autocast is emulated (slow) on CPUs without bf16 instructions
+@pytest.mark.slow
+def test_fp16_records_the_dtype_that_really_ran(small_data, tmp_path):
+    # float16 on CUDA; bfloat16 on a CPU (one local epoch: emulated and slow on CPUs without bf16 instructions)
     run_dir, metrics = _run(small_data, tmp_path, 'precision="fp16" local-epochs=1')
     compute = metrics["summary"]["client_compute"]
-    assert compute and all(c.startswith("bfloat16@cpu") for c in compute), compute
+    assert compute and all(c.startswith(f"{FP16_COMPUTE}@{DEVICE}") for c in compute), compute
     assert (run_dir / "model_fp16.pt").exists()
 
 
@@ -141,7 +142,7 @@ def test_measure_compression_reports_any_checkpoint(e2e_run, tmp_path):
 
 
 def test_load_packed_refuses_other_files_in_one_line(tmp_path):
-    from eurosat.results import CheckpointError, save_torch
+    from eurosat.files import CheckpointError, save_torch
     plain = save_torch(tmp_path / "final_model_fp32.pt", Net().state_dict())
     with pytest.raises(CheckpointError, match="not a packed model file"):
         load_packed(plain)

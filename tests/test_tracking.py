@@ -10,7 +10,7 @@ import torch
 from conftest import launch, run_dir_of
 
 from eurosat.config import ConfigError, load_run_config
-from eurosat.results import RunRecorder
+from eurosat.record import RunRecorder
 from eurosat.tracking import start
 
 pytest.importorskip("wandb")
@@ -42,7 +42,7 @@ def test_recorder_mirrors_rounds_and_summary_to_wandb(tmp_path, monkeypatch):
 
 def test_a_wandb_failure_never_stops_the_run(tmp_path):
     # a fresh process: wandb keeps its first settings for the life of a process
-    code = ("import sys; from pathlib import Path; from eurosat.results import RunRecorder; "
+    code = ("import sys; from pathlib import Path; from eurosat.record import RunRecorder; "
             "from eurosat.tracking import start; d = Path(sys.argv[1]); "
             "RunRecorder(d, {}, tracker=start('eurosat-test', d, {}, group='fp32')).finish({})")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,

@@ -1,0 +1,196 @@
+"""Accuracy of every precision against FP32, with error bars: >= 3 seeds, paired by seed.
+
+    .venv/bin/python bench/accuracy_benchmark.py [--data ../shared/data/eurosat] [--seeds 42,43,44]
+        [--rounds 10] [--fraction 1.0] [--only fp32,tx-int8,...] [--skip fp16] [--set 'k=v ...'] [--out DIR]
+
+Each row is a real `python -m eurosat.launch` run (10 clients, the default recipe from
+pyproject.toml, `--rounds` rounds, no time limit) on a stratified `--fraction` of the real train
+split, evaluated on the whole real test split; `ptq-int8` is the fp32 run's model quantized to
+real INT8 (compare_quantizations). Every row runs once per seed; the same seed means the same
+partition, initial model and batch order, so each row's difference to FP32 is taken seed by seed
+and given a Student-t 95% interval. A difference is real only when its interval excludes 0.
+
+Writes `accuracy_benchmark.json`, `.csv` and `accuracy_benchmark.png` (mean and every seed per row)
+into --out, after every run, so an interrupted benchmark resumes where it stopped: a (row, seed)
+whose run completed is not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from eurosat.compare import CompareOptions, compare  # noqa: E402
+from eurosat.files import atomic_write, read_json, write_json  # noqa: E402
+from eurosat.launch import launch  # noqa: E402
+from eurosat.plots import OKABE_ITO, save, styled, subplots  # noqa: E402
+from eurosat.stats import mean_std, paired_difference  # noqa: E402
+
+ROWS = {
+    "fp32": "",
+    "tx-fp16": 'transport="fp16"',
+    "tx-int8": 'transport="int8"',
+    "tx-int4": 'transport="int4"',
+    "tx-int4-ef": 'transport="int4" transport-error-feedback=true',
+    "qat-int8": 'precision="int8"',
+    "qat-w4": "weight-bits=4",
+    "fp16": 'precision="fp16"',
+    "ptq-int8": None,  # the fp32 run's model, quantized after training
+}
+NAME = "accuracy_benchmark"
+
+
+def make_slice(src: Path, dst: Path, fraction: float) -> Path:
+    """A stratified `fraction` of the train split; test and validation as they are."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for split in ("test", "validation"):
+        if not (dst / f"{split}.parquet").exists():
+            (dst / f"{split}.parquet").symlink_to(src / f"{split}.parquet")
+    if fraction >= 1:
+        if not (dst / "train.parquet").exists():
+            (dst / "train.parquet").symlink_to(src / "train.parquet")
+        return dst
+    table = pq.read_table(src / "train.parquet")
+    labels = np.asarray(table.column("label"))
+    rng = np.random.default_rng(0)
+    idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: int(fraction * (labels == c).sum())]
+                          for c in range(10)])
+    pq.write_table(table.take(pa.array(np.sort(idx))), dst / "train.parquet")
+    return dst
+
+
+def summarize(results: dict[str, dict[str, float]], seeds: list[int]) -> list[dict]:
+    """Per row: mean, std, and the difference to fp32 paired by seed (seeds both rows have)."""
+    rows = []
+    base = results.get("fp32", {})
+    for name, by_seed in results.items():
+        accs = [by_seed[str(s)] for s in seeds if str(s) in by_seed]
+        if not accs:
+            continue
+        mean, std = mean_std(accs)
+        row = {"row": name, "seeds": len(accs), "mean": mean, "std": std, "per_seed": {s: by_seed[s] for s in by_seed}}
+        paired = [s for s in seeds if str(s) in by_seed and str(s) in base]
+        if name != "fp32" and len(paired) >= 2:
+            diff = paired_difference([by_seed[str(s)] for s in paired], [base[str(s)] for s in paired])
+            row.update(diff_vs_fp32=diff.estimate, diff_low=diff.low, diff_high=diff.high, real=diff.excludes_zero)
+        rows.append(row)
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    out = [f"{'row':<12}{'seeds':>6}{'accuracy % (mean +- std)':>27}{'vs fp32, paired (95% interval)':>34}  real?"]
+    for r in rows:
+        diff = (f"{r['diff_vs_fp32']:+.2f} [{r['diff_low']:+.2f}, {r['diff_high']:+.2f}]"
+                if "diff_vs_fp32" in r else "")
+        real = ("yes" if r["real"] else "no (interval includes 0)") if "real" in r else ""
+        out.append(f"{r['row']:<12}{r['seeds']:>6}{r['mean']:>18.2f} +- {r['std']:<5.2f}{diff:>34}  {real}")
+    return "\n".join(out)
+
+
+@styled
+def figure(rows: list[dict], title: str):
+    fig, ax = subplots(figsize=(max(7.0, 1.1 * len(rows)), 4.5))
+    for i, r in enumerate(rows):
+        color = OKABE_ITO[i % len(OKABE_ITO)]
+        ax.errorbar([i], [r["mean"]], yerr=[r["std"]], fmt="o", ms=7, capsize=5, color=color, zorder=3)
+        ax.scatter([i] * len(r["per_seed"]), list(r["per_seed"].values()), s=14, color=color, alpha=0.5, zorder=2)
+    ax.set_xticks(range(len(rows)), [r["row"] for r in rows], rotation=20)
+    ax.set(ylabel="test accuracy (%)", title=title)
+    return fig
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "eurosat")
+    parser.add_argument("--seeds", default="42,43,44", help="comma-separated seeds [42,43,44]")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds per run [10]")
+    parser.add_argument("--fraction", type=float, default=1.0, help="fraction of the train split [1.0]")
+    parser.add_argument("--only", help="comma-separated rows [all]: " + ", ".join(ROWS))
+    parser.add_argument("--skip", default="", help="comma-separated rows to leave out")
+    parser.add_argument("--set", default="", help="run-config overrides for every run, e.g. 'local-epochs=1'")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / NAME, help="results folder [%(default)s]")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    names = [n for n in (args.only.split(",") if args.only else ROWS) if n not in args.skip.split(",")]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown or len(seeds) < 2 or not 0 < args.fraction <= 1:
+        print(f"error: unknown rows {unknown}, or fewer than 2 seeds, or --fraction outside (0, 1]", file=sys.stderr)
+        return 2
+    if "ptq-int8" in names and "fp32" not in names:
+        names.insert(0, "fp32")
+    args.out.mkdir(parents=True, exist_ok=True)
+    state_path = args.out / f"{NAME}.json"
+    state = read_json(state_path) if state_path.exists() else {}
+    protocol = {"rounds": args.rounds, "fraction": args.fraction, "set": args.set, "clients": 10,
+                "data": str(args.data.resolve())}
+    if state and state.get("protocol") != protocol:
+        print(f"error: {state_path} holds another protocol {state.get('protocol')}; use another --out", file=sys.stderr)
+        return 2
+    state.setdefault("protocol", protocol)
+    results: dict[str, dict[str, float]] = state.setdefault("results", {})
+    runs: dict[str, str] = state.setdefault("runs", {})
+    data = make_slice(args.data.resolve(), args.out / "data", args.fraction)
+
+    def persist() -> list[dict]:
+        rows = summarize(results, seeds)
+        state["summary"] = rows
+        write_json(state_path, state)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["row", "seeds", "mean", "std", "diff_vs_fp32", "diff_low", "diff_high",
+                                                 "real"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(args.out / f"{NAME}.csv", lambda fh: fh.write(buf.getvalue()), mode="w")
+        if rows:
+            title = (f"{args.rounds} rounds, 10 clients, {args.fraction:.0%} of the train split; "
+                     f"mean +- std over seeds {args.seeds}")
+            save(figure(rows, title), args.out / f"{NAME}.png", 300)
+        return rows
+
+    for seed in seeds:
+        for name in names:
+            key = f"{name}@{seed}"
+            if str(seed) in results.get(name, {}):
+                continue
+            started = time.perf_counter()
+            if name == "ptq-int8":
+                fp32_dir = Path(runs[f"fp32@{seed}"])
+                report = compare(fp32_dir / "final_model.pt",
+                                 CompareOptions(data=str(data), out_dir=fp32_dir / "ptq", precisions=("fp32", "int8")))
+                accuracy = report["precisions"]["int8"]["accuracy"]
+                runs[key] = str(fp32_dir / "ptq")
+            else:
+                code, run_dir = launch([f"num-server-rounds={args.rounds} time-limit-min=0 data='{data}' "
+                                        f"output-dir='{args.out / 'runs'}' seed={seed} {args.set} {ROWS[name]}"])
+                if code != 0:
+                    print(f"error: {key}: run did not complete (exit {code}); see {run_dir}", file=sys.stderr)
+                    return 1
+                accuracy = 100 * read_json(run_dir / "metrics.json")["summary"]["final_test_accuracy"]
+                runs[key] = str(run_dir)
+            results.setdefault(name, {})[str(seed)] = accuracy
+            persist()
+            print(f"== {key}: {accuracy:.2f}% ({time.perf_counter() - started:.0f} s)", flush=True)
+    rows = persist()
+    print(f"\n# {args.rounds} rounds, 10 clients, {args.fraction:.0%} of the train split, full test split, "
+          f"seeds {args.seeds}\n")
+    print(format_rows(rows))
+    print(f"\nwrote {state_path}, .csv and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

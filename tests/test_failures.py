@@ -1,0 +1,287 @@
+"""Nothing lost, every failure named: real launches and real CLI calls on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import ROOT, cli, launch, run_dir_of
+
+from eurosat.data import federated_dataset, resolve_source
+from eurosat.model import Net
+
+ROOT_USER = os.geteuid() == 0
+
+
+def _launcher(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "eurosat.launch", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _rewrite(src: Path, dst: Path, change) -> Path:
+    """Copy a parquet split with `change(rows)` applied to its rows (list of dicts)."""
+    rows = pq.read_table(src).to_pylist()
+    change(rows)
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(src)), dst)
+    return dst
+
+
+def _copy_slice(small_data: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test", "validation"):
+        (dst / f"{split}.parquet").write_bytes((small_data / f"{split}.parquet").read_bytes())
+    return dst
+
+
+@pytest.mark.slow
+def test_two_launches_in_the_same_second_get_their_own_folders(small_data, tmp_path):
+    config = ["-c", f"num-server-rounds=1 num-supernodes=2 local-epochs=1 data='{small_data}' output-dir='{tmp_path}'"]
+    procs = [_launcher(config), _launcher(config)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    dirs = [run_dir_of(subprocess.CompletedProcess([], p.returncode, o, e)) for p, (o, e) in zip(procs, outs)]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    assert dirs[0] != dirs[1] and dirs[0].parent == dirs[1].parent  # same second, own folders (-2 suffix)
+    for d in dirs:
+        assert json.loads((d / "status.json").read_text())["state"] == "completed"
+        assert json.loads((d / "metrics.json").read_text())["run_dir"] == str(d)
+
+
+def test_an_explicit_run_dir_that_holds_a_run_is_refused(e2e_run):
+    _, run_dir = e2e_run
+    proc = launch(["-c", f"run-dir='{run_dir}'"], timeout=120)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_client_that_fails_is_recorded_and_named(small_data, tmp_path):
+    """One training row of partition 0 is not an image. With min-clients-fraction=0.5 the round is
+    accepted with the other client; the run ends completed_with_failures (exit 3), and the round
+    names the partition and the root cause."""
+    data = _copy_slice(small_data, tmp_path / "data")
+    from datasets import Image as ImageFeature
+
+    part0 = federated_dataset(resolve_source(str(data)), "iid", 2, 0.5, 42).load_partition(0, "train")
+    victim = part0.cast_column("image", ImageFeature(decode=False))[0]["image"]["path"]
+
+    def spoil(rows):
+        for row in rows:
+            if row["image"]["path"] == victim:
+                row["image"] = {"bytes": b"these bytes are not a JPEG", "path": victim}
+
+    _rewrite(small_data / "train.parquet", data / "train.parquet", spoil)
+    proc = launch(["--skip-data-check", "-c", f"num-server-rounds=1 num-supernodes=2 local-epochs=1 "
+                   f"min-clients-fraction=0.5 data='{data}' output-dir='{tmp_path / 'out'}'"])
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run_dir = run_dir_of(proc)
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed_with_failures"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (round1,) = metrics["rounds"]
+    assert round1["clients_asked"] == 2 and round1["clients"] == 1
+    (failure,) = round1["client_failures"]
+    assert failure["phase"] == "train" and failure["error"].startswith("partition 0: UnidentifiedImageError")
+    assert metrics["summary"]["client_failures"] == 1 and metrics["summary"]["rounds_with_client_failures"] == 1
+    assert "1 client failure(s)" in proc.stderr
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "(gone)"
+
+
+def _processes_with(needle: str) -> list[int]:
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle.encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return [p for p in found if p != os.getpid()]
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_launcher_takes_the_federation_with_it(small_data, tmp_path):
+    proc = _launcher(["-c", f"num-server-rounds=200 num-supernodes=2 local-epochs=1 time-limit-min=0 "
+                            f"data='{small_data}' output-dir='{tmp_path}'"])
+    home = run_dir = None
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:
+        if line.startswith("eurosat.launch: run folder "):
+            run_dir = Path(line.split("run folder ", 1)[1].strip())
+        if line.startswith("eurosat.launch: FLWR_HOME="):
+            home = line.split("=", 1)[1].split(" ports")[0]
+        if run_dir and (run_dir / "checkpoint.pt").exists() or time.monotonic() > deadline:
+            break
+    assert home and run_dir and (run_dir / "checkpoint.pt").exists(), "no round completed in time"
+    assert _processes_with(f"FLWR_HOME={home}"), "the federation should be running"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while _processes_with(f"FLWR_HOME={home}") and time.monotonic() < deadline:
+        time.sleep(1)
+    survivors = {p: _cmdline(p) for p in _processes_with(f"FLWR_HOME={home}")}
+    assert not survivors, f"processes of the run survived the launcher: {survivors}"
+    for _ in range(30):  # the watchdog closes the run just after stopping it
+        if json.loads((run_dir / "status.json").read_text())["state"] != "running":
+            break
+        time.sleep(1)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["stop_reason"] == "launcher killed"
+    Net().load_state_dict(torch.load(run_dir / "final_model.pt", weights_only=True))  # the files survive
+    assert not Path(home).exists()
+
+
+def test_bad_data_is_refused_before_anything_starts(small_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("EUROSAT_CACHE", str(tmp_path / "cache"))
+    cases = {
+        "zero_byte": (lambda d: (d / "train.parquet").write_bytes(b""), "train.parquet: not a readable parquet"),
+        "truncated": (lambda d: (d / "test.parquet").write_bytes((small_data / "test.parquet").read_bytes()[:3000]),
+                      "test.parquet: not a readable parquet"),
+        "wrong_columns": (lambda d: pq.write_table(pa.table({"unrelated": [1, 2]}), d / "test.parquet"),
+                          "test.parquet: no column image, label"),
+        "label_12": (lambda d: _rewrite(small_data / "test.parquet", d / "test.parquet",
+                                        lambda rows: rows[7].update(label=12)), "test.parquet: row 7: label 12"),
+        "bad_image": (lambda d: _rewrite(small_data / "train.parquet", d / "train.parquet",
+                                         lambda rows: rows[3].update(image={"bytes": b"xx", "path": "x.jpg"})),
+                      "train.parquet: row 3: image does not decode"),
+    }
+    for kind, (spoil, needle) in cases.items():
+        data = _copy_slice(small_data, tmp_path / kind)
+        spoil(data)
+        proc = launch(["-c", f"data='{data}' output-dir='{tmp_path / 'out'}'"], timeout=120)
+        assert proc.returncode == 2, (kind, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (kind, proc.stderr)
+    assert not (tmp_path / "out").exists()  # nothing started, no run folder
+    # a mistyped relative path is a missing folder, never a Hub id
+    (tmp_path / "data").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "eurosat.launch", "-c", "data='data/eurosat'"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and "data/eurosat does not exist" in proc.stderr, proc.stderr
+
+
+def test_data_check_is_cached_per_file(small_data, tmp_path, monkeypatch):
+    from eurosat.datacheck import cache_dir, check_source
+
+    monkeypatch.setenv("EUROSAT_CACHE", str(tmp_path))
+    source = resolve_source(str(small_data))
+    check_source(source, progress=False)
+    assert len(list(cache_dir().glob("*.json"))) == 3  # train, test, validation
+    started = time.perf_counter()
+    check_source(source, progress=False)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_launcher_options_are_checked_up_front(small_data, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = [
+        (["--cpus", "-1"], "--cpus: must be >= 1"),
+        (["--client-gpus", "-0.5"], "--client-gpus: must be >= 0"),
+        (["--flwr-home", str(a_file)], "--flwr-home"),
+        (["--project", str(tmp_path / "missing")], "not a Flower app folder"),
+        (["-c", f"output-dir='{a_file}'"], "output-dir"),
+        (["-c", "lr=nan"], "lr: expected a finite number"),
+        (["-c", "nonsense"], "expected a .toml file or key=value pairs"),
+    ]
+    for args, needle in cases:
+        proc = launch([*args, "-c", f"data='{small_data}'"], timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (args, proc.stderr)
+
+
+@pytest.mark.skipif(ROOT_USER, reason="root writes into read-only folders: permissions cannot be tested as root")
+def test_unwritable_output_folders_are_refused(small_data, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        proc = launch(["-c", f"data='{small_data}' output-dir='{locked / 'out'}'"], timeout=120)
+        assert proc.returncode == 2 and "is not writable" in proc.stderr, proc.stderr
+        proc = cli("analyze_results.py", small_data, "--csv", locked / "t.csv")
+        assert proc.returncode == 2 and "is not writable" in proc.stderr, proc.stderr
+    finally:
+        locked.chmod(0o700)
+
+
+def test_tools_check_output_paths_before_work(e2e_run, small_data, tmp_path):
+    _, run_dir = e2e_run
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for script, args, needle in [
+        ("compare_quantizations.py", [run_dir / "final_model.pt", "--data", small_data, "--out-dir", a_file],
+         "--out-dir"),
+        ("compare_quantizations.py", [run_dir / "final_model.pt", "--data", small_data, "--out-dir", a_file / "sub"],
+         "--out-dir"),
+        ("measure_compression.py", ["--checkpoint", run_dir / "final_model.pt", "--weight_bits", "4", "--out", tmp_path],
+         "--out"),
+        ("analyze_results.py", [run_dir.parents[2], "--csv", tmp_path], "--csv"),
+        ("create_comparison_plots.py", ["--outputs", run_dir.parents[2], "--out", a_file], "--out"),
+    ]:
+        proc = cli(script, *args)
+        assert proc.returncode == 2, (script, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (script, proc.stderr)
+    assert a_file.read_text() == "x"
+
+
+def test_report_tools_skip_malformed_records_and_replace_nothing_on_error(e2e_run, tmp_path):
+    _, run_dir = e2e_run
+    outputs = tmp_path / "outputs"
+    good = outputs / "fp32" / "2026-01-01" / "00-00-00"
+    good.parent.mkdir(parents=True)
+    good.mkdir()
+    for name in ("metrics.json", "status.json"):
+        (good / name).write_bytes((run_dir / name).read_bytes())
+    wrong_types = outputs / "fp32" / "2026-01-01" / "00-00-01"
+    wrong_types.mkdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["rounds"][0]["server_test_accuracy"] = "high"
+    (wrong_types / "metrics.json").write_text(json.dumps(metrics))
+    truncated = outputs / "fp32" / "2026-01-01" / "00-00-02"
+    truncated.mkdir()
+    (truncated / "metrics.json").write_text((run_dir / "metrics.json").read_text()[:200])
+    (truncated / "status.json").write_bytes((run_dir / "status.json").read_bytes())
+    proc = cli("analyze_results.py", outputs)
+    assert proc.returncode == 0, proc.stderr
+    warnings = proc.stderr.strip().splitlines()
+    assert len(warnings) == 2 and all(w.startswith("warning: ") and "skipped" in w for w in warnings), proc.stderr
+    assert any("00-00-01" in w and "server_test_accuracy" in w for w in warnings)
+    assert any("00-00-02" in w for w in warnings)
+    assert "00-00-00" in proc.stdout
+    # a broken report: exit 2, and the figures already there are untouched
+    report = tmp_path / "quantization_comparison.json"
+    report.write_text(json.dumps({"precisions": {"fp32": {"accuracy": 90.0}}}))
+    (tmp_path / "comparison_plots.png").write_bytes(b"old figure")
+    proc = cli("create_comparison_plots.py", report, "--outputs", outputs)
+    assert proc.returncode == 2 and "accuracy_drop_percent" in proc.stderr, proc.stderr
+    assert (tmp_path / "comparison_plots.png").read_bytes() == b"old figure"
+    proc = cli("create_comparison_plots.py", tmp_path, "--outputs", outputs)
+    assert proc.returncode == 2 and "is a directory" in proc.stderr
+
+
+def test_script_messages(tmp_path):
+    proc = subprocess.run([str(ROOT / "submit_job.sh"), "fp32", "1", "-5"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "MINUTES must be a positive whole number" in proc.stderr, proc.stderr
+    proc = subprocess.run([str(ROOT / "setup.sh"), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "set -euo" not in proc.stdout and "setup.sh" in proc.stdout
+
+
+def test_unquoted_string_values_are_quoted_for_flower():
+    from eurosat.launch import quote_strings
+
+    assert quote_strings("precision=fp16 lr=0.01 data=/x/y") == 'precision="fp16" lr=0.01 data="/x/y"'
+    assert quote_strings("data='/a b'") == "data='/a b'"

@@ -1,0 +1,107 @@
+"""The learning-rate schedule and its placement within the time budget, with an injected clock."""
+
+import math
+
+import pytest
+import torch
+
+from eurosat.augment import dihedral
+from eurosat.federation import TimeBudget
+from eurosat.schedule import LrSchedule, RoundPlanner
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def run_rounds(schedule, num_rounds, limit_s, lengths, startup=5.0):
+    """Drive planner + budget as BudgetedFedAvg.run does; return the spans of the rounds that ran."""
+    clock = FakeClock()
+    budget = TimeBudget(limit_s, clock)
+    planner = RoundPlanner(schedule, num_rounds, budget.rounds_that_fit)
+    clock.now = startup
+    spans = []
+    for rnd in range(1, num_rounds + 1):
+        budget.start_round()
+        spans.append(planner.span(rnd))
+        clock.now += lengths[(rnd - 1) % len(lengths)]
+        budget.end_round()
+        if rnd < num_rounds and not budget.allows_another_round():
+            break
+    return spans
+
+
+COSINE = LrSchedule("cosine", peak=0.05, floor=0.02, warmup_rounds=1)
+
+
+def _contiguous_and_increasing(spans):
+    assert spans[0].start == 0.0
+    for a, b in zip(spans, spans[1:]):
+        assert b.start == a.stop and b.stop >= b.start
+
+
+@pytest.mark.parametrize("lengths", [[12.0], [20.0, 11.0, 13.0], [9.0, 9.0, 9.5]])
+def test_time_limited_run_reaches_the_floor_in_its_last_round(lengths):
+    spans = run_rounds(COSINE, num_rounds=100, limit_s=100.0, lengths=lengths)
+    assert len(spans) >= 4  # the budget, not num-server-rounds, ended it
+    _contiguous_and_increasing(spans)
+    assert spans[-1].stop == COSINE.end
+    assert math.isclose(COSINE.lr_at(spans[-1].stop), 0.05 * 0.02)
+    # Rounds shorter than the longest so far can leave room for a round more than foreseen: the
+    # floor is never reached more than one round early, and such a round runs at the floor.
+    assert spans[-3].stop < COSINE.end
+    assert COSINE.lr_at(spans[0].start) == pytest.approx(0.005) and COSINE.lr_at(spans[0].stop) == 0.05
+
+
+def test_constant_rounds_split_the_decay_evenly():
+    spans = run_rounds(COSINE, num_rounds=100, limit_s=100.0, lengths=[12.0])
+    # 5 s start-up + 7 rounds of 12 s = 89 s; an 8th would end at 101 s
+    assert len(spans) == 7 and spans[-2].stop < COSINE.end  # the floor comes with the last round
+    widths = [s.stop - s.start for s in spans[1:]]
+    assert widths == pytest.approx([1 / 6] * 6)
+
+
+def test_round_limited_run_behaves_the_same():
+    spans = run_rounds(COSINE, num_rounds=5, limit_s=None, lengths=[30.0])
+    assert len(spans) == 5
+    _contiguous_and_increasing(spans)
+    assert spans[-1].stop == COSINE.end and spans[-2].stop < COSINE.end
+    assert [s.stop - s.start for s in spans[1:]] == pytest.approx([0.25] * 4)
+    # a budget that is never tight gives the same plan as no budget
+    assert run_rounds(COSINE, num_rounds=5, limit_s=1e6, lengths=[30.0]) == spans
+
+
+def test_one_round_run_decays_within_it():
+    spans = run_rounds(COSINE, num_rounds=1, limit_s=None, lengths=[1.0])
+    assert len(spans) == 1 and COSINE.lr_at(spans[0].start) == 0.05 and spans[0].stop == COSINE.end
+
+
+def test_constant_schedule_is_the_lr_everywhere():
+    constant = LrSchedule("constant", peak=1e-3)
+    spans = run_rounds(constant, num_rounds=6, limit_s=50.0, lengths=[7.0])
+    assert {constant.lr_at(span.at(f)) for span in spans for f in (0.0, 0.3, 1.0)} == {1e-3}
+
+
+def test_linear_decay_and_warmup_shape():
+    s = LrSchedule("linear", peak=1.0, floor=0.0, warmup_rounds=2)
+    assert [s.lr_at(x) for x in (0.0, 1.0, 2.0, 2.5, 3.0)] == pytest.approx([0.1, 0.55, 1.0, 0.5, 0.0])
+
+
+def test_dihedral_augmentation_keeps_shape_dtype_and_is_seeded():
+    images = torch.randint(0, 256, (64, 3, 64, 64), dtype=torch.uint8)
+    a = dihedral(images, torch.Generator().manual_seed(1))
+    b = dihedral(images, torch.Generator().manual_seed(1))
+    assert a.shape == images.shape and a.dtype == torch.uint8 and torch.equal(a, b)
+    assert not torch.equal(a, dihedral(images, torch.Generator().manual_seed(2)))
+    # every output is one of the 8 symmetries of its own input (so its label still holds)
+    for x, y in zip(images, a):
+        variants = [torch.rot90(v, k, (1, 2)) for v in (x, x.flip(2)) for k in range(4)]
+        assert any(torch.equal(y, v) for v in variants)
+    # over a batch, all 8 symmetries occur
+    seen = {next(i for i, v in enumerate([torch.rot90(v, k, (1, 2)) for v in (x, x.flip(2)) for k in range(4)])
+                 if torch.equal(y, v)) for x, y in zip(images, a)}
+    assert len(seen) == 8
