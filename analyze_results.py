@@ -11,19 +11,16 @@ listed with their state, not skipped. Also writes the table as CSV (default
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from pathlib import Path
 
-from eurosat.config import PROJECT_DIR
-from eurosat.files import OutputPathError, atomic_write, check_output_file
-from eurosat.results_table import COLUMNS, collect_rows, format_rows
+from eurosat.files import OutputPathError, check_output_file
+from eurosat.results_table import collect_rows, format_rows, write_csv
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("outputs", nargs="?", type=Path, default=PROJECT_DIR / "outputs", help="output root [%(default)s]")
+    parser.add_argument("outputs", nargs="?", type=Path, default=Path(__file__).resolve().parent / "outputs", help="output root [%(default)s]")
     parser.add_argument("--csv", type=Path, help="CSV path [<outputs>/results_summary.csv]")
     args = parser.parse_args(argv)
     if not args.outputs.is_dir():
@@ -41,12 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no training runs under {args.outputs}")
         return 0
     print(format_rows(rows))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[key for key, _ in COLUMNS])
-    writer.writeheader()
-    writer.writerows(rows)
-    path = atomic_write(csv_path, lambda fh: fh.write(buf.getvalue()), mode="w")
-    print(f"wrote {path}")
+    print(f"wrote {write_csv(rows, csv_path)}")
     return 0
 
 

@@ -20,12 +20,10 @@ import sys
 from pathlib import Path
 
 from eurosat.compare import RESULT_FILE, CompareOptions, compare, format_table
-from eurosat.corruptions import CORRUPTIONS, parse_corruptions, parse_severities
 from eurosat.config import project_defaults
-from eurosat.data import DATA_ENV, DataError, resolve_source
-from eurosat.ptq import CONFIGS
-from eurosat.datacheck import check_source
-from eurosat.files import CheckpointError, check_output_dir
+from eurosat.corruptions import CORRUPTIONS, parse_corruptions, parse_severities
+from eurosat.data import DATA_ENV, DataError
+from eurosat.quantize import CONFIGS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,40 +59,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
     try:
-        unknown = [p for p in precisions if p not in CONFIGS]
-        if unknown:
-            raise ValueError(f"--precisions: unknown {', '.join(unknown)}; allowed: {', '.join(CONFIGS)}")
-        for flag in ("clients", "rounds", "calibration_samples", "batch_size"):
-            if getattr(args, flag) < 1:
-                raise ValueError(f"--{flag.replace('_', '-')}: must be >= 1")
-        if args.cost_per_mb < 0:
-            raise ValueError("--cost-per-mb: must be >= 0")
-        if args.device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ValueError(f"--device {args.device}: CUDA is not available")
-        from eurosat.compare import load_fp32_net
-
-        corruptions = parse_corruptions(args.corruptions) if args.corruptions else ()
-        severities = parse_severities(args.severity)
-        load_fp32_net(args.checkpoint)
-        out_dir = check_output_dir(args.out_dir or args.checkpoint.resolve().parent, "--out-dir")
-        check_source(resolve_source(args.data, splits=(args.calibration_split,)))
-        check_source(resolve_source(args.test_data or args.data, splits=(args.test_split,)))
-        opts = CompareOptions(args.data, out_dir, args.clients, args.rounds, args.cost_per_mb,
-                              args.calibration_samples, args.calibration_split, args.device,
-                              args.batch_size, precisions, args.test_data, args.test_split, corruptions,
-                              severities, args.seed)
-        print(f"comparing {', '.join(['fp32'] + [p for p in precisions if p != 'fp32'])} for {args.checkpoint}", flush=True)
+        opts = CompareOptions(
+            args.data, args.out_dir or args.checkpoint.resolve().parent, args.clients, args.rounds, args.cost_per_mb,
+            args.calibration_samples, args.calibration_split, args.device, args.batch_size,
+            tuple(p.strip() for p in args.precisions.split(",") if p.strip()), args.test_data, args.test_split,
+            parse_corruptions(args.corruptions) if args.corruptions else (), parse_severities(args.severity), args.seed)
+        print(f"comparing {', '.join(['fp32'] + [p for p in opts.precisions if p != 'fp32'])} for {args.checkpoint}",
+              flush=True)
         report = compare(args.checkpoint, opts)
-    except (CheckpointError, DataError, ValueError) as exc:  # OutputPathError is a ValueError
+    except (DataError, ValueError) as exc:  # CheckpointError, OutputPathError: ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(report))
-    print(f"wrote {out_dir / RESULT_FILE} and model files ({report['seconds']:.1f} s)")
+    print(f"wrote {opts.out_dir / RESULT_FILE} and model files ({report['seconds']:.1f} s)")
     return 0
 
 

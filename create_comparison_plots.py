@@ -23,7 +23,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from eurosat.config import PROJECT_DIR
 from eurosat.report import draw_all
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("reports", nargs="*", type=Path, help="quantization_comparison.json files [newest under --outputs]")
     parser.add_argument("--out", type=Path, help="output folder [the (first) JSON's folder, else --outputs]")
-    parser.add_argument("--outputs", type=Path, default=PROJECT_DIR / "outputs", help="where to look for runs [%(default)s]")
+    parser.add_argument("--outputs", type=Path, default=Path(__file__).resolve().parent / "outputs", help="where to look for runs [%(default)s]")
     args = parser.parse_args(argv)
     try:
         written = draw_all(args.reports, args.outputs, args.out)

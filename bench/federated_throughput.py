@@ -2,12 +2,12 @@
 
     .venv/bin/python bench/federated_throughput.py [--data ../shared/data/eurosat] [--rounds 2]
 
-Federated: a real `flwr run` (10 supernodes, 2 local epochs, batch 32) for `--rounds` rounds;
+Federated: a real `flwr run` (10 supernodes, the default local recipe) for `--rounds` rounds;
 throughput = images trained in the last round / that round's training phase (send, train,
 receive, aggregate; server evaluation excluded). The first round also pays for Ray actor
 start-up and per-process decoding, so the last round is the steady state; both are printed.
-Plain: the same client partitions' images, same epochs, batch size, optimiser, threads, one
-process. Target: federated >= 0.85 x plain.
+Plain: the same client partitions' images, same local recipe (epochs, batch size, optimiser,
+augmentation), one process. Target: federated >= 0.85 x plain. `--gpus 1` runs both on CUDA.
 """
 
 from __future__ import annotations
@@ -24,23 +24,22 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eurosat.config import load_run_config  # noqa: E402
-from eurosat.data import TensorData, load_client_data, resolve_source  # noqa: E402
-from eurosat.launch import launch  # noqa: E402
-from eurosat.model import Net  # noqa: E402
-from eurosat.training import ComputePlan, seed_everything, train  # noqa: E402
+from eurosat.config import RunConfig, load_run_config  # noqa: E402
+from eurosat.launch import Resources, launch  # noqa: E402
+from eurosat.task import client_data  # noqa: E402
+from eurosat.training import seed_everything, train  # noqa: E402
 
 
-def plain_throughput(data: str, partitions: int, epochs: int, batch_size: int, lr: float) -> tuple[float, int]:
-    source = resolve_source(data)
-    parts = [load_client_data(source, p, partitions)[0] for p in range(partitions)]
-    union = TensorData(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+def plain_throughput(cfg: RunConfig, device: torch.device) -> tuple[float, int]:
+    """Every client's partition trained in turn in this process with the run's own local recipe."""
+    parts = [client_data(cfg, p, cfg.num_supernodes)[0] for p in range(cfg.num_supernodes)]
+    local = cfg.local_training()
     seed_everything(0)
     start = time.perf_counter()
-    stats = [train(Net(), part, epochs, lr, batch_size, ComputePlan(torch.device("cpu"))) for part in parts]
+    stats = [train(cfg.recipe.make_model(), part, local, cfg.recipe.compute_plan(device)) for part in parts]
     seconds = time.perf_counter() - start
     images = sum(s["train_images"] for s in stats)
-    assert images == epochs * len(union)
+    assert images == local.epochs * sum(len(p) for p in parts)
     return images / seconds, images
 
 
@@ -48,17 +47,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "eurosat"))
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--client-cpus", type=int, help="CPUs per simulated client [all: one client at a time]")
+    parser.add_argument("--client-cpus", type=int, help="CPUs per simulated client [1]")
+    parser.add_argument("--gpus", type=float, default=0.0, help="GPUs for the federated run (and the plain loop "
+                        "runs on CUDA) [0]")
+    parser.add_argument("--client-gpus", type=float, help="GPUs per client [--gpus / clients]")
+    parser.add_argument("--set", default="", help="run-config overrides for both, e.g. 'batch-size=256'")
     args = parser.parse_args()
-    cfg = load_run_config([f"data='{args.data}'"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; data {args.data}", flush=True)
+    overrides = f"data='{args.data}' {args.set}"
+    cfg = load_run_config([overrides])
+    device = torch.device("cuda" if args.gpus > 0 else "cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; data {args.data}", flush=True)
 
-    plain, images = plain_throughput(args.data, cfg.num_supernodes, cfg.local_epochs, cfg.batch_size, cfg.lr)
+    plain, images = plain_throughput(cfg, device)
     print(f"plain loop: {images} images, {plain:.1f} images/s", flush=True)
 
     with tempfile.TemporaryDirectory() as out:
-        code, run_dir = launch([f"num-server-rounds={args.rounds} time-limit-min=0 data='{args.data}' output-dir='{out}'"],
-                               client_cpus=args.client_cpus)
+        code, run_dir = launch([f"{overrides} num-server-rounds={args.rounds} time-limit-min=0 output-dir='{out}'"],
+                               resources=Resources(client_cpus=args.client_cpus, gpus=args.gpus,
+                                                   client_gpus=args.client_gpus))
         if code != 0:
             print(f"federated run did not complete (exit {code})", file=sys.stderr)
             return 1

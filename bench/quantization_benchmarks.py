@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eurosat.compare import CompareOptions, compare, format_table  # noqa: E402
-from eurosat.launch import launch  # noqa: E402
+from eurosat.launch import Resources, launch  # noqa: E402
 
 RUNS = {
     "fp32": "",
@@ -82,7 +82,7 @@ def main() -> int:
     for name in names:
         started = time.perf_counter()
         code, run_dir = launch([f"num-server-rounds={args.rounds} time-limit-min=0 data='{data}' "
-                                f"output-dir='{work / 'outputs'}' {args.set} {RUNS[name]}"], client_cpus=args.client_cpus)
+                                f"output-dir='{work / 'outputs'}' {args.set} {RUNS[name]}"], resources=Resources(client_cpus=args.client_cpus))
         if code != 0:
             print(f"{name}: run did not complete (exit {code})", file=sys.stderr)
             return 1

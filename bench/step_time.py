@@ -4,7 +4,7 @@
         [--presets fp32,fp16,int8,bits-16,bits-8,bits-4,bits-2,bits-1,w4a8,w6a6]
 
 Each preset is the model and compute plan a client really trains with (`task.make_model`,
-`ComputePlan.for_precision`) running the real local loop (`training.train`) over the same
+`PrecisionRecipe.compute_plan`) running the real local loop (`training.train`) over the same
 `--steps` batches of 32 real train images. The presets are timed in turn, `--passes` times,
 and each pass's time is divided by FP32's in that pass, so a slow moment of this shared machine
 hits every preset alike; the median over passes is printed. What it shows: the cost of fake
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from eurosat import task  # noqa: E402
 from eurosat.config import load_run_config  # noqa: E402
 from eurosat.data import load_split, resolve_source  # noqa: E402
-from eurosat.training import ComputePlan, pick_device, train  # noqa: E402
+from eurosat.training import pick_device, train  # noqa: E402
 
 DEFAULT = "fp32,fp16,int8,bits-16,bits-8,bits-4,bits-2,bits-1,w4a8,w6a6"
 
@@ -58,10 +59,11 @@ def main() -> int:
         seconds = {}
         for name in names:
             cfg = cfgs[name]
-            plan = ComputePlan.for_precision(cfg.precision, device)
+            plan = cfg.recipe.compute_plan(device)
             model = task.make_model(cfg)
-            train(model, data.take(64), 1, cfg.lr, 32, plan)  # warm-up: first-call costs, observers
-            seconds[name] = train(model, data, 1, cfg.lr, 32, plan)["train_seconds"]
+            local = replace(cfg.local_training(), epochs=1, batch_size=32)
+            train(model, data.take(64), local, plan)  # warm-up: first-call costs, observers
+            seconds[name] = train(model, data, local, plan)["train_seconds"]
             dtype[name] = plan.compute_dtype
             ms[name].append(1000 * seconds[name] / args.steps)
         for name in names:
@@ -71,8 +73,7 @@ def main() -> int:
     print(f"\n{'preset':<10}{'W/A bits':>10}{'compute':>10}{'ms/step':>10}{'vs fp32':>10}")
     for name in names:
         cfg = cfgs[name]
-        qat = task.qat_config(cfg)
-        bits = f"{qat.weight_bits}/{qat.activation_bits}" if qat else "32/32"
+        bits = "/".join(map(str, cfg.recipe.bits))
         print(f"{name:<10}{bits:>10}{dtype[name]:>10}{statistics.median(ms[name]):>10.1f}"
               f"{statistics.median(ratios[name]):>9.2f}x")
     return 0

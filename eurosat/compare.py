@@ -21,8 +21,10 @@ from eurosat.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from eurosat.cost import communication_cost, savings
 from eurosat.data import TensorData, load_split, resolve_source
 from eurosat.model import Net
-from eurosat.ptq import CONFIGS, is_fully_quantized, load_quantized, quantize_, save_quantized
-from eurosat.files import CheckpointError, load_state_dict, write_json
+from eurosat.quantize import CONFIGS, Evaluation, Fp32Config, read, evaluation, is_fully_quantized, load, needs_calibration, quantize, save
+from eurosat.checkpoints import CheckpointError, load_checkpoint, state_dict_of
+from eurosat.datacheck import check_source
+from eurosat.files import check_output_dir, write_json
 from eurosat.stats import Interval, paired_accuracy_difference
 from eurosat.training import evaluate
 from eurosat.verdict import NOT_MEANINGFUL, baseline_problems, judge
@@ -55,9 +57,10 @@ class CompareOptions:
 
 def load_fp32_net(path: Path) -> Net:
     """A trained FP32 `Net` from a plain state dict; anything else is a one-line CheckpointError."""
-    state = load_state_dict(path)
-    if "__precision__" in state:
+    obj = load_checkpoint(path)
+    if isinstance(obj, dict) and not isinstance(read(obj, path)[1], Fp32Config):
         raise CheckpointError(f"{path}: is an already-quantized model file; give the FP32 checkpoint")
+    state = state_dict_of(obj, path)
     net = Net()
     try:
         net.load_state_dict(state, strict=True)
@@ -72,37 +75,11 @@ def _calibration(source, split: str, n: int, batch_size: int) -> list[torch.Tens
     return [x for x, _ in images.batches(batch_size)]
 
 
-@dataclass
-class Loaded:
-    """A saved model file loaded back as a user would load it, and where/how it computes."""
-
-    model: torch.nn.Module
-    device: torch.device
-    input_dtype: torch.dtype
-    compute: str
-
-
-def _load_file(path: Path, precision: str, device: torch.device) -> Loaded:
-    model, stored = load_quantized(path)
-    assert stored == precision, (stored, precision)
-    eval_device, input_dtype, compute = torch.device("cpu"), torch.float32, "float32"
-    if precision.startswith("int8"):
-        compute = "int8 (quantized kernels, CPU)" if precision == "int8" else "int8 Linear + float32 Conv2d (CPU)"
-    elif precision == "fp16" and device.type == "cuda":
-        eval_device, input_dtype, compute = device, torch.float16, "float16"
-    elif precision == "fp16":
-        model = model.float()  # CPU half convolutions are slow or missing: compute in float32
-        compute = "float32 (float16 storage upcast)"
-    else:
-        eval_device = device
-    return Loaded(model.to(eval_device), eval_device, input_dtype, compute)
-
-
-def _score(loaded: Loaded, testset: TensorData, batch_size: int, progress: str | None = None) -> dict:
+def _score(loaded: Evaluation, testset: TensorData, batch_size: int, progress: str | None = None) -> dict:
     return evaluate(loaded.model, testset, batch_size, loaded.device, loaded.input_dtype, progress=progress)
 
 
-def _clean_result(loaded: Loaded, testset: TensorData, batch_size: int, precision: str) -> dict:
+def _clean_result(loaded: Evaluation, testset: TensorData, batch_size: int, precision: str) -> dict:
     warm = next(testset.batches(batch_size, device=loaded.device))[0].to(loaded.input_dtype)
     with torch.no_grad():
         loaded.model(warm)  # first-call set-up is not inference speed
@@ -119,12 +96,12 @@ def _clean_result(loaded: Loaded, testset: TensorData, batch_size: int, precisio
         "batch_size": batch_size,
         "device": str(loaded.device),
         "compute_dtype": loaded.compute,
-        "fully_quantized": is_fully_quantized(loaded.model) if precision.startswith("int8") else None,
+        "fully_quantized": is_fully_quantized(loaded.model) if loaded.compute.startswith("int8") else None,
         "_correct": result["correct"],
     }
 
 
-def robustness(models: dict[str, Loaded], testset: TensorData, clean: dict[str, float], opts: CompareOptions) -> dict:
+def robustness(models: dict[str, Evaluation], testset: TensorData, clean: dict[str, float], opts: CompareOptions) -> dict:
     """Accuracy of every precision under every corruption and severity. Each corrupted image set is
     made once and evaluated by every precision."""
     results: dict[str, dict] = {name: {} for name in models}
@@ -163,12 +140,28 @@ def robustness(models: dict[str, Loaded], testset: TensorData, clean: dict[str, 
             "severities": list(opts.severities), "seed": opts.seed, "results": results, "summary": summary}
 
 
-def compare(checkpoint: Path, opts: CompareOptions) -> dict:
-    """Run the whole comparison; write model files and the JSON into `opts.out_dir`."""
-    net = load_fp32_net(checkpoint)  # bad input fails here, before anything is written
+def check_inputs(checkpoint: Path, opts: CompareOptions) -> None:
+    """Everything that can be wrong with the input, before any work: one-line errors, nothing written."""
     unknown = [p for p in opts.precisions if p not in CONFIGS]
     if unknown:
         raise ValueError(f"--precisions: unknown {', '.join(unknown)}; allowed: {', '.join(CONFIGS)}")
+    for flag in ("clients", "rounds", "calibration_samples", "batch_size"):
+        if getattr(opts, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')}: must be >= 1")
+    if opts.cost_per_mb < 0:
+        raise ValueError("--cost-per-mb: must be >= 0")
+    if opts.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {opts.device}: CUDA is not available")
+    load_fp32_net(checkpoint)
+    check_output_dir(opts.out_dir, "--out-dir")
+    check_source(resolve_source(opts.data, splits=(opts.calibration_split,)))
+    check_source(resolve_source(opts.test_data or opts.data, splits=(opts.test_split,)))
+
+
+def compare(checkpoint: Path, opts: CompareOptions) -> dict:
+    """Run the whole comparison; write model files and the JSON into `opts.out_dir`."""
+    check_inputs(checkpoint, opts)  # bad input fails here, before anything is written
+    net = load_fp32_net(checkpoint)
     precisions = ["fp32"] + [p for p in opts.precisions if p != "fp32"]  # fp32 is the baseline
     source = resolve_source(opts.data, splits=(opts.calibration_split,))
     test_source = resolve_source(opts.test_data or opts.data, splits=(opts.test_split,))
@@ -176,16 +169,18 @@ def compare(checkpoint: Path, opts: CompareOptions) -> dict:
     started = time.perf_counter()
     testset = load_split(test_source, opts.test_split)
     calibration = (_calibration(source, opts.calibration_split, opts.calibration_samples, 64)
-                   if "int8" in precisions else None)
+                   if any(needs_calibration(CONFIGS[p]) for p in precisions) else None)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
-    models: dict[str, Loaded] = {}
+    models: dict[str, Evaluation] = {}
     for name in precisions:
         config = CONFIGS[name]
         path = opts.out_dir / f"model_{name}.pt"
-        save_quantized(quantize_(net, config, calibration if name == "int8" else None), config, path)
+        save(quantize(net, config, calibration), config, path)
         size = os.path.getsize(path)
-        models[name] = _load_file(path, name, device)
+        model, stored = load(path)  # what is evaluated is what is on disk
+        assert stored == config, (stored, config)
+        models[name] = evaluation(model, stored, device)
         results[name] = {"file": path.name, "file_size_bytes": size, "file_size_mb": size / MB,
                          **_clean_result(models[name], testset, opts.batch_size, name)}
         print(f"  {name}: {results[name]['accuracy']:.2f}% accuracy, {size / MB:.3f} MB", flush=True)

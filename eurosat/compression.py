@@ -11,13 +11,19 @@ torch.save adds around them). The parts:
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from eurosat.checkpoints import CheckpointError, load_checkpoint, state_dict_of
+from eurosat.files import check_output_file, save_torch, write_json
+from eurosat.model import Net
 from eurosat.packing import packed_nbytes
-from eurosat.qat import qat_layers
+from eurosat.qat import QATConfig, fp32_state, prepare_qat, qat_layers
+from eurosat.quantize import Fp32Config, PackedConfig, load, read, save
+from eurosat.recipe import ACTIVATION_BITS, WEIGHT_BITS
 
 MB = 1024 * 1024
 
@@ -116,3 +122,36 @@ def format_report(report: dict) -> str:
                                       f"({f['file_compression_ratio']:.2f}x, {f['packed_file_vs_ideal']:.3f} of ideal)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def measure_checkpoint(path: Path, weight_bits: int, activation_bits: int, out: Path | None = None) -> tuple[dict, Path]:
+    """The report for any FP32 or packed checkpoint re-quantized at the given widths, measured on
+    real files, written as JSON (default `compression_w<W>a<A>.json` beside the checkpoint)."""
+    if weight_bits not in WEIGHT_BITS or activation_bits not in ACTIVATION_BITS:
+        raise ValueError(f"--weight_bits must be one of {WEIGHT_BITS} and --activation_bits one of {ACTIVATION_BITS}")
+    if weight_bits == 32:
+        raise ValueError("--weight_bits 32 is the FP32 baseline itself; choose 16 or fewer")
+    obj = load_checkpoint(path)
+    _, stored = read(obj, path)
+    if isinstance(stored, PackedConfig):
+        latent = fp32_state(load(path, expect=PackedConfig)[0])
+    elif isinstance(stored, Fp32Config):
+        latent = state_dict_of(obj, path)
+    else:
+        raise CheckpointError(f"{path}: a {stored.name} model file; give an FP32 or packed N-bit checkpoint")
+    net = Net()
+    try:
+        net.load_state_dict(latent, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: not a EuroSAT Net checkpoint: {' '.join(str(exc).split())[:160]}") from None
+    model = prepare_qat(net, QATConfig(weight_bits, activation_bits)).eval()
+    out = check_output_file(out or Path(path).resolve().parent / f"compression_w{weight_bits}a{activation_bits}.json",
+                            "--out")
+    with tempfile.TemporaryDirectory() as tmp:  # real files, to report bytes on disk too
+        fp32_file = save_torch(Path(tmp) / "fp32.pt", latent)
+        packed_file = save(model, PackedConfig(weight_bits, activation_bits), Path(tmp) / f"{weight_bits}bit.pt")
+        report = compression_report(model, packed_file, fp32_file)
+    report["checkpoint"] = str(Path(path).resolve())
+    for key in ("fp32_file", "packed_file"):
+        report["files"].pop(key)
+    return report, write_json(out, report)

@@ -17,21 +17,14 @@ from pathlib import Path
 
 from eurosat.augment import AUGMENTATIONS
 from eurosat.data import DATA_ENV, PARTITIONERS
+from eurosat.recipe import PrecisionRecipe
 from eurosat.schedule import SCHEDULES, LrSchedule
 from eurosat.training import OPTIMIZERS, LocalTraining
+from eurosat.transport import CODECS, wire_name
 
-PRECISIONS = ("fp32", "fp16", "int8")
-WEIGHT_BITS = (32, 16, 8, 6, 4, 2, 1)
-ACTIVATION_BITS = (32, 16, 8, 6, 4)
-TRANSPORTS = ("fp32", "fp16", "int8", "int4")
 BITS_ENV = "QUANTIZATION_BITS"
 PROJECT_ENV = "EUROSAT_PROJECT_DIR"
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-
-
-def wire_name(transport: str, error_feedback: bool) -> str:
-    """The transport as it ran: `int4`, or `int4+ef` with error feedback (fp32 has no error to feed back)."""
-    return f"{transport}+ef" if error_feedback and transport != "fp32" else transport
 
 
 class ConfigError(ValueError):
@@ -55,6 +48,7 @@ class RunConfig:
     dirichlet_alpha: float
     fraction_train: float
     fraction_evaluate: float
+    local_test_fraction: float
     min_clients_fraction: float
     round_timeout_s: float
     local_epochs: int
@@ -102,27 +96,24 @@ class RunConfig:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
 
     def validate(self) -> None:
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("weight-bits", self.weight_bits, WEIGHT_BITS)
-        _choice("activation-bits", self.activation_bits, ACTIVATION_BITS)
-        _choice("transport", self.transport, TRANSPORTS)
+        if problem := self.recipe.problem():
+            raise ConfigError(problem)
+        _choice("transport", self.transport, tuple(CODECS))
         _choice("partitioner", self.partitioner, PARTITIONERS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("lr-schedule", self.lr_schedule, SCHEDULES)
         _choice("augment", self.augment, AUGMENTATIONS)
-        if self.precision != "fp32" and (self.weight_bits, self.activation_bits) != (32, 32):
-            raise ConfigError(
-                f"precision={self.precision!r} cannot be combined with weight-bits={self.weight_bits}/"
-                f"activation-bits={self.activation_bits}; use precision='fp32' with bit-widths"
-            )
-        if self.weight_bits == 32 and self.activation_bits < 32:
-            raise ConfigError("activation-bits below 32 needs weight-bits below 32 (e.g. W8A8)")
         if self.time_limit_min < 0:
             raise ConfigError(f"time-limit-min: must be >= 0 (0 = no limit), got {self.time_limit_min}")
         if not 0 < self.fraction_train <= 1:
             raise ConfigError(f"fraction-train: must be in (0, 1], got {self.fraction_train}")
         if not 0 <= self.fraction_evaluate <= 1:
             raise ConfigError(f"fraction-evaluate: must be in [0, 1], got {self.fraction_evaluate}")
+        if not 0 <= self.local_test_fraction < 1:
+            raise ConfigError(f"local-test-fraction: must be in [0, 1), got {self.local_test_fraction}")
+        if self.fraction_evaluate > 0 and self.local_test_fraction == 0:
+            raise ConfigError("fraction-evaluate > 0 needs local-test-fraction > 0 (e.g. 0.2): clients evaluate "
+                              "on a held-out part of their partition")
         if not 0 < self.min_clients_fraction <= 1:
             raise ConfigError(f"min-clients-fraction: must be in (0, 1], got {self.min_clients_fraction}")
         if self.round_timeout_s < 0:
@@ -157,16 +148,14 @@ class RunConfig:
                              self.augment, self.lr_schedule_plan())
 
     @property
-    def quantized_training(self) -> bool:
-        return self.precision == "int8" or self.weight_bits < 32
+    def recipe(self) -> PrecisionRecipe:
+        """What `precision` and the bit-widths mean: resolved here, consumed everywhere else."""
+        return PrecisionRecipe(self.precision, self.weight_bits, self.activation_bits)
 
     @property
     def label(self) -> str:
         """Folder name under the output root: what was really trained and sent."""
-        if self.weight_bits < 32:
-            label = f"w{self.weight_bits}a{self.activation_bits}"
-        else:
-            label = self.precision
+        label = self.recipe.label
         wire = wire_name(self.transport, self.transport_error_feedback).replace("+", "-")
         return label if self.transport == "fp32" else f"{label}-tx{wire}"
 

@@ -19,7 +19,6 @@ from PIL import Image
 HUB_DATASET = "tanganke/eurosat"
 DATA_ENV = "EUROSAT_DATA"
 PARTITIONERS = ("iid", "dirichlet")
-CLIENT_TEST_FRACTION = 0.2
 
 
 class DataError(ValueError):
@@ -173,18 +172,20 @@ def _cached(key: tuple, build):
 
 def load_client_data(
     source: Source, partition_id: int, num_partitions: int, partitioner: str = "iid",
-    alpha: float = 0.5, seed: int = 42,
+    alpha: float = 0.5, seed: int = 42, test_fraction: float = 0.0,
 ) -> tuple[TensorData, TensorData]:
-    """A client's partition of `train`, split 80/20 into local train/test with a fixed seed."""
+    """A client's partition of `train`: all of it for training, or (test_fraction > 0) split into
+    local train/test with the run seed, for client-side evaluation."""
 
     def build() -> tuple[TensorData, TensorData]:
-        fds = federated_dataset(source, partitioner, num_partitions, alpha, seed)
-        split = fds.load_partition(partition_id, "train").train_test_split(
-            test_size=CLIENT_TEST_FRACTION, seed=seed
-        )
+        partition = federated_dataset(source, partitioner, num_partitions, alpha, seed).load_partition(partition_id, "train")
+        if test_fraction <= 0:
+            images, labels = decode(partition)
+            return TensorData(images, labels), TensorData(images[:0], labels[:0])
+        split = partition.train_test_split(test_size=test_fraction, seed=seed)
         return TensorData(*decode(split["train"])), TensorData(*decode(split["test"]))
 
-    return _cached(("client", source, partition_id, num_partitions, partitioner, alpha, seed), build)
+    return _cached(("client", source, partition_id, num_partitions, partitioner, alpha, seed, test_fraction), build)
 
 
 def load_split(source: Source, split: str = "test", sample: int | None = None, seed: int = 0) -> TensorData:

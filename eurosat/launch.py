@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     except INPUT_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return BAD_INPUT_EXIT
-    status = read_status(run_dir)
+    status = read_status(run_dir) if (run_dir / STATUS_FILE).exists() else {}
     state = status.get("state", "not started")
     print(f"eurosat.launch: run {state}: {run_dir}", flush=True)
     if code == EXIT_CODES["failed"]:

@@ -1,12 +1,12 @@
-"""The packed N-bit model file (`final_model_{N}bit.pt`): what a QAT run really stored.
+"""The packed N-bit model (`final_model_{N}bit.pt`): what a QAT run really stored.
 
-One `torch.save` dict of a few flat tensors, in `Net().state_dict()` order, so the file is the
-ideal size (parameters x bits / 8 + scales + FP32 rest) plus about 0.7 KB. It uses torch's
+The body of the registry's `packed` method (quantize.py writes the header: format, method,
+weight/activation bits): a few flat tensors, in `Net().state_dict()` order, so the file is the
+ideal size (parameters x bits / 8 + scales + FP32 rest) plus about 0.7 KB. It is saved in torch's
 non-zip format (`_use_new_zipfile_serialization=False`, documented, and read by every
 `torch.load`, `weights_only=True` included): the zip container costs ~1.3 KB fixed plus ~0.3 KB
 per tensor, 3.4% of a 61 KB 1-bit model; a dict of one tensor per layer cost 3-5% more. Keys:
 
-- `format`, `weight_bits`, `activation_bits`: plain Python values;
 - `codes`: uint8, every conv/linear weight's codes packed (see packing.py), rows padded to
   whole bytes; at 16 bits instead `fp16`: those weights as float16;
 - `scales`: float32, one per output channel of each weight (absent at 16 bits);
@@ -20,7 +20,6 @@ Loads with `torch.load(weights_only=True)`; nothing in it is a pickled object.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,9 +28,9 @@ from torch import nn
 from eurosat.model import Net
 from eurosat.packing import pack_bits, packed_nbytes, qmax, unpack_bits
 from eurosat.qat import QATConfig, dequantize_codes, fp32_state, prepare_qat, qat_layers, weight_codes
-from eurosat.files import CheckpointError, atomic_write, load_checkpoint
+from eurosat.checkpoints import CheckpointError
 
-FORMAT = "eurosat-packed/2"
+LEGACY_FORMAT = "eurosat-packed/2"  # the header of files written before the registry
 
 
 def _offset(bits: int) -> int:
@@ -39,11 +38,16 @@ def _offset(bits: int) -> int:
     return 0 if bits == 1 else qmax(bits)
 
 
+def bits_of(model: nn.Module) -> QATConfig:
+    """The weight/activation widths of a fake-quantized model."""
+    first = next(iter(qat_layers(model).values()))
+    return QATConfig(first.weight_bits, first.activation_bits)
+
+
 def packed_state(model: nn.Module) -> dict[str, object]:
     """Weights in N bits + per-channel scales; everything else in FP32 (see the module doc)."""
     layers = qat_layers(model)
-    first = next(iter(layers.values()))
-    bits, abits = first.weight_bits, first.activation_bits
+    bits, abits = bits_of(model).weight_bits, bits_of(model).activation_bits
     weights = _weight_keys(layers)
     codes: list[np.ndarray] = []
     scales: list[torch.Tensor] = []
@@ -64,8 +68,7 @@ def packed_state(model: nn.Module) -> dict[str, object]:
             counters.append(int(value))
     if abits < 32:
         rest.extend(layer.act_range.detach().float() for layer in layers.values())
-    state: dict[str, object] = {"format": FORMAT, "weight_bits": bits, "activation_bits": abits,
-                                "fp32": torch.cat(rest), "counters": counters}
+    state: dict[str, object] = {"fp32": torch.cat(rest), "counters": counters}
     if bits == 16:
         state["fp16"] = torch.from_numpy(np.concatenate(codes))
     else:
@@ -74,32 +77,14 @@ def packed_state(model: nn.Module) -> dict[str, object]:
     return state
 
 
-def save_packed(model: nn.Module, path: Path) -> Path:
-    state = packed_state(model)
-    return atomic_write(path, lambda fh: torch.save(state, fh, _use_new_zipfile_serialization=False))
-
-
-def is_packed(state: object) -> bool:
-    return isinstance(state, dict) and state.get("format") == FORMAT
-
-
 def _weight_keys(layers: dict[str, nn.Module]) -> set[str]:
     """The state-dict keys stored in N bits: each fake-quantized layer's weight."""
     return {f"{name}.weight" for name in layers}
 
 
-def load_packed(path: str | Path) -> nn.Module:
-    """Unpack a `final_model_{N}bit.pt` into a fake-quantized `Net` (eval mode) whose weights are
-    exactly the stored N-bit values."""
-    return unpack(load_checkpoint(path), path)
-
-
-def unpack(state: object, path: str | Path) -> nn.Module:
-    """`load_packed` for a state already loaded from `path` (named in errors)."""
-    if not is_packed(state):
-        raise CheckpointError(f"{path}: not a packed model file ({FORMAT}); the run's final_model_fp32.pt "
-                              "holds the same weights unpacked")
-    bits, abits = int(state["weight_bits"]), int(state["activation_bits"])
+def unpack(state: dict[str, object], config: QATConfig) -> nn.Module:
+    """A fake-quantized `Net` (eval mode) whose weights are exactly the stored N-bit values."""
+    bits, abits = config.weight_bits, config.activation_bits
     model = prepare_qat(Net(), QATConfig(bits, abits))
     layers = qat_layers(model)
     weights = _weight_keys(layers)
@@ -120,7 +105,7 @@ def unpack(state: object, path: str | Path) -> nn.Module:
         layer.frozen = True
     leftover = [k for k, r in parts.items() if not r.done()] + (["counters"] if counters else [])
     if leftover:
-        raise CheckpointError(f"{path}: packed parts {', '.join(leftover)} do not match the Net layout")
+        raise CheckpointError(f"packed parts {', '.join(leftover)} do not match the Net layout")
     return model.eval()
 
 
@@ -140,7 +125,7 @@ class _Reader:
 
     def take(self, n: int) -> torch.Tensor:
         if self.pos + n > self.flat.numel():
-            raise CheckpointError("packed model: a part is shorter than the Net layout needs")
+            raise CheckpointError("a packed part is shorter than the Net layout needs")
         out = self.flat[self.pos:self.pos + n]
         self.pos += n
         return out

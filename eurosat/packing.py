@@ -1,12 +1,14 @@
-"""Symmetric per-channel integer quantization and sub-byte bit packing (NumPy).
+"""Symmetric per-channel integer codes and sub-byte bit packing.
 
-Shared by the wire codecs (transport.py) and the packed low-bit model files (qat.py), so a
-4-bit tensor on the wire and a 4-bit tensor on disk are the same bytes.
+Shared by the wire codecs (transport.py), quantization-aware training (qat.py) and the packed
+low-bit model files (packed_model.py), so a 4-bit tensor on the wire, in training and on disk
+are the same codes and the same bytes.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def qmax(bits: int) -> int:
@@ -16,20 +18,22 @@ def qmax(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def channel_scales(x: np.ndarray, bits: int) -> np.ndarray:
-    """One float32 scale per output channel (axis 0): max|x| / qmax, never zero."""
-    flat = np.abs(x.reshape(x.shape[0], -1).astype(np.float32))
-    scale = flat.max(axis=1) / qmax(bits)
-    return np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+def channel_codes(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one definition of per-output-channel symmetric codes, for the wire and the packed file:
+    int8 codes in [-qmax, qmax] and one float32 scale per output channel (axis 0),
+    scale = max|x| / qmax (never zero), codes = round-half-even(x / scale)."""
+    top = qmax(bits)
+    x = x.detach().float()
+    flat = x.abs().reshape(x.shape[0], -1)
+    scale = (flat.amax(1) / top).clamp(min=1e-12)
+    codes = torch.clamp(torch.round(x / scale.view(-1, *[1] * (x.dim() - 1))), -top, top)
+    return codes.to(torch.int8), scale
 
 
 def quantize(x: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-channel symmetric codes (int8 array, values in [-qmax, qmax]) and scales."""
-    scale = channel_scales(x, bits)
-    q = qmax(bits)
-    shaped = scale.reshape((-1,) + (1,) * (x.ndim - 1))
-    codes = np.clip(np.rint(x.astype(np.float32) / shaped), -q, q).astype(np.int8)
-    return codes, scale
+    """`channel_codes` for NumPy arrays (the wire codecs)."""
+    codes, scale = channel_codes(torch.from_numpy(np.ascontiguousarray(x)), bits)
+    return codes.numpy(), scale.numpy()
 
 
 def dequantize(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:

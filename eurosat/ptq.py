@@ -1,19 +1,12 @@
-"""Post-training quantization of a trained FP32 `Net`: the one module that knows the backend.
+"""The torch.ao backend of INT8 post-training quantization, used by the registry (quantize.py).
 
-A method is a small config object applied by one function, as in torchao:
+- static: torch.ao eager mode; conv+bn+relu and linear+relu fused, per-channel symmetric int8
+  weights, int8 activations calibrated on training images. Every convolution and linear layer
+  becomes a real quantized kernel (fbgemm/x86 on CPU).
+- dynamic: the seed's `quantize_dynamic(model, {Linear, Conv2d})`, kept so users can see that it
+  quantizes only the Linear layers (dynamic Conv2d does not exist).
 
-    qmodel = quantize_(net, Int8StaticConfig(), calibration=batches)
-    save_quantized(qmodel, Int8StaticConfig(), path);  qmodel = load_quantized(path)
-
-- `Fp16Config`: every floating tensor stored as float16.
-- `Int8StaticConfig`: static PTQ with torch.ao eager mode: conv+bn+relu and linear+relu fused,
-  per-channel symmetric int8 weights, int8 activations calibrated on training images. Every
-  convolution and linear layer becomes a real quantized kernel (fbgemm/x86 on CPU).
-- `Int8DynamicConfig`: the seed's `quantize_dynamic(model, {Linear, Conv2d})`, kept so users
-  can see that it quantizes only the Linear layers (dynamic Conv2d does not exist).
-
-Files hold plain tensors only (`torch.load(..., weights_only=True)`): int8 models are saved as
-codes + per-channel scales + activation qparams and rebuilt by `load_quantized`.
+States are plain tensors (codes, per-channel scales, activation qparams), rebuilt by the loaders.
 """
 
 from __future__ import annotations
@@ -21,14 +14,11 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from eurosat.model import Net
-from eurosat.files import load_checkpoint, save_torch
 
 
 def _quiet_ao(fn):
@@ -49,31 +39,7 @@ def _quiet_ao(fn):
 FUSE_GROUPS = [["conv1", "bn1", "relu1"], ["conv2", "bn2", "relu2"], ["conv3", "bn3", "relu3"],
                ["fc1", "relu4"], ["fc2", "relu5"]]
 QUANT_LAYERS = ("conv1", "conv2", "conv3", "fc1", "fc2", "fc3")
-
-
-@dataclass(frozen=True)
-class Fp32Config:
-    name: str = "fp32"
-
-
-@dataclass(frozen=True)
-class Fp16Config:
-    name: str = "fp16"
-
-
-@dataclass(frozen=True)
-class Int8StaticConfig:
-    name: str = "int8"
-    engine: str = "x86"  # fbgemm's successor on x86 CPUs; "qnnpack" on ARM
-
-
-@dataclass(frozen=True)
-class Int8DynamicConfig:
-    name: str = "int8_dynamic"
-
-
-CONFIGS = {c.name: c for c in (Fp32Config(), Fp16Config(), Int8StaticConfig(), Int8DynamicConfig())}
-PtqConfig = Fp32Config | Fp16Config | Int8StaticConfig | Int8DynamicConfig
+ENGINE = "x86"  # fbgemm's successor on x86 CPUs; "qnnpack" on ARM
 
 
 class QuantizableNet(Net):
@@ -110,46 +76,40 @@ def _int8_skeleton(state_dict: dict[str, torch.Tensor] | None, engine: str) -> n
 
 
 @_quiet_ao
-def quantize_(model: nn.Module, config: PtqConfig, calibration: Iterable[torch.Tensor] | None = None) -> nn.Module:
-    """Return the quantized version of a trained FP32 `Net` (the input is not modified)."""
-    state = {k: v.detach().cpu().float() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
-    if isinstance(config, Fp32Config):
-        out = Net()
-        out.load_state_dict(state)
-        return out.eval()
-    if isinstance(config, Fp16Config):
-        out = Net()
-        out.load_state_dict(state)
-        return out.half().eval()
-    if isinstance(config, Int8DynamicConfig):
-        out = Net()
-        out.load_state_dict(state)
-        return torch.ao.quantization.quantize_dynamic(out.eval(), {nn.Linear, nn.Conv2d}, dtype=torch.qint8)
-    if calibration is None:
-        raise ValueError("int8 static quantization needs calibration batches")
-    observed = _int8_skeleton(state, config.engine)
+@_quiet_ao
+def int8_static(net: nn.Module, calibration: Iterable[torch.Tensor], engine: str = ENGINE) -> nn.Module:
+    """Static PTQ: fused, observed on the calibration batches, converted to quantized kernels."""
+    state = {k: v.detach().cpu().float() if v.is_floating_point() else v.cpu() for k, v in net.state_dict().items()}
+    observed = _int8_skeleton(state, engine)
     with torch.no_grad():
         for images in calibration:
             observed(images)
     return torch.ao.quantization.convert(observed, inplace=True)
 
 
+@_quiet_ao
+def int8_dynamic(net: nn.Module) -> nn.Module:
+    """The seed's `quantize_dynamic(model, {Linear, Conv2d})`: only the Linear layers become int8."""
+    return torch.ao.quantization.quantize_dynamic(net.eval(), {nn.Linear, nn.Conv2d}, dtype=torch.qint8)
+
+
 DYNAMIC_LAYERS = ("fc1", "fc2", "fc3")  # quantize_dynamic has no Conv2d kernel: convs stay float
 
 
-def quantized_state(model: nn.Module, config: PtqConfig) -> dict[str, torch.Tensor]:
-    """Plain-tensor state for the file: no packed-params objects, no pickled classes."""
-    if isinstance(config, Int8DynamicConfig):
-        state = {k: v for k, v in model.state_dict().items() if "_packed_params" not in k}
-        for name in DYNAMIC_LAYERS:
-            weight, bias = getattr(model, name).weight(), getattr(model, name).bias()
-            state[f"{name}.weight_int8"] = weight.int_repr()
-            state[f"{name}.weight_scale"] = torch.tensor([weight.q_scale()], dtype=torch.float32)
-            state[f"{name}.weight_zero_point"] = torch.tensor([weight.q_zero_point()], dtype=torch.int32)
-            state[f"{name}.bias"] = bias.detach().float()
-        return state
-    if not isinstance(config, Int8StaticConfig):
-        return {k: v for k, v in model.state_dict().items()}
+def int8_dynamic_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain tensors for the file: no packed-params objects, no pickled classes."""
+    state = {k: v for k, v in model.state_dict().items() if "_packed_params" not in k}
+    for name in DYNAMIC_LAYERS:
+        weight, bias = getattr(model, name).weight(), getattr(model, name).bias()
+        state[f"{name}.weight_int8"] = weight.int_repr()
+        state[f"{name}.weight_scale"] = torch.tensor([weight.q_scale()], dtype=torch.float32)
+        state[f"{name}.weight_zero_point"] = torch.tensor([weight.q_zero_point()], dtype=torch.int32)
+        state[f"{name}.bias"] = bias.detach().float()
+    return state
+
+
+def int8_static_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Codes, per-channel scales and activation qparams as plain tensors."""
     state: dict[str, torch.Tensor] = {
         "quant.scale": model.quant.scale.float(), "quant.zero_point": model.quant.zero_point.int(),
     }
@@ -165,44 +125,20 @@ def quantized_state(model: nn.Module, config: PtqConfig) -> dict[str, torch.Tens
     return state
 
 
-def save_quantized(model: nn.Module, config: PtqConfig, path: Path) -> Path:
-    state = quantized_state(model, config)
-    state["__precision__"] = torch.tensor(list(config.name.encode()), dtype=torch.uint8)
-    return save_torch(path, state)
-
-
-def precision_of(state: dict[str, torch.Tensor]) -> str:
-    if "__precision__" in state:
-        return bytes(state["__precision__"].tolist()).decode()
-    return "fp32"  # a plain Net state dict (ours or the original berlin25-eurosat format)
+@_quiet_ao
+def load_int8_dynamic(state: dict[str, torch.Tensor]) -> nn.Module:
+    net = Net()
+    net.load_state_dict({k: v for k, v in state.items() if k in net.state_dict()}, strict=False)
+    model = torch.ao.quantization.quantize_dynamic(net.eval(), {nn.Linear, nn.Conv2d}, dtype=torch.qint8)
+    for name in DYNAMIC_LAYERS:
+        weight = torch._make_per_tensor_quantized_tensor(
+            state[f"{name}.weight_int8"], float(state[f"{name}.weight_scale"]), int(state[f"{name}.weight_zero_point"]))
+        getattr(model, name).set_weight_bias(weight, state[f"{name}.bias"])
+    return model.eval()
 
 
 @_quiet_ao
-def load_quantized(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, str]:
-    """Rebuild any file written by `save_quantized` (or a plain FP32 state dict): (model, precision).
-
-    fp16 files come back as a float16 model; evaluate them with float16 inputs on CUDA, or
-    cast with `.float()` for CPU arithmetic (see compare.py).
-    """
-    state = dict(load_checkpoint(path))
-    precision = precision_of(state)
-    state.pop("__precision__", None)
-    if precision in ("fp32", "fp16"):
-        model = Net()
-        if precision == "fp16":
-            model = model.half()
-        model.load_state_dict(state)
-        return model.to(device).eval(), precision
-    if precision == "int8_dynamic":
-        net = Net()
-        net.load_state_dict({k: v for k, v in state.items() if k in net.state_dict()}, strict=False)
-        model = torch.ao.quantization.quantize_dynamic(net.eval(), {nn.Linear, nn.Conv2d}, dtype=torch.qint8)
-        for name in DYNAMIC_LAYERS:
-            weight = torch._make_per_tensor_quantized_tensor(
-                state[f"{name}.weight_int8"], float(state[f"{name}.weight_scale"]), int(state[f"{name}.weight_zero_point"]))
-            getattr(model, name).set_weight_bias(weight, state[f"{name}.bias"])
-        return model.eval(), precision
-    engine = CONFIGS["int8"].engine
+def load_int8_static(state: dict[str, torch.Tensor], engine: str = ENGINE) -> nn.Module:
     model = torch.ao.quantization.convert(_int8_skeleton(None, engine), inplace=True)  # qparams set below
     model.quant.scale = state["quant.scale"].reshape(1)
     model.quant.zero_point = state["quant.zero_point"].long().reshape(1)
@@ -214,7 +150,7 @@ def load_quantized(path: str | Path, device: torch.device | str = "cpu") -> tupl
         module.set_weight_bias(weight, state.get(f"{name}.bias"))
         module.scale = float(state[f"{name}.out_scale"])
         module.zero_point = int(state[f"{name}.out_zero_point"])
-    return model.eval(), precision
+    return model.eval()
 
 
 def is_fully_quantized(model: nn.Module) -> bool:

@@ -1,5 +1,5 @@
 """Quantization-aware training: fake-quantized Conv2d/Linear with a straight-through estimator,
-the one definition of N-bit weight codes that the packed files (packed_model.py) store.
+and the N-bit weight codes that the packed files (packed_model.py) store.
 
     model = prepare_qat(Net(), QATConfig(weight_bits=4, activation_bits=8))
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eurosat.packing import qmax
+from eurosat.packing import channel_codes
 
 EMA = 0.05  # weight of the newest batch in the running activation range
 
@@ -34,18 +34,14 @@ class QATConfig:
 
 
 def weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer codes and per-output-channel scales, the one definition used for training and storage.
+    """Integer codes and per-output-channel scales of a weight, as trained and as stored.
 
-    2-8 bits: symmetric codes in [-qmax, qmax], scale = max|w| / qmax. 1 bit: 1 for w >= 0 else 0,
+    2-8 bits: `packing.channel_codes`, the codes the wire uses too. 1 bit: 1 for w >= 0 else 0,
     scale = mean |w|.
     """
-    flat = w.detach().abs().flatten(1)
     if bits == 1:
-        return (w >= 0).to(torch.int8), flat.mean(1).clamp(min=1e-12)
-    top = qmax(bits)
-    scale = (flat.amax(1) / top).clamp(min=1e-12)
-    codes = torch.clamp(torch.round(w.detach() / _per_channel(scale, w)), -top, top)
-    return codes.to(torch.int8), scale
+        return (w >= 0).to(torch.int8), w.detach().abs().flatten(1).mean(1).clamp(min=1e-12)
+    return channel_codes(w, bits)
 
 
 def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:

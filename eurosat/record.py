@@ -15,7 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from eurosat.files import as_tensors, load_state_dict, read_json, save_torch, write_json
+import torch
+
+from eurosat.checkpoints import load_state_dict
+from eurosat.files import read_json, save_torch, write_json
 
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
@@ -73,6 +76,11 @@ def new_run_dir(root: Path, label: str, run_dir: str = "") -> Path:
         except FileExistsError:
             continue
     raise RunDirError(f"{base}: no free run folder name")
+
+
+def as_tensors(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """NumPy arrays would make a checkpoint that `weights_only=True` refuses: store tensors."""
+    return {k: torch.as_tensor(v).clone() for k, v in state.items()}
 
 
 def write_status(run_dir: Path, state: str, **details: Any) -> None:

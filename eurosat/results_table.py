@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
+from eurosat.files import atomic_write
+from eurosat.recipe import PrecisionRecipe
 from eurosat.runs import find_runs, warn_skipped
 
 COLUMNS = [("weight_bits", "W bits"), ("activation_bits", "A bits"), ("precision", "precision"),
@@ -18,11 +22,12 @@ def collect_rows(root: Path) -> list[dict]:
     for run in find_runs(root):
         cfg, summary = run.config, run.metrics.get("summary", {})
         comp = _compression(run.path / "compression_metrics.json")
+        bits = PrecisionRecipe.from_values(cfg).bits
         rounds = run.metrics.get("rounds", [])
         fp32_mb = summary.get("fp32_model_bytes", 0) / 2**20
         rows.append({
-            "weight_bits": comp["weight_bits"] if comp else (8 if cfg.get("precision") == "int8" else cfg.get("weight-bits", 32)),
-            "activation_bits": comp["activation_bits"] if comp else cfg.get("activation-bits", 32),
+            "weight_bits": comp["weight_bits"] if comp else bits[0],
+            "activation_bits": comp["activation_bits"] if comp else bits[1],
             "precision": cfg.get("precision", "?"),
             "transport": run.transport,
             "state": run.state,
@@ -58,3 +63,11 @@ def format_rows(rows: list[dict]) -> str:
     cells = [[h for _, h in COLUMNS]] + [["-" if r[k] is None else str(r[k]) for k, _ in COLUMNS] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells)
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[key for key, _ in COLUMNS])
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write(path, lambda fh: fh.write(buf.getvalue()), mode="w")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 
-from eurosat.config import wire_name
+from eurosat.transport import wire_name
 from eurosat.record import FINAL_MODEL_FILE, FINISHED, METRICS_FILE, label_of, read_status
 
 ROUND_NUMBERS = ("round", "server_test_accuracy", "elapsed_seconds", "bytes_sent", "bytes_received", "cumulative_mb")

@@ -59,9 +59,8 @@ class ComputePlan:
     memory_format: torch.memory_format = torch.channels_last
 
     @classmethod
-    def for_precision(cls, precision: str, device: torch.device) -> "ComputePlan":
-        if precision != "fp16":
-            return cls(device)
+    def mixed(cls, device: torch.device) -> "ComputePlan":
+        """Mixed precision: float16 autocast on CUDA; bfloat16 on a CPU (float16 is slow or missing there)."""
         if device.type != "cuda" and not cpu_has_bf16():
             log.warning("precision=fp16 on a CPU runs bfloat16 autocast; this CPU has no bf16 instructions "
                         "(avx512_bf16/amx_bf16), so it is emulated and much slower than fp32 (see README)")

@@ -81,6 +81,11 @@ class Codec:
 CODECS: dict[str, Codec] = {c.name: c for c in (Codec("fp32", 32), Codec("fp16", 16), Codec("int8", 8), Codec("int4", 4))}
 
 
+def wire_name(transport: str, error_feedback: bool) -> str:
+    """The transport as it ran: `int4`, or `int4+ef` with error feedback (fp32 has no error to feed back)."""
+    return f"{transport}+ef" if error_feedback and transport != "fp32" else transport
+
+
 def get_codec(name: str) -> Codec:
     if name not in CODECS:
         raise ValueError(f"transport: unknown value {name!r}; allowed: {', '.join(CODECS)}")

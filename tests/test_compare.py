@@ -6,11 +6,12 @@ import shutil
 
 import pytest
 import torch
-from conftest import cli
+from conftest import DEVICE, cli
 from PIL import Image
 
 from eurosat.model import Net
-from eurosat.ptq import QUANT_LAYERS, is_fully_quantized, load_quantized
+from eurosat.ptq import QUANT_LAYERS
+from eurosat.quantize import is_fully_quantized, load
 
 
 @pytest.fixture(scope="module")
@@ -19,18 +20,18 @@ def comparison(e2e_run, small_data, tmp_path_factory):
     work = tmp_path_factory.mktemp("ptq")
     shutil.copy(run_dir / "final_model.pt", work / "final_model.pt")
     proc = cli("compare_quantizations.py", work / "final_model.pt", "--data", small_data,
-               "--precisions", "fp32,fp16,int8,int8_dynamic", "--calibration-samples", 512)
+               "--precisions", "fp32,fp16,int8,int8_dynamic,fp8", "--calibration-samples", 512)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return work, json.loads((work / "quantization_comparison.json").read_text()), proc
 
 
 def test_model_files_exist_reload_and_shrink(comparison):
     work, report, _ = comparison
-    for name in ("fp32", "fp16", "int8", "int8_dynamic"):
+    for name in ("fp32", "fp16", "int8", "int8_dynamic", "fp8"):
         path = work / f"model_{name}.pt"
         torch.load(path, weights_only=True)  # plain tensors only
-        model, precision = load_quantized(path)
-        assert precision == name
+        model, config = load(path)
+        assert config.name == name
         assert report["precisions"][name]["file_size_bytes"] == os.path.getsize(path)
     fp32, int8 = (os.path.getsize(work / f"model_{p}.pt") for p in ("fp32", "int8"))
     assert int8 <= 0.27 * fp32, (int8, fp32)
@@ -38,7 +39,7 @@ def test_model_files_exist_reload_and_shrink(comparison):
 
 def test_every_conv_and_linear_is_quantized_in_int8(comparison):
     work, report, _ = comparison
-    model, _ = load_quantized(work / "model_int8.pt")
+    model, _ = load(work / "model_int8.pt")
     assert is_fully_quantized(model)
     for name in QUANT_LAYERS:
         assert getattr(model, name).weight().dtype == torch.qint8, name
@@ -51,11 +52,28 @@ def test_fp16_is_stored_in_float16_and_close_to_fp32(comparison):
     work, report, _ = comparison
     p = report["precisions"]
     assert abs(p["fp16"]["accuracy"] - p["fp32"]["accuracy"]) <= 0.5
-    assert p["fp16"]["compute_dtype"].startswith("float32 (float16 storage")  # CPU: honest label
+    if DEVICE == "cuda":
+        assert p["fp16"]["compute_dtype"] == "float16"
+    else:
+        assert p["fp16"]["compute_dtype"].startswith("float32 (float16 storage")  # CPU: honest label
     fp16 = torch.load(work / "model_fp16.pt", weights_only=True)
-    floats = [v for k, v in fp16.items() if v.is_floating_point()]
+    assert fp16["format"] == "eurosat-quantized/1" and fp16["method"] == "fp16"  # the one header
+    tensors = {k: v for k, v in fp16.items() if isinstance(v, torch.Tensor)}
+    floats = [v for v in tensors.values() if v.is_floating_point()]
     assert floats and all(v.dtype == torch.float16 for v in floats)
-    assert set(fp16) - {"__precision__"} == set(Net().state_dict())
+    assert set(tensors) == set(Net().state_dict())
+
+
+def test_fp8_weights_are_stored_in_e4m3_and_computed_honestly(comparison):
+    """The method added through the registry alone (eurosat/quantize.py: config + handler)."""
+    work, report, _ = comparison
+    stored = torch.load(work / "model_fp8.pt", weights_only=True)
+    assert stored["method"] == "fp8" and stored["conv1.weight"].dtype == torch.float8_e4m3fn
+    assert stored["conv1.fp8_scale"].dtype == torch.float32 and stored["bn1.weight"].dtype == torch.float32
+    p = report["precisions"]
+    assert p["fp8"]["compute_dtype"] == "float32 (float8 e4m3 storage upcast)"
+    assert p["fp8"]["file_size_bytes"] <= 0.27 * p["fp32"]["file_size_bytes"]
+    assert abs(p["fp8"]["accuracy"] - p["fp32"]["accuracy"]) <= 1.0
 
 
 def test_report_has_the_seed_shape_and_more(comparison):

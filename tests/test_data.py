@@ -1,7 +1,7 @@
 import pytest
 from conftest import SHARED_DATA
 
-from eurosat.data import DataError, decode, federated_dataset, load_client_data, load_split, resolve_source
+from eurosat.data import DataError, federated_dataset, load_client_data, load_split, resolve_source
 
 TANGANKE_NAMES = [
     "annual crop land", "forest", "brushland or shrubland", "highway or road",
@@ -42,8 +42,11 @@ def test_offline_source_has_hub_features():
     assert isinstance(features["label"], ClassLabel) and features["label"].names == TANGANKE_NAMES
 
 
-def test_client_split_is_80_20_and_decodes_to_uint8(small_data):
-    train, test = load_client_data(resolve_source(str(small_data)), 0, 3)
+def test_client_trains_on_its_whole_partition_or_holds_out_a_test_part(small_data):
+    source = resolve_source(str(small_data))
+    whole, none = load_client_data(source, 0, 3)
+    assert len(whole) == 400 and len(none) == 0
+    train, test = load_client_data(source, 0, 3, test_fraction=0.2)  # client evaluation on: 80/20
     assert len(train) + len(test) == 400 and len(test) == 80
     assert train.images.dtype.is_floating_point is False and tuple(train.images.shape[1:]) == (3, 64, 64)
     images, labels = next(train.batches(16))

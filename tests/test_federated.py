@@ -8,7 +8,7 @@ import torch
 from conftest import DEVICE, cli, launch, run_dir_of
 
 from eurosat.model import Net
-from eurosat.files import load_state_dict
+from eurosat.checkpoints import load_state_dict
 
 
 def test_end_to_end_run_writes_results(e2e_run):

@@ -1,7 +1,7 @@
 import torch
 
 from eurosat.model import NUM_PARAMETERS, Net, count_parameters
-from eurosat.files import load_state_dict
+from eurosat.checkpoints import load_state_dict
 
 
 def test_net_has_exactly_434602_parameters():

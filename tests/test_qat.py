@@ -10,8 +10,8 @@ from conftest import DEVICE, FP16_COMPUTE, cli, launch, run_dir_of
 
 from eurosat.compression import compression_report
 from eurosat.model import Net
-from eurosat.ptq import is_fully_quantized, load_quantized
-from eurosat.packed_model import expected_packed_bytes, load_packed, save_packed
+from eurosat.packed_model import expected_packed_bytes
+from eurosat.quantize import Int8StaticConfig, PackedConfig, is_fully_quantized, load, save
 from eurosat.qat import QATConfig, prepare_qat, qat_layers
 
 
@@ -43,11 +43,12 @@ def test_straight_through_estimator_passes_gradients():
 @pytest.mark.parametrize("wbits, abits", [(16, 16), (8, 8), (6, 6), (4, 8), (2, 32), (1, 32)])
 def test_pack_unpack_round_trips_exactly_and_sizes_are_exact(wbits, abits, tmp_path):
     model = _observed(prepare_qat(Net(), QATConfig(wbits, abits)))
-    path = save_packed(model, tmp_path / f"final_model_{wbits}bit.pt")
+    path = save(model, PackedConfig(wbits, abits), tmp_path / f"final_model_{wbits}bit.pt")
     stored = torch.load(path, weights_only=True)
     if wbits < 16:
         assert stored["codes"].numel() == expected_packed_bytes(model)
-    restored = load_packed(path)
+    restored, config = load(path, expect=PackedConfig)
+    assert config == PackedConfig(wbits, abits)
     for name, layer in qat_layers(model).items():
         assert torch.equal(qat_layers(restored)[name].quantized_weight(), layer.quantized_weight()), name
     x = torch.randn(16, 3, 64, 64)
@@ -83,7 +84,7 @@ def test_quantized_training_runs_store_real_low_bit_models(qat_runs, override, b
     run_dir, metrics = qat_runs[1][override]
     assert metrics["summary"]["status"] == "completed"
     packed_path = run_dir / f"final_model_{bits}bit.pt"
-    model = load_packed(packed_path)
+    model, _ = load(packed_path, expect=PackedConfig)
     stored = torch.load(packed_path, weights_only=True)
     expected = sum(-(-int(np.prod(m.weight.shape[1:])) * bits // 8) * m.weight.shape[0] for m in qat_layers(model).values())
     assert stored["codes"].numel() == expected
@@ -95,8 +96,8 @@ def test_quantized_training_runs_store_real_low_bit_models(qat_runs, override, b
     Net().load_state_dict(torch.load(run_dir / "final_model_fp32.pt", weights_only=True))
     Net().load_state_dict(torch.load(run_dir / "final_model.pt", weights_only=True))
     if override.startswith("precision"):
-        int8, precision = load_quantized(run_dir / "model_int8.pt")
-        assert precision == "int8" and is_fully_quantized(int8)
+        int8, config = load(run_dir / "model_int8.pt")
+        assert config == Int8StaticConfig() and is_fully_quantized(int8)
         assert metrics["summary"]["int8_model_test_accuracy"] > 0.1
 
 
@@ -142,12 +143,14 @@ def test_measure_compression_reports_any_checkpoint(e2e_run, tmp_path):
 
 
 def test_load_packed_refuses_other_files_in_one_line(tmp_path):
-    from eurosat.files import CheckpointError, save_torch
+    from eurosat.checkpoints import CheckpointError
+    from eurosat.files import save_torch
     plain = save_torch(tmp_path / "final_model_fp32.pt", Net().state_dict())
     with pytest.raises(CheckpointError, match="not a packed model file"):
-        load_packed(plain)
+        load(plain, expect=PackedConfig)
     model = _observed(prepare_qat(Net(), QATConfig(4, 8)))
-    state = torch.load(save_packed(model, tmp_path / "m.pt"), weights_only=True)
+    state = torch.load(save(model, PackedConfig(4, 8), tmp_path / "m.pt"), weights_only=True)
     state["codes"] = state["codes"][:-1]
-    with pytest.raises(CheckpointError, match="shorter than the Net layout"):
-        load_packed(save_torch(tmp_path / "cut.pt", state))
+    with pytest.raises(CheckpointError, match="shorter than the Net layout") as info:
+        load(save_torch(tmp_path / "cut.pt", state), expect=PackedConfig)
+    assert "\n" not in str(info.value) and "cut.pt" in str(info.value)

@@ -12,7 +12,7 @@ from flwr.app import RecordDict
 from eurosat.config import load_run_config
 from eurosat.federation import aggregate_updates
 from eurosat.model import Net
-from eurosat.packing import channel_scales
+from eurosat.packing import quantize
 from eurosat.link import ClientLink, ServerLink, error_feedback
 from eurosat.transport import get_codec, to_numpy
 
@@ -42,7 +42,7 @@ def test_integer_codecs_error_is_at_most_half_a_step_per_channel(state, name, bi
             assert np.array_equal(decoded[k], v)  # num_batches_tracked travels unchanged
         elif v.ndim >= 2:
             err = np.abs(decoded[k] - v).reshape(v.shape[0], -1).max(1)
-            assert np.all(err <= channel_scales(v, bits) / 2 + 1e-7), k
+            assert np.all(err <= quantize(v, bits)[1] / 2 + 1e-7), k
         else:
             assert np.array_equal(decoded[k], v)  # biases and BatchNorm stay float32
 
@@ -170,7 +170,7 @@ def test_int4_transport_with_error_feedback_runs_and_sends_at_most_0_15(small_da
     """Round 2 uploads carry round 1's residual and round 2's messages are updates to each node's
     replica, both kept in the node's context.state; evaluation messages use the replicas too."""
     proc = launch(["-c", f"num-server-rounds=2 num-supernodes=2 local-epochs=1 time-limit-min=0 transport=\"int4\" "
-                         f"transport-error-feedback=true fraction-evaluate=1.0 data='{small_data}' output-dir='{tmp_path}'"])
+                         f"transport-error-feedback=true fraction-evaluate=1.0 local-test-fraction=0.2 data='{small_data}' output-dir='{tmp_path}'"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert run_dir_of(proc).parts[-3] == "fp32-txint4-ef"
     metrics = json.loads((run_dir_of(proc) / "metrics.json").read_text())
@@ -179,3 +179,17 @@ def test_int4_transport_with_error_feedback_runs_and_sends_at_most_0_15(small_da
     for r in metrics["rounds"]:  # train and evaluate messages to both nodes, and both updates, all counted
         assert r["fp32_equivalent_bytes"] == 6 * get_codec("fp32").encode(to_numpy(Net().state_dict())).count_bytes()
         assert r["clients"] == 2 and r["bytes_sent"] == 2 * r["bytes_received"] and r["client_eval_accuracy"] > 0
+
+
+def test_wire_and_training_use_the_same_codes(state):
+    """One definition of per-channel codes: an int8 tensor on the wire has the codes QAT trains with."""
+    import torch
+
+    from eurosat.qat import weight_codes
+
+    for bits in (8, 4):
+        for k, v in state.items():
+            if v.dtype.kind == "f" and v.ndim >= 2:
+                wire_codes, wire_scale = quantize(v, bits)
+                codes, scale = weight_codes(torch.from_numpy(v), bits)
+                assert np.array_equal(wire_codes, codes.numpy()) and np.array_equal(wire_scale, scale.numpy()), k
