@@ -22,8 +22,7 @@
 #   -h, --help
 set -euo pipefail
 PROJECT=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() { echo "error: $*" >&2; exit 2; }
+source "$PROJECT/eurosat/jobs.sh"
 log() { printf '[run_comparison %(%H:%M:%S)T] %s\n' -1 "$*"; }
 
 MINUTES=10 ROUNDS=100 PRECISIONS=fp32,fp16,int8 TIMEOUT="" POLL=15 LOCAL=0 PASS=() OUT_DIR=$PROJECT/outputs
@@ -31,26 +30,23 @@ while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --local) LOCAL=1 ;;
-        --gpu) PASS+=("$1") ;;
         --minutes|--rounds|--precisions|--timeout|--poll|--output-dir)
             [ $# -ge 2 ] || die "$1 needs a value"
             case "$1" in --minutes) MINUTES=$2 ;; --rounds) ROUNDS=$2 ;; --precisions) PRECISIONS=$2 ;;
                          --timeout) TIMEOUT=$2 ;; --poll) POLL=$2 ;; --output-dir) OUT_DIR=$2 ;; esac
             shift ;;
-        --partition|--account|--cpus|--mem|--gpus|--venv|--data|--margin|--signal-lead|--set)
-            [ $# -ge 2 ] || die "$1 needs a value"; PASS+=("$1" "$2"); shift ;;
-        *) die "unknown argument $1 (see --help)" ;;
+        *) pass_on "$@"; [ "$TAKEN" -gt 0 ] || die "unknown argument $1 (see --help)"; shift $((TAKEN - 1)) ;;
     esac
     shift
 done
-[[ "$MINUTES" =~ ^[1-9][0-9]*$ ]] || die "--minutes must be a positive integer, got '$MINUTES'"
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer, got '$ROUNDS'"
-[[ "$POLL" =~ ^[1-9][0-9]*$ ]] || die "--poll must be a positive integer"
+positive --minutes "$MINUTES"
+positive --rounds "$ROUNDS"
+positive --poll "$POLL"
 TIMEOUT=${TIMEOUT:-$((MINUTES + 30))}
-[[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--timeout must be a positive integer"
+positive --timeout "$TIMEOUT"
 IFS=, read -r -a PRESETS <<<"$PRECISIONS"
 for p in "${PRESETS[@]}"; do [ -f "$PROJECT/configs/$p.toml" ] || die "unknown precision '$p'"; done
-[ "$LOCAL" = 1 ] || command -v sbatch >/dev/null || die "sbatch not found: no Slurm here; use --local to run without Slurm"
+[ "$LOCAL" = 1 ] || need_sbatch
 VENV=${EUROSAT_VENV:-$PROJECT/.venv}
 for ((i = 0; i < ${#PASS[@]}; i++)); do [ "${PASS[$i]}" = --venv ] && VENV=${PASS[$((i + 1))]}; done
 PY="$VENV/bin/python"

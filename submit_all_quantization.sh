@@ -15,30 +15,26 @@
 #   -h, --help
 set -euo pipefail
 PROJECT=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() { echo "error: $*" >&2; exit 2; }
+source "$PROJECT/eurosat/jobs.sh"
 
 ROUNDS=100 MINUTES=10 BITS=32,16,8,4,2,1 LOCAL=0 PASS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --local) LOCAL=1 ;;
-        --gpu) PASS+=("$1") ;;
         --rounds|--minutes|--bits)
             [ $# -ge 2 ] || die "$1 needs a value"
             case "$1" in --rounds) ROUNDS=$2 ;; --minutes) MINUTES=$2 ;; --bits) BITS=$2 ;; esac
             shift ;;
-        --partition|--account|--cpus|--mem|--gpus|--venv|--data|--margin|--signal-lead|--set)
-            [ $# -ge 2 ] || die "$1 needs a value"; PASS+=("$1" "$2"); shift ;;
-        *) die "unknown argument $1 (see --help)" ;;
+        *) pass_on "$@"; [ "$TAKEN" -gt 0 ] || die "unknown argument $1 (see --help)"; shift $((TAKEN - 1)) ;;
     esac
     shift
 done
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer, got '$ROUNDS'"
-[[ "$MINUTES" =~ ^[1-9][0-9]*$ ]] || die "--minutes must be a positive integer, got '$MINUTES'"
+positive --rounds "$ROUNDS"
+positive --minutes "$MINUTES"
 IFS=, read -r -a WIDTHS <<<"$BITS"
 for b in "${WIDTHS[@]}"; do [ -f "$PROJECT/configs/bits-$b.toml" ] || die "no preset for $b-bit weights (allowed: 32,16,8,4,2,1)"; done
-[ "$LOCAL" = 1 ] || command -v sbatch >/dev/null || die "sbatch not found: no Slurm here; use --local to run without Slurm"
+[ "$LOCAL" = 1 ] || need_sbatch
 
 status=0
 for b in "${WIDTHS[@]}"; do

@@ -29,8 +29,7 @@
 # The job exits non-zero (Slurm state FAILED) when the run's status.json is not "completed".
 set -euo pipefail
 PROJECT=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() { echo "error: $*" >&2; exit 2; }
+source "$PROJECT/eurosat/jobs.sh"
 
 LOCAL=0 PRINT_ID=0 JOB_NAME="" SLURM_MINUTES="" SETS=()
 PARTITION=${SLURM_PARTITION:-} ACCOUNT=${SLURM_ACCOUNT:-}
@@ -115,7 +114,7 @@ if [ "$LOCAL" = 1 ]; then
     exit $code
 fi
 
-command -v sbatch >/dev/null || die "sbatch not found: no Slurm here; use --local to run without Slurm"
+need_sbatch
 SLURM_TIME=${SLURM_MINUTES:-$((MINUTES + MARGIN))}
 ARGS=(--parsable --job-name "$JOB_NAME" --time "$SLURM_TIME" --cpus-per-task "$CPUS" --mem "$MEM"
       --ntasks 1 --signal "B:TERM@$LEAD"

@@ -170,10 +170,9 @@ class _Fp8(Handler):
         for key in _fp8_weight_keys():
             w = state[key]
             scale = (w.abs().flatten(1).amax(1) / _FP8_MAX).clamp(min=1e-12)
-            codes = (w / scale.view(-1, *[1] * (w.dim() - 1))).to(_FP8)
-            state[key] = codes.float() * scale.view(-1, *[1] * (w.dim() - 1))
+            state[key] = (w / scale.view(-1, *[1] * (w.dim() - 1))).to(_FP8)
             state[key.replace(".weight", ".fp8_scale")] = scale
-        return self.load(state, config)
+        return self.load(state, config)  # exactly what the file will decode to
 
     def state(self, model, config):
         out = dict(model.state_dict())

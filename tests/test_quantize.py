@@ -63,3 +63,14 @@ def test_files_of_earlier_versions_still_load(net, tmp_path):
     assert config == PackedConfig(2, 32)
     plain, config = load(save_torch(tmp_path / "plain.pt", Net().state_dict()))
     assert config.name == "fp32" and isinstance(plain, Net)
+
+
+def test_fp8_rounds_each_weight_to_its_nearest_e4m3_step(net):
+    from eurosat.quantize import Fp8Config
+
+    fp8 = quantize(net, Fp8Config())
+    w, q = net.conv2.weight.detach(), fp8.conv2.weight.detach()
+    scale = w.abs().flatten(1).amax(1).view(-1, 1, 1, 1) / 448
+    assert torch.equal(q, (w / scale).to(torch.float8_e4m3fn).float() * scale)
+    # e4m3: 3 mantissa bits (relative error <= 1/16), subnormal steps of 2^-9 near zero
+    assert ((q - w).abs() <= w.abs() / 16 + scale * 2**-10 + 1e-12).all()
