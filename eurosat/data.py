@@ -143,17 +143,26 @@ class TensorData:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Normalised float batches; `augment(uint8 images, generator)` runs before normalisation."""
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        order = order.to(self.images.device)  # data already on the device is indexed there (no copy per batch)
         for idx in order.split(batch_size):
             images = self.images[idx].to(device)
             if augment is not None:
                 images = augment(images, generator)
             yield normalize(images).contiguous(memory_format=memory_format), self.labels[idx].to(device)
 
+    def to(self, device: torch.device | str) -> "TensorData":
+        """The same data on `device`, still uint8 (a client's partition moves there once per process)."""
+        device = torch.device(device)
+        if self.images.device == device:
+            return self
+        return TensorData(self.images.to(device), self.labels.to(device))
+
     def take(self, n: int, seed: int = 0) -> "TensorData":
         """A seeded random subset of n samples (all if n >= len)."""
         if n >= len(self):
             return self
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        idx = idx.to(self.images.device)
         return TensorData(self.images[idx], self.labels[idx])
 
 

@@ -118,7 +118,9 @@ def launch(
     cfg, run_dir = prepare(overrides, project, flwr_home, check_data)
     cpus = resources.cpus or int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
     client_cpus = resources.client_cpus or 1  # single-threaded clients side by side beat one client on all cores
-    client_gpus = resources.gpus if resources.client_gpus is None else resources.client_gpus
+    client_gpus = resources.client_gpus
+    if client_gpus is None:  # clients share the GPUs: 10 clients on 1 GPU -> 0.1 each
+        client_gpus = min(1.0, resources.gpus / cfg.num_supernodes) if resources.gpus > 0 else 0.0
     overrides_str = to_override_string({**cfg.to_mapping(), "data": cfg.data, "run-dir": str(run_dir)})
     temp_home = flwr_home is None
     home = Path(flwr_home or tempfile.mkdtemp(prefix="flwr-home-"))
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=int, help="CPUs Ray may use [$SLURM_CPUS_PER_TASK or all]")
     parser.add_argument("--gpus", type=float, default=0.0, help="GPUs Ray may use [0]")
     parser.add_argument("--client-cpus", type=int, help="CPUs per client [1: --cpus clients train side by side]")
-    parser.add_argument("--client-gpus", type=float, help="GPUs per client [--gpus]")
+    parser.add_argument("--client-gpus", type=float, help="GPUs per client [--gpus / num-supernodes, at most 1]")
     parser.add_argument("--project", type=Path, default=PROJECT_DIR, help="the Flower app folder [%(default)s]")
     parser.add_argument("--skip-data-check", action="store_true",
                         help="trust the data folder: skip decoding every image up front (bad rows then fail clients)")

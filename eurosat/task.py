@@ -43,14 +43,27 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> tuple
                             cfg.dirichlet_alpha, cfg.seed, cfg.local_test_fraction)
 
 
+_ON_DEVICE: dict[tuple[int, str], TensorData] = {}
+
+
+def on_device(data: TensorData, device: torch.device) -> TensorData:
+    """`data` moved to `device` once per process (uint8: normalisation and augmentation run there)."""
+    if device.type == "cpu":
+        return data
+    key = (id(data), str(device))
+    if key not in _ON_DEVICE:
+        _ON_DEVICE[key] = data.to(device)
+    return _ON_DEVICE[key]
+
+
 def client_update(
     cfg: RunConfig, received: State, partition_id: int, num_partitions: int,
     instruction: Instruction = Instruction(1),
 ) -> tuple[State, TrainReport]:
     """Train locally from `received`; return the delta to upload (trained minus received) and the report."""
-    trainset, _ = client_data(cfg, partition_id, num_partitions)
-    model = load_state(make_model(cfg), received)
     plan = cfg.recipe.compute_plan(pick_device())
+    trainset = on_device(client_data(cfg, partition_id, num_partitions)[0], plan.device)
+    model = load_state(make_model(cfg), received)
     metrics = train(model, trainset, cfg.local_training(), plan,
                     seed=local_seed(cfg.seed, instruction.server_round, partition_id), span=instruction.span)
     report = TrainReport(partition=partition_id, num_examples=len(trainset),
@@ -65,12 +78,14 @@ def client_evaluate(cfg: RunConfig, received: State, partition_id: int, num_part
 
 
 def server_evaluator(cfg: RunConfig) -> Callable[[State], dict[str, float]]:
-    """Evaluate the global model on the whole `test` split (decoded once)."""
-    testset = load_split(resolve_source(cfg.data), "test")
+    """Evaluate the global model on the whole `test` split (decoded once; on a GPU: kept there,
+    evaluated in large batches)."""
     device = pick_device()
+    testset = on_device(load_split(resolve_source(cfg.data), "test"), device)
+    batch_size = 1024 if device.type == "cuda" else 256
 
     def evaluate_global(state: State) -> dict[str, float]:
-        result = evaluate(load_state(make_model(cfg), state), testset, device=device)
+        result = evaluate(load_state(make_model(cfg), state), testset, batch_size, device=device)
         return {"loss": result["loss"], "accuracy": result["accuracy"]}
 
     return evaluate_global
