@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.accuracy_benchmark import make_slice  # noqa: E402
 from eurosat.compare import CompareOptions, compare, format_table  # noqa: E402
 from eurosat.launch import Resources, launch  # noqa: E402
 
@@ -42,19 +41,6 @@ RUNS = {
     "qat-int8": 'precision="int8"',
     "qat-w4": "weight-bits=4",
 }
-
-
-def make_slice(src: Path, dst: Path, fraction: float) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
-    table = pq.read_table(src / "train.parquet")
-    labels = np.asarray(table.column("label"))
-    rng = np.random.default_rng(0)
-    idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: int(fraction * (labels == c).sum())]
-                          for c in range(10)])
-    pq.write_table(table.take(pa.array(np.sort(idx))), dst / "train.parquet")
-    for split in ("test", "validation"):
-        (dst / f"{split}.parquet").symlink_to(src / f"{split}.parquet")
-    return dst
 
 
 def check(name: str, value: float, op: str, target: float) -> str:

@@ -111,9 +111,13 @@ def prepare(overrides: list[str], project: Path, flwr_home: Path | None,
 
 def launch(
     overrides: list[str], project: Path = PROJECT_DIR, flwr_home: Path | None = None,
-    resources: Resources = Resources(), check_data: bool = True,
+    resources: Resources = Resources(), check_data: bool = True, result_json: Path | None = None,
 ) -> tuple[int, Path]:
-    """Validate, run `flwr run --stream`, clean up; return (exit status, run folder)."""
+    """Validate, run `flwr run --stream`, clean up; return (exit status, run folder).
+
+    `result_json`: written as soon as the run folder exists (state "running", with the run's
+    FLWR_HOME and launcher PID), so a script can follow a live run, and rewritten by `main` at the end.
+    """
     resources.check()
     cfg, run_dir = prepare(overrides, project, flwr_home, check_data)
     cpus = resources.cpus or int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
@@ -144,6 +148,9 @@ def launch(
         "--federation-config", federation_config(cfg, cpus, resources.gpus, client_cpus, client_gpus),
     ]
     print(f"eurosat.launch: run folder {run_dir}", flush=True)
+    if result_json:
+        write_json(result_json, {"run_dir": str(run_dir), "state": "running", "flwr_home": str(home),
+                                 "launcher_pid": os.getpid()})
     print(f"eurosat.launch: FLWR_HOME={home} ports {env['FLWR_LOCAL_SUPERLINK_HTTP_API_PORT']}/"
           f"{env['FLWR_LOCAL_CONTROL_API_PORT']}", flush=True)
     watchdog = start_watchdog(token, run_dir, home if temp_home else None)
@@ -203,14 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-data-check", action="store_true",
                         help="trust the data folder: skip decoding every image up front (bad rows then fail clients)")
     parser.add_argument("--result-json", type=Path, metavar="PATH",
-                        help="write {run_dir, state, exit_code, error} here when the run ends (for scripts)")
+                        help="write {run_dir, state, ...} here when the run starts and {run_dir, state, exit_code, "
+                             "error} when it ends (for scripts)")
     args = parser.parse_args(argv)
     resources = Resources(args.cpus, args.gpus, args.client_cpus, args.client_gpus)
     try:
         if args.result_json:
             check_output_file(args.result_json, "--result-json")
         code, run_dir = launch(args.run_config, args.project.expanduser().resolve(), args.flwr_home, resources,
-                               check_data=not args.skip_data_check)
+                               check_data=not args.skip_data_check, result_json=args.result_json)
     except INPUT_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return BAD_INPUT_EXIT

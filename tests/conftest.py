@@ -8,9 +8,11 @@ data folder is missing do tests fall back to generated images in the same layout
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -63,11 +65,20 @@ def small_data(tmp_path_factory) -> Path:
 
 
 def launch(args: list[str], timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the real launcher (and so the real `flwr run`) in a subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "eurosat.launch", *args], cwd=ROOT, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **(env or {})},
-    )
+    """Run the real launcher (and so the real `flwr run`) in a subprocess. Its `--result-json` (the
+    machine-readable run folder and final state) is attached as `proc.result` ({} if none was written)."""
+    fd, result = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    os.unlink(result)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "eurosat.launch", *args, "--result-json", result], cwd=ROOT, capture_output=True,
+            text=True, timeout=timeout, env={**os.environ, **(env or {})},
+        )
+        proc.result = json.loads(Path(result).read_text()) if Path(result).exists() else {}
+    finally:
+        Path(result).unlink(missing_ok=True)
+    return proc
 
 
 def cli(script: str, *args: object, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -77,10 +88,9 @@ def cli(script: str, *args: object, timeout: float = 600) -> subprocess.Complete
 
 
 def run_dir_of(proc: subprocess.CompletedProcess) -> Path:
-    for line in proc.stdout.splitlines():
-        if line.startswith("eurosat.launch: run folder "):
-            return Path(line.removeprefix("eurosat.launch: run folder ").strip())
-    raise AssertionError(f"no run folder in output:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    if not getattr(proc, "result", None):
+        raise AssertionError(f"no result JSON:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return Path(proc.result["run_dir"])
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,10 @@ from eurosat.model import Net
 ROOT_USER = os.geteuid() == 0
 
 
-def _launcher(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "eurosat.launch", *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def _launcher(args: list[str], result: Path, log=subprocess.PIPE) -> subprocess.Popen:
+    """A launcher in the background; `log`: where its output goes (a pipe must be drained)."""
+    return subprocess.Popen([sys.executable, "-m", "eurosat.launch", *args, "--result-json", str(result)], cwd=ROOT,
+                            text=True, stdout=log, stderr=subprocess.STDOUT if log is not subprocess.PIPE else log)
 
 
 def _rewrite(src: Path, dst: Path, change) -> Path:
@@ -45,10 +46,11 @@ def _copy_slice(small_data: Path, dst: Path) -> Path:
 @pytest.mark.slow
 def test_two_launches_in_the_same_second_get_their_own_folders(small_data, tmp_path):
     config = ["-c", f"num-server-rounds=1 num-supernodes=2 local-epochs=1 data='{small_data}' output-dir='{tmp_path}'"]
-    procs = [_launcher(config), _launcher(config)]
+    results = [tmp_path / "a.json", tmp_path / "b.json"]
+    procs = [_launcher(config, r) for r in results]
     outs = [p.communicate(timeout=600) for p in procs]
-    dirs = [run_dir_of(subprocess.CompletedProcess([], p.returncode, o, e)) for p, (o, e) in zip(procs, outs)]
     assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    dirs = [Path(json.loads(r.read_text())["run_dir"]) for r in results]
     assert dirs[0] != dirs[1] and dirs[0].parent == dirs[1].parent  # same second, own folders (-2 suffix)
     for d in dirs:
         assert json.loads((d / "status.json").read_text())["state"] == "completed"
@@ -113,21 +115,21 @@ def _processes_with(needle: str) -> list[int]:
 
 @pytest.mark.slow
 def test_kill_9_of_the_launcher_takes_the_federation_with_it(small_data, tmp_path):
+    result = tmp_path / "result.json"
+    log = open(tmp_path / "launcher.log", "w")
     proc = _launcher(["-c", f"num-server-rounds=200 num-supernodes=2 local-epochs=1 time-limit-min=0 "
-                            f"data='{small_data}' output-dir='{tmp_path}'"])
-    home = run_dir = None
+                            f"data='{small_data}' output-dir='{tmp_path}'"], result, log)
     deadline = time.monotonic() + 300
-    for line in proc.stdout:
-        if line.startswith("eurosat.launch: run folder "):
-            run_dir = Path(line.split("run folder ", 1)[1].strip())
-        if line.startswith("eurosat.launch: FLWR_HOME="):
-            home = line.split("=", 1)[1].split(" ports")[0]
-        if run_dir and (run_dir / "checkpoint.pt").exists() or time.monotonic() > deadline:
-            break
-    assert home and run_dir and (run_dir / "checkpoint.pt").exists(), "no round completed in time"
+    while time.monotonic() < deadline and not (result.exists() and
+                                               (Path(json.loads(result.read_text())["run_dir"]) / "checkpoint.pt").exists()):
+        time.sleep(1)
+    live = json.loads(result.read_text())  # written when the run starts: run folder, FLWR_HOME
+    run_dir, home = Path(live["run_dir"]), live["flwr_home"]
+    assert live["state"] == "running" and (run_dir / "checkpoint.pt").exists(), "no round completed in time"
     assert _processes_with(f"FLWR_HOME={home}"), "the federation should be running"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    log.close()
     deadline = time.monotonic() + 60
     while _processes_with(f"FLWR_HOME={home}") and time.monotonic() < deadline:
         time.sleep(1)

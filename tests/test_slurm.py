@@ -59,10 +59,10 @@ def wait_for(job_id: str, timeout: float = 300) -> None:
 
 
 def run_folder(log: Path) -> Path:
-    for line in log.read_text().splitlines():
-        if line.startswith("eurosat.launch: run folder "):
-            return Path(line.split("run folder ", 1)[1])
-    raise AssertionError(f"no run folder in {log}:\n{log.read_text()[-2000:]}")
+    """The run folder from the launcher's result JSON beside the job's log (what run_comparison.sh reads)."""
+    result = log.with_suffix(".json")
+    assert result.exists(), f"no {result.name}:\n{log.read_text()[-2000:] if log.exists() else '(no log)'}"
+    return Path(json.loads(result.read_text())["run_dir"])
 
 
 @pytest.fixture
