@@ -2,6 +2,7 @@
 # submit_job.sh - submit one federated EuroSAT training job to Slurm (or run it here with --local).
 #
 #   ./submit_job.sh [options] PRESET ROUNDS MINUTES
+#   ./submit_job.sh [options] --resume RUN_DIR ROUNDS MINUTES
 #
 #   PRESET   fp32 | fp16 | int8, or any configs/<PRESET>.toml (bits-4, w8a6, ...)
 #   ROUNDS   at most this many rounds          MINUTES  training wall-clock limit (minutes)
@@ -20,6 +21,11 @@
 #   --slurm-minutes N    Slurm --time exactly N minutes (overrides the margin)
 #   --signal-lead S      [EUROSAT_SIGNAL_LEAD_S] 60    SIGTERM this many seconds before the kill
 #   --set 'k=v ...'      extra run-config overrides (repeatable)
+#   --nodes N            Deployment Engine over N nodes: the SuperLink and the ServerApp on the first,
+#                        srun starts --clients-per-node SuperNodes on every node [1: simulation]
+#   --clients-per-node K SuperNode tasks per node [num-supernodes / N]; each gets --cpus CPUs, and with
+#                        --gpus one GPU; the federation has N x K clients
+#   --resume RUN_DIR     continue that failed or interrupted run (same folder, a fresh time budget)
 #   --print-id           print only the job id (for scripts)
 #   [EUROSAT_LOG_DIR]    log folder [logs/]
 #   -h, --help
@@ -31,7 +37,7 @@ set -euo pipefail
 PROJECT=$(cd "$(dirname "$0")" && pwd)
 source "$PROJECT/eurosat/jobs.sh"
 
-LOCAL=0 PRINT_ID=0 JOB_NAME="" SLURM_MINUTES="" SETS=()
+LOCAL=0 PRINT_ID=0 JOB_NAME="" SLURM_MINUTES="" SETS=() NODES=1 PER_NODE="" RESUME=""
 PARTITION=${SLURM_PARTITION:-} ACCOUNT=${SLURM_ACCOUNT:-}
 CPUS=${EUROSAT_CPUS:-4} MEM=${EUROSAT_MEM:-16G} GPUS=${EUROSAT_GPUS:-0}
 VENV=${EUROSAT_VENV:-$PROJECT/.venv} DATA=${EUROSAT_DATA:-}
@@ -43,13 +49,13 @@ while [ $# -gt 0 ]; do
         --local) LOCAL=1 ;;
         --print-id) PRINT_ID=1 ;;
         --gpu) GPUS=1 ;;
-        --partition|--account|--cpus|--mem|--gpus|--venv|--data|--job-name|--margin|--slurm-minutes|--signal-lead|--set)
+        --partition|--account|--cpus|--mem|--gpus|--venv|--data|--job-name|--margin|--slurm-minutes|--signal-lead|--set|--nodes|--clients-per-node|--resume)
             [ $# -ge 2 ] || die "$1 needs a value"
             case "$1" in
                 --partition) PARTITION=$2 ;; --account) ACCOUNT=$2 ;; --cpus) CPUS=$2 ;; --mem) MEM=$2 ;;
                 --gpus) GPUS=$2 ;; --venv) VENV=$2 ;; --data) DATA=$2 ;; --job-name) JOB_NAME=$2 ;;
                 --margin) MARGIN=$2 ;; --slurm-minutes) SLURM_MINUTES=$2 ;; --signal-lead) LEAD=$2 ;;
-                --set) SETS+=("$2") ;;
+                --set) SETS+=("$2") ;; --nodes) NODES=$2 ;; --clients-per-node) PER_NODE=$2 ;; --resume) RESUME=$2 ;;
             esac
             shift ;;
         -[0-9]*) POS+=("$1") ;;  # a negative number is a (bad) positional value, not an option
@@ -58,10 +64,19 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ ${#POS[@]} -eq 3 ] || { usage >&2; die "expected PRESET ROUNDS MINUTES, got ${#POS[@]} argument(s)"; }
-PRESET=${POS[0]} ROUNDS=${POS[1]} MINUTES=${POS[2]}
-CONFIG="configs/$PRESET.toml"
-[ -f "$PROJECT/$CONFIG" ] || die "unknown precision/preset '$PRESET'; allowed: $(cd "$PROJECT/configs" && ls *.toml | sed 's/\.toml$//' | tr '\n' ' ')"
+if [ -n "$RESUME" ]; then
+    [ ${#POS[@]} -eq 2 ] || { usage >&2; die "expected --resume RUN_DIR ROUNDS MINUTES, got ${#POS[@]} argument(s)"; }
+    [ -f "$RESUME/metrics.json" ] || die "--resume $RESUME: not a run folder (no metrics.json)"
+    RESUME=$(cd "$RESUME" && pwd)
+    PRESET=resume ROUNDS=${POS[0]} MINUTES=${POS[1]}
+else
+    [ ${#POS[@]} -eq 3 ] || { usage >&2; die "expected PRESET ROUNDS MINUTES, got ${#POS[@]} argument(s)"; }
+    PRESET=${POS[0]} ROUNDS=${POS[1]} MINUTES=${POS[2]}
+    CONFIG="configs/$PRESET.toml"
+    [ -f "$PROJECT/$CONFIG" ] || die "unknown precision/preset '$PRESET'; allowed: $(cd "$PROJECT/configs" && ls *.toml | sed 's/\.toml$//' | tr '\n' ' ')"
+fi
+positive --nodes "$NODES"
+[ -z "$PER_NODE" ] || positive --clients-per-node "$PER_NODE"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
 [[ "$MINUTES" =~ ^[1-9][0-9]*$ ]] || die "MINUTES must be a positive whole number of minutes, got '$MINUTES'"
 for n in CPUS MARGIN LEAD; do [[ "${!n}" =~ ^[0-9]+$ ]] || die "--${n,,} must be a whole number, got '${!n}'"; done
@@ -73,13 +88,25 @@ JOB_NAME=${JOB_NAME:-fl-$PRESET}
 STEM="$JOB_NAME-r$ROUNDS-t${MINUTES}m"
 # Validate the whole run config now: a bad value must fail before anything is submitted.
 OVERRIDES="num-server-rounds=$ROUNDS time-limit-min=$MINUTES ${SETS[*]:-}"
-(cd "$PROJECT" && EUROSAT_DATA="$DATA" "$VENV/bin/python" -c '
+SUPERNODES=$(cd "$PROJECT" && EUROSAT_DATA="$DATA" "$VENV/bin/python" -c '
 import sys
 from eurosat.config import ConfigError, load_run_config
+from eurosat.record import RunDirError, resumable_config
 try:
-    load_run_config(sys.argv[1:])
-except ConfigError as exc:
-    sys.exit(f"error: {exc}")' "$CONFIG" "$OVERRIDES") || exit 2
+    base = resumable_config(sys.argv[1]) if sys.argv[1] else [sys.argv[2]]
+    print(load_run_config(base + sys.argv[3:]).num_supernodes)
+except (ConfigError, RunDirError) as exc:
+    sys.exit(f"error: {exc}")' "$RESUME" "${CONFIG:-}" "$OVERRIDES") || exit 2
+if [ "$NODES" -gt 1 ] || [ -n "$PER_NODE" ]; then  # the Deployment Engine across nodes
+    PER_NODE=${PER_NODE:-$(( (SUPERNODES + NODES - 1) / NODES ))}
+    SUPERNODES=$((NODES * PER_NODE))
+    OVERRIDES="$OVERRIDES num-supernodes=$SUPERNODES"
+    ENGINE=deployment
+    [ "$LOCAL" = 0 ] || die "--nodes/--clients-per-node need Slurm (srun); here, use python -m eurosat.launch --engine deployment"
+else
+    ENGINE=simulation
+fi
+if [ -n "$RESUME" ]; then LAUNCH_CONFIG="--resume '$RESUME'"; else LAUNCH_CONFIG="-c '$CONFIG'"; fi
 LOG_DIR=${EUROSAT_LOG_DIR:-$PROJECT/logs}
 mkdir -p "$LOG_DIR"
 
@@ -93,8 +120,20 @@ source "$VENV/bin/activate"
 ${DATA:+export EUROSAT_DATA="$DATA"}
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 JOB_ID=\${SLURM_JOB_ID:-local-\$(date +%Y%m%d-%H%M%S)}
-echo "job \$JOB_ID on \$(hostname): $PRESET, at most $ROUNDS rounds / $MINUTES min, \${SLURM_CPUS_PER_TASK:-$CPUS} CPUs, $GPUS GPUs"
-exec python -m eurosat.launch -c "$CONFIG" -c "$OVERRIDES" \\
+echo "job \$JOB_ID on \$(hostname): $PRESET, at most $ROUNDS rounds / $MINUTES min, \${SLURM_CPUS_PER_TASK:-$CPUS} CPUs, $GPUS GPUs, $ENGINE"
+if [ "$ENGINE" = deployment ]; then
+    # The SuperLink and the ServerApp run here, on the first node, listening on all its addresses;
+    # srun starts one SuperNode per task on every node (partition = SLURM_PROCID of SLURM_NTASKS).
+    HOST=\$(hostname -I 2>/dev/null | awk '{print \$1}'); HOST=\${HOST:-127.0.0.1}
+    PORT=\$(python -c 'from eurosat.deployment import free_port; print(free_port("0.0.0.0"))')
+    srun --nodes $NODES --ntasks-per-node $PER_NODE --cpus-per-task $CPUS $([ "$GPUS" -gt 0 ] && echo --gres=gpu:1) \\
+        --output "$LOG_DIR/$STEM-\$JOB_ID-supernode-%t.log" bash -c 'exec flower-supernode --insecure \\
+            --superlink '\$HOST:\$PORT' --port \$(python -c "from eurosat.deployment import free_port; print(free_port())") \\
+            --node-config "partition-id=\$SLURM_PROCID num-partitions=\$SLURM_NTASKS"' &
+    exec python -m eurosat.launch $LAUNCH_CONFIG -c "$OVERRIDES" --engine deployment --external-supernodes \\
+        --host 0.0.0.0 --port "\$PORT" --supernodes $SUPERNODES --result-json "$LOG_DIR/$STEM-\$JOB_ID.json"
+fi
+exec python -m eurosat.launch $LAUNCH_CONFIG -c "$OVERRIDES" \\
     --cpus "\${SLURM_CPUS_PER_TASK:-$CPUS}" --gpus "$GPUS" --client-cpus 1 \\
     --result-json "$LOG_DIR/$STEM-\$JOB_ID.json"
 EOF
@@ -117,11 +156,16 @@ fi
 need_sbatch
 SLURM_TIME=${SLURM_MINUTES:-$((MINUTES + MARGIN))}
 ARGS=(--parsable --job-name "$JOB_NAME" --time "$SLURM_TIME" --cpus-per-task "$CPUS" --mem "$MEM"
-      --ntasks 1 --signal "B:TERM@$LEAD"
-      --output "$LOG_DIR/$STEM-%j.out" --error "$LOG_DIR/$STEM-%j.err")
+      --signal "B:TERM@$LEAD" --output "$LOG_DIR/$STEM-%j.out" --error "$LOG_DIR/$STEM-%j.err")
 [ -n "$PARTITION" ] && ARGS+=(--partition "$PARTITION")
 [ -n "$ACCOUNT" ] && ARGS+=(--account "$ACCOUNT")
-[ "$GPUS" -gt 0 ] && ARGS+=(--gres "gpu:$GPUS")
+if [ "$ENGINE" = deployment ]; then
+    ARGS+=(--nodes "$NODES" --ntasks-per-node "$PER_NODE")
+    [ "$GPUS" -gt 0 ] && ARGS+=(--gres "gpu:$PER_NODE")  # one GPU per SuperNode task
+else
+    ARGS+=(--ntasks 1)
+    [ "$GPUS" -gt 0 ] && ARGS+=(--gres "gpu:$GPUS")
+fi
 JOB_ID=$(sbatch "${ARGS[@]}" <<<"$JOB_SCRIPT") || die "sbatch refused the job (see its message above)"
 JOB_ID=${JOB_ID%%;*}
 if [ "$PRINT_ID" = 1 ]; then

@@ -27,6 +27,9 @@ PROJECT_ENV = "EUROSAT_PROJECT_DIR"
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
+ENGINES = ("simulation", "deployment")  # which Flower engine ran the run (set by the launcher)
+
+
 class ConfigError(ValueError):
     """A run-config value that is out of range; the message is one line for the user."""
 
@@ -64,6 +67,8 @@ class RunConfig:
     seed: int
     output_dir: str
     run_dir: str
+    resume: bool
+    engine: str
     wandb_project: str
 
     @classmethod
@@ -103,6 +108,9 @@ class RunConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("lr-schedule", self.lr_schedule, SCHEDULES)
         _choice("augment", self.augment, AUGMENTATIONS)
+        _choice("engine", self.engine, ENGINES)
+        if self.resume and not self.run_dir:
+            raise ConfigError("resume=true needs run-dir: the folder of the run to continue")
         if self.time_limit_min < 0:
             raise ConfigError(f"time-limit-min: must be >= 0 (0 = no limit), got {self.time_limit_min}")
         if not 0 < self.fraction_train <= 1:

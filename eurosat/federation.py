@@ -116,8 +116,9 @@ def aggregate_updates(codec: Codec, base: State, records: list[ArrayRecord], wei
 class BudgetedFedAvg(FedAvg):
     def __init__(self, codec: Codec, error_feedback: bool = False, schedule: LrSchedule = LrSchedule(),
                  min_clients_fraction: float = 1.0, round_timeout_s: float = 0.0, cost_per_mb: float = 0.0,
-                 **kwargs):
+                 expected_nodes: int = 1, **kwargs):
         super().__init__(**kwargs)
+        self.expected_nodes = expected_nodes  # the federation's size: round 1 waits for it
         self.codec = codec
         self.link = ServerLink(codec, error_feedback)
         self.schedule = schedule
@@ -183,6 +184,19 @@ class BudgetedFedAvg(FedAvg):
         self.link.forget([f["node"] for f in failures])
         return Exchange(len(messages), good, failures)
 
+    def _await_nodes(self, grid: Grid, budget: TimeBudget) -> None:
+        """Before the first round, wait (at most the first round's timeout) for the federation to
+        form: on the Deployment Engine SuperNodes connect one by one. Starting with fewer than
+        `min-clients-fraction` of them is an error naming how many came."""
+        needed = max(1, math.ceil(self.min_clients_fraction * self.expected_nodes - 1e-9))
+        deadline = time.monotonic() + self._timeout(budget)
+        while (connected := len(list(grid.get_node_ids()))) < self.expected_nodes and time.monotonic() < deadline:
+            log.info("waiting for nodes: %d of %d connected", connected, self.expected_nodes)
+            time.sleep(2)
+        if connected < needed:
+            raise ClientsFailed(f"only {connected} of {self.expected_nodes} nodes connected within "
+                                f"{self._timeout(budget):.0f} s (min-clients-fraction {self.min_clients_fraction:g})")
+
     def _accept(self, server_round: int, phase: str, exchange: Exchange) -> None:
         answered = len(exchange.replies)
         needed = max(1, math.ceil(self.min_clients_fraction * exchange.asked - 1e-9))
@@ -219,12 +233,18 @@ class BudgetedFedAvg(FedAvg):
         run_config: Mapping[str, object],
         evaluate_fn: Callable[[State], Mapping[str, float]],
         on_round: Callable[[dict, State], None],
+        first_round: int = 1,
+        schedule_position: float | None = None,
     ) -> Outcome:
-        """Rounds until `num_rounds` or the budget; `on_round` persists each finished round."""
+        """Rounds `first_round`..`num_rounds`, or until the budget ends; `on_round` persists each
+        finished round. A resumed run passes the round and the schedule position it stopped at."""
         arrays = ArrayRecord({k: _array(v) for k, v in state.items()})
-        planner = RoundPlanner(self.schedule, num_rounds, budget.rounds_that_fit)
+        planner = RoundPlanner(self.schedule, num_rounds, budget.rounds_that_fit, schedule_position)
         cumulative = cumulative_fp32 = failures_total = 0
-        for rnd in range(1, num_rounds + 1):
+        if first_round > num_rounds:
+            return Outcome(state, num_rounds, "num_server_rounds", False)
+        self._await_nodes(grid, budget)
+        for rnd in range(first_round, num_rounds + 1):
             budget.start_round()
             train_started = budget.clock()
             instruction = Instruction(rnd, planner.span(rnd))

@@ -29,16 +29,19 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from eurosat.config import PROJECT_DIR, PROJECT_ENV, ConfigError, RunConfig, load_run_config, to_override_string
+from eurosat import deployment
+from eurosat.config import ENGINES, PROJECT_DIR, PROJECT_ENV, ConfigError, RunConfig, load_run_config, to_override_string
 from eurosat.data import DataError, resolve_source
 from eurosat.datacheck import check_source
 from eurosat.files import OutputPathError, check_output_dir, check_output_file, write_json
 from eurosat.processes import TOKEN_ENV, new_token, start_watchdog, stop_run
-from eurosat.record import (BAD_INPUT_EXIT, EXIT_CODES, METRICS_FILE, STATUS_FILE, RunDirError, mark_interrupted,
-                            new_run_dir, read_status)
+from eurosat.deployment import check_certificates
+from eurosat.record import (BAD_INPUT_EXIT, EXIT_CODES, METRICS_FILE, STATUS_FILE, RunDirError, mark_failed,
+                            mark_interrupted, new_run_dir, read_status, resumable_config)
 
 INPUT_ERRORS = (ConfigError, DataError, OutputPathError, RunDirError)
 _PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")  # flwr's own k=v pattern (flwr.common.config)
@@ -94,32 +97,68 @@ class Resources:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be >= 0, got {value}")
 
 
-def prepare(overrides: list[str], project: Path, flwr_home: Path | None,
-            check_data: bool = True) -> tuple[RunConfig, Path]:
-    """Every check that can fail on input, then the run folder (made exclusively); nothing runs yet."""
+@dataclass(frozen=True)
+class Engine:
+    """Which Flower engine runs the federation, and the Deployment Engine's settings."""
+
+    name: str = "simulation"  # or "deployment"
+    supernodes: int | None = None  # deployment: SuperNodes to start [num-supernodes]
+    host: str = "127.0.0.1"  # deployment: where the SuperLink listens
+    certificates: Path | None = None  # deployment: TLS (ca.crt, server.pem, server.key)
+    port: int | None = None  # deployment: the SuperLink's port [a free one]
+    external: bool = False  # deployment: SuperNodes are started elsewhere (srun); only wait for them
+
+    def check(self) -> None:
+        if self.name not in ENGINES:
+            raise ConfigError(f"--engine: unknown value {self.name!r}; allowed: {', '.join(ENGINES)}")
+        if self.supernodes is not None and self.supernodes < 1:
+            raise ConfigError(f"--supernodes: must be >= 1, got {self.supernodes}")
+        if self.name == "simulation" and (self.supernodes is not None or self.certificates or self.host != "127.0.0.1"
+                                          or self.port or self.external):
+            raise ConfigError("--supernodes, --host, --port, --certificates and --external-supernodes are for "
+                              "--engine deployment")
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ConfigError(f"--port: must be a TCP port, got {self.port}")
+        if self.certificates:
+            check_certificates(self.certificates)
+
+
+def prepare(overrides: list[str], project: Path, flwr_home: Path | None, check_data: bool = True,
+            engine: Engine = Engine(), resume: Path | None = None) -> tuple[RunConfig, Path]:
+    """Every check that can fail on input, then the run folder (made exclusively, or the run to
+    resume); nothing runs yet."""
     if not (project / "pyproject.toml").is_file():
         raise ConfigError(f"--project {project}: not a Flower app folder (no pyproject.toml)")
     if flwr_home is not None:
         check_output_dir(flwr_home, "--flwr-home")
-    cfg = load_run_config([quote_strings(o) for o in overrides], project)
+    base = resumable_config(resume) if resume else []
+    extra = [f"engine={json.dumps(engine.name)}"]
+    if engine.name == "deployment" and engine.supernodes:
+        extra.append(f"num-supernodes={engine.supernodes}")
+    if resume:
+        extra.append(f"run-dir={json.dumps(str(resume))} resume=true")
+    cfg = load_run_config(base + [quote_strings(o) for o in overrides] + extra, project)
     check_output_dir(cfg.output_root(), "output-dir")
     source = resolve_source(cfg.data)
     if check_data:
         check_source(source)
-    return cfg, new_run_dir(cfg.output_root(), cfg.label, cfg.run_dir)
+    return cfg, new_run_dir(cfg.output_root(), cfg.label, cfg.run_dir, resume=cfg.resume)
 
 
 def launch(
     overrides: list[str], project: Path = PROJECT_DIR, flwr_home: Path | None = None,
     resources: Resources = Resources(), check_data: bool = True, result_json: Path | None = None,
+    engine: Engine = Engine(), resume: Path | None = None,
 ) -> tuple[int, Path]:
     """Validate, run `flwr run --stream`, clean up; return (exit status, run folder).
 
     `result_json`: written as soon as the run folder exists (state "running", with the run's
     FLWR_HOME and launcher PID), so a script can follow a live run, and rewritten by `main` at the end.
+    `resume`: continue that failed or interrupted run in its own folder (see record.py).
     """
     resources.check()
-    cfg, run_dir = prepare(overrides, project, flwr_home, check_data)
+    engine.check()
+    cfg, run_dir = prepare(overrides, project, flwr_home, check_data, engine, resume)
     cpus = resources.cpus or int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
     client_cpus = resources.client_cpus or 1  # single-threaded clients side by side beat one client on all cores
     client_gpus = resources.client_gpus
@@ -142,18 +181,42 @@ def launch(
         # also when the venv is not activated (CI, tests, a cluster's module system).
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
-    command = [
-        str(Path(sys.executable).with_name("flwr")), "run", str(project), "--stream",
-        "--run-config", overrides_str,
-        "--federation-config", federation_config(cfg, cpus, resources.gpus, client_cpus, client_gpus),
-    ]
     print(f"eurosat.launch: run folder {run_dir}", flush=True)
     if result_json:
         write_json(result_json, {"run_dir": str(run_dir), "state": "running", "flwr_home": str(home),
                                  "launcher_pid": os.getpid()})
-    print(f"eurosat.launch: FLWR_HOME={home} ports {env['FLWR_LOCAL_SUPERLINK_HTTP_API_PORT']}/"
-          f"{env['FLWR_LOCAL_CONTROL_API_PORT']}", flush=True)
     watchdog = start_watchdog(token, run_dir, home if temp_home else None)
+    federation = None
+    try:
+        if engine.name == "deployment":
+            federation = deployment.start(home, env, cfg.num_supernodes, run_dir / "deployment", engine.host,
+                                          engine.certificates, engine.port, engine.external)
+            print(f"eurosat.launch: Deployment Engine: SuperLink {federation.address}, {cfg.num_supernodes} "
+                  f"SuperNodes{' (started elsewhere)' if engine.external else ''}; logs in {run_dir / 'deployment'}",
+                  flush=True)
+            command = [str(Path(sys.executable).with_name("flwr")), "run", str(project), deployment.FEDERATION,
+                       "--stream", "--run-config", overrides_str]
+        else:
+            print(f"eurosat.launch: FLWR_HOME={home} ports {env['FLWR_LOCAL_SUPERLINK_HTTP_API_PORT']}/"
+                  f"{env['FLWR_LOCAL_CONTROL_API_PORT']}", flush=True)
+            command = [str(Path(sys.executable).with_name("flwr")), "run", str(project), "--stream",
+                       "--run-config", overrides_str,
+                       "--federation-config", federation_config(cfg, cpus, resources.gpus, client_cpus, client_gpus)]
+        code = _run(command, env, project, run_dir, token, federation)
+    except deployment.DeploymentError as exc:
+        mark_failed(run_dir, f"DeploymentError: {exc}")
+        code = EXIT_CODES["failed"]
+    finally:
+        stop_run(token)
+        watchdog.terminate()
+        if temp_home:
+            shutil.rmtree(home, ignore_errors=True)
+    return code, run_dir
+
+
+def _run(command: list[str], env: dict[str, str], project: Path, run_dir: Path, token: str,
+         federation: deployment.Federation | None) -> int:
+    """`flwr run` until it ends, the SuperLink dies (deployment: the run fails), or a signal stops it."""
     proc = subprocess.Popen(command, env=env, cwd=project)
 
     def on_term(signum: int, _frame) -> None:
@@ -168,17 +231,19 @@ def launch(
 
     previous = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        proc.wait()
+        while proc.poll() is None:
+            if federation is not None and (why := federation.dead()):
+                print(f"eurosat.launch: {why}: stopping the run", flush=True)
+                stop_run(token)
+                mark_failed(run_dir, f"DeploymentError: {why}")
+                return EXIT_CODES["failed"]
+            time.sleep(0.5)
     except Interrupted:
-        return EXIT_CODES["interrupted"], run_dir
+        return EXIT_CODES["interrupted"]
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        stop_run(token)
-        watchdog.terminate()
-        if temp_home:
-            shutil.rmtree(home, ignore_errors=True)
-    return finish(run_dir), run_dir
+    return finish(run_dir)
 
 
 def finish(run_dir: Path) -> int:
@@ -196,8 +261,9 @@ def finish(run_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m eurosat.launch",
-        description="Run federated EuroSAT training in Flower's simulation, isolated, with a trustworthy exit "
-                    "status: 0 completed, 1 failed, 2 bad input, 3 completed with client failures, 143 interrupted.",
+        description="Run federated EuroSAT training with Flower (simulation or Deployment Engine), isolated, with a "
+                    "trustworthy exit status: 0 completed, 1 failed, 2 bad input, 3 completed with client failures, "
+                    "143 interrupted.",
     )
     parser.add_argument("--run-config", "-c", action="append", default=[], metavar="TOML|'k=v ...'",
                         help="run-config overrides: a configs/*.toml file or 'key=value ...'; repeatable, later wins")
@@ -212,13 +278,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result-json", type=Path, metavar="PATH",
                         help="write {run_dir, state, ...} here when the run starts and {run_dir, state, exit_code, "
                              "error} when it ends (for scripts)")
+    parser.add_argument("--engine", choices=ENGINES, default="simulation",
+                        help="simulation: Ray actors in one process tree; deployment: a SuperLink and SuperNodes as "
+                             "separate processes [simulation]")
+    parser.add_argument("--supernodes", type=int, help="deployment: SuperNodes to start [num-supernodes]")
+    parser.add_argument("--host", default="127.0.0.1", help="deployment: the address the SuperLink listens on "
+                        "[127.0.0.1; a cluster: the node's address or 0.0.0.0]")
+    parser.add_argument("--certificates", type=Path, metavar="DIR",
+                        help="deployment: TLS with DIR/ca.crt, server.pem, server.key [insecure]")
+    parser.add_argument("--port", type=int, help="deployment: the SuperLink's port [a free one]")
+    parser.add_argument("--external-supernodes", action="store_true",
+                        help="deployment: start only the SuperLink; --supernodes SuperNodes are started elsewhere "
+                             "(srun on every node of a Slurm job) and the first round waits for them")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="continue this failed or interrupted run from its last checkpoint, in its own folder")
     args = parser.parse_args(argv)
     resources = Resources(args.cpus, args.gpus, args.client_cpus, args.client_gpus)
+    engine = Engine(args.engine, args.supernodes, args.host, args.certificates, args.port, args.external_supernodes)
     try:
         if args.result_json:
             check_output_file(args.result_json, "--result-json")
         code, run_dir = launch(args.run_config, args.project.expanduser().resolve(), args.flwr_home, resources,
-                               check_data=not args.skip_data_check, result_json=args.result_json)
+                               check_data=not args.skip_data_check, result_json=args.result_json, engine=engine,
+                               resume=args.resume.expanduser().resolve() if args.resume else None)
     except INPUT_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return BAD_INPUT_EXIT

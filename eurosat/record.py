@@ -8,6 +8,7 @@ callers trust it, never `flwr run`'s exit code (0 even when the ServerApp raised
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from eurosat.checkpoints import load_state_dict
+from eurosat.checkpoints import load_checkpoint, load_state_dict
 from eurosat.files import read_json, save_torch, write_json
 
 STATUS_FILE = "status.json"
@@ -49,21 +50,25 @@ def resolve_run_dir(root: Path, run_dir: str) -> Path:
     return (path if path.is_absolute() else root / path).resolve()
 
 
-def new_run_dir(root: Path, label: str, run_dir: str = "") -> Path:
+def new_run_dir(root: Path, label: str, run_dir: str = "", resume: bool = False) -> Path:
     """Create this run's folder exclusively and return it.
 
     Without `run_dir`: `<root>/<label>/<date>/<time>`, with `-2`, `-3`, ... when that exists.
     With `run_dir` (a launcher or job script chose it): that folder, which may exist already only
-    if it is still empty of any run (the launcher that chose it made it).
+    if it is still empty of any run (the launcher that chose it made it), or, with `resume`, if it
+    holds a failed or interrupted run with a checkpoint.
     """
     if run_dir:
         path = resolve_run_dir(root, run_dir)
+        if resume:
+            check_resumable(path)
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             path.mkdir()
         except FileExistsError:
             if not path.is_dir() or (path / STATUS_FILE).exists() or (path / METRICS_FILE).exists():
-                raise RunDirError(f"run-dir {path}: already holds a run; choose a new folder") from None
+                raise RunDirError(f"run-dir {path}: already holds a run; choose a new folder, or --resume it") from None
         return path
     day, second = run_dir_name(datetime.now())
     base = root / label / day / second
@@ -76,6 +81,33 @@ def new_run_dir(root: Path, label: str, run_dir: str = "") -> Path:
         except FileExistsError:
             continue
     raise RunDirError(f"{base}: no free run folder name")
+
+
+RESUMABLE = ("failed", "interrupted")
+
+
+def check_resumable(run_dir: Path) -> dict[str, Any]:
+    """The metrics of a run that can be resumed: failed or interrupted, with a checkpoint."""
+    state = read_status(run_dir).get("state", "unknown")
+    if not (run_dir / METRICS_FILE).is_file() or state == "unknown":
+        raise RunDirError(f"--resume {run_dir}: not a run folder (no status.json and metrics.json)")
+    if state not in RESUMABLE:
+        raise RunDirError(f"--resume {run_dir}: the run is {state}; only a failed or interrupted run can be resumed")
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        raise RunDirError(f"--resume {run_dir}: no checkpoint.pt (no round completed): start a new run instead")
+    try:
+        metrics = read_json(run_dir / METRICS_FILE)
+        config = dict(metrics["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RunDirError(f"--resume {run_dir}: metrics.json is not readable") from None
+    return {"metrics": metrics, "config": config}
+
+
+def resumable_config(run_dir: Path) -> list[str]:
+    """The stored run config of a resumable run, as `--run-config` overrides (later ones win)."""
+    config = check_resumable(run_dir)["config"]
+    config = {k: v for k, v in config.items() if k not in ("run-dir", "resume", "engine")}
+    return [" ".join(f"{k}={json.dumps(v) if not isinstance(v, bool) else str(v).lower()}" for k, v in config.items())]
 
 
 def as_tensors(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -122,9 +154,40 @@ class RunRecorder:
         self.flush()
         write_status(self.run_dir, "running", pid=os.getpid())
 
+    @classmethod
+    def resume(cls, run_dir: Path, config: Mapping[str, Any], extra: Mapping[str, Any] | None = None,
+               tracker: Any = None) -> tuple["RunRecorder", int, dict[str, torch.Tensor]]:
+        """Continue a failed or interrupted run's record: (recorder, last completed round, its state).
+
+        The rounds recorded so far stay; rounds of this attempt carry `attempt` = the next number,
+        and `attempts` lists when each began and from which round.
+        """
+        check_resumable(run_dir)
+        recorder = cls.__new__(cls)
+        recorder.run_dir, recorder.started, recorder.tracker = Path(run_dir), time.time(), tracker
+        recorder.data = read_json(recorder.run_dir / METRICS_FILE)
+        checkpoint = load_checkpoint(recorder.run_dir / CHECKPOINT_FILE)
+        last = int(checkpoint["round"])
+        recorder.data["rounds"] = [r for r in recorder.data["rounds"] if r["round"] <= last]
+        attempts = recorder.data.setdefault("attempts", [{"attempt": 1, "started": recorder.data.get("started"),
+                                                          "first_round": 1}])
+        previous = dict(recorder.data["summary"])
+        attempts[-1].update(ended=previous.get("status"), reason=previous.get("error") or previous.get("stop_reason"))
+        attempts.append({"attempt": len(attempts) + 1, "started": _now(), "first_round": last + 1})
+        recorder.data.update(config=dict(config), **(extra or {}))
+        recorder.data["summary"] = {"status": "running", "rounds_completed": len(recorder.data["rounds"])}
+        recorder.flush()
+        write_status(recorder.run_dir, "running", pid=os.getpid(), attempt=len(attempts))
+        return recorder, last, checkpoint["state_dict"]
+
+    @property
+    def attempt(self) -> int:
+        return len(self.data.get("attempts", [])) or 1
+
     def add_round(self, record: Mapping[str, Any], state_dict: Mapping[str, Any]) -> None:
         """Checkpoint first, then the metrics that describe it."""
         save_torch(self.run_dir / CHECKPOINT_FILE, {"round": record["round"], "state_dict": as_tensors(state_dict)})
+        record = {**record, "attempt": self.attempt}
         self.data["rounds"].append(dict(record))
         self.data["summary"]["rounds_completed"] = len(self.data["rounds"])
         if self.tracker:
@@ -186,4 +249,18 @@ def mark_interrupted(run_dir: Path, reason: str = "SIGTERM") -> dict[str, Any]:
                    final_model=str(run_dir / FINAL_MODEL_FILE) if ckpt.exists() else None)
     write_json(run_dir / METRICS_FILE, metrics)
     write_status(run_dir, "interrupted", **{k: v for k, v in summary.items() if k != "status"})
+    return read_status(run_dir)
+
+
+def mark_failed(run_dir: Path, error: str) -> dict[str, Any]:
+    """Close a run whose processes were stopped from outside because its federation broke (the
+    SuperLink died): status failed with the reason; the last checkpoint stays for --resume."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    if status.get("state") in FINISHED or not (run_dir / METRICS_FILE).exists():
+        return status
+    metrics = read_json(run_dir / METRICS_FILE)
+    metrics["summary"].update(status="failed", error=error, finished=_now())
+    write_json(run_dir / METRICS_FILE, metrics)
+    write_status(run_dir, "failed", **{k: v for k, v in metrics["summary"].items() if k != "status"})
     return read_status(run_dir)

@@ -62,13 +62,15 @@ class RoundPlanner:
     """Places each round on the schedule. `rounds_that_fit(cap)` is the budget's estimate of how many
     more rounds (this one included) will run, at most `cap`."""
 
-    def __init__(self, schedule: LrSchedule, num_rounds: int, rounds_that_fit: Callable[[int], int]):
+    def __init__(self, schedule: LrSchedule, num_rounds: int, rounds_that_fit: Callable[[int], int],
+                 position: float | None = None):
+        """`position`: where a resumed run stopped on the axis (None: the start)."""
         self.schedule = schedule
         self.num_rounds = num_rounds
         self.rounds_that_fit = rounds_that_fit
         # one round is never all warm-up: a run of N rounds warms up over at most N - 1
         self.warmup = min(schedule.warmup_rounds, num_rounds - 1)
-        self.position = float(schedule.warmup_rounds - self.warmup)
+        self.position = float(schedule.warmup_rounds - self.warmup) if position is None else float(position)
 
     def span(self, server_round: int) -> Span:
         """The span of `server_round` (1-based); call once per round, in order."""

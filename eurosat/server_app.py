@@ -27,22 +27,29 @@ def main(grid: Grid, context: Context) -> None:
     budget = TimeBudget(None)  # started now: data loading counts against the wall clock
     cfg = RunConfig.from_mapping(context.run_config)  # one-line ConfigError before any work
     budget.limit_s = cfg.time_limit_s
-    run_dir = new_run_dir(cfg.output_root(), cfg.label, cfg.run_dir)
+    run_dir = new_run_dir(cfg.output_root(), cfg.label, cfg.run_dir, resume=cfg.resume)
     print(f"eurosat: writing results to {run_dir}", flush=True)
-    recorder = RunRecorder(run_dir, cfg.to_mapping(), extra={"versions": {
-        "flwr": flwr.__version__, "torch": torch.__version__, "python": platform.python_version()}},
-        tracker=tracking.start(cfg.wandb_project, run_dir, cfg.to_mapping(), group=cfg.label))
+    extra = {"versions": {"flwr": flwr.__version__, "torch": torch.__version__, "python": platform.python_version()}}
+    tracker = tracking.start(cfg.wandb_project, run_dir, cfg.to_mapping(), group=cfg.label)
+    seed_everything(cfg.seed)
+    if cfg.resume:  # the same folder, from the last completed round; the budget starts anew
+        recorder, done, checkpoint = RunRecorder.resume(run_dir, cfg.to_mapping(), extra, tracker)
+        state, position = to_numpy(checkpoint), recorder.data["rounds"][-1]["lr_span"][1]
+        print(f"eurosat: resuming after round {done} (attempt {recorder.attempt})", flush=True)
+    else:
+        recorder = RunRecorder(run_dir, cfg.to_mapping(), extra, tracker)
+        done, position, state = 0, None, to_numpy(task.make_model(cfg).state_dict())
     try:
-        seed_everything(cfg.seed)
-        state = to_numpy(task.make_model(cfg).state_dict())
         strategy = BudgetedFedAvg(
             get_codec(cfg.transport), cfg.transport_error_feedback, cfg.lr_schedule_plan(),
             min_clients_fraction=cfg.min_clients_fraction, round_timeout_s=cfg.round_timeout_s,
-            cost_per_mb=cfg.cost_per_mb, fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
+            cost_per_mb=cfg.cost_per_mb, expected_nodes=cfg.num_supernodes,
+            fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
             min_train_nodes=1, min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0, min_available_nodes=1,
         )
         outcome = strategy.run(grid, state, cfg.num_server_rounds, budget, cfg.to_mapping(),
-                               evaluate_fn=task.server_evaluator(cfg), on_round=recorder.add_round)
+                               evaluate_fn=task.server_evaluator(cfg), on_round=recorder.add_round,
+                               first_round=done + 1, schedule_position=position)
         artifacts = task.save_artifacts(cfg, run_dir, outcome.state)
         recorder.finish(
             task.final_state_dict(cfg, outcome.state),
@@ -51,6 +58,7 @@ def main(grid: Grid, context: Context) -> None:
             stop_reason=outcome.stop_reason,
             time_limit_reached=outcome.time_limit_reached,
             client_failures=outcome.client_failures,
+            engine=cfg.engine,
             fp32_model_bytes=raw_nbytes(outcome.state),
             **artifacts,
         )

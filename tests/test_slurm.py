@@ -153,3 +153,22 @@ def test_run_comparison_ends_with_report_and_plots(slurm, job_env):
     assert (folder / "training_comparison.png").exists()
     for p in ("fp32", "fp16", "int8"):
         assert f"{p}: completed" in proc.stdout
+
+
+def test_deployment_job_runs_supernodes_as_srun_tasks(slurm, job_env):
+    """--clients-per-node: one job, the SuperLink and ServerApp in the batch step, srun starting
+    one SuperNode per task (here 2 tasks on the one local node); same log and result JSON."""
+    env, logs, outputs = job_env
+    proc = sh(ROOT / "submit_job.sh", "--print-id", "--nodes", "1", "--clients-per-node", "2", "--cpus", "1",
+              "--set", f"output-dir='{outputs}'", "fp32", "2", "2", env=env)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip()
+    wait_for(job, timeout=420)
+    log = logs / f"fl-fp32-r2-t2m-{job}.out"
+    run_dir = run_folder(log)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed", log.read_text()[-3000:]
+    assert metrics["config"]["engine"] == "deployment" and metrics["config"]["num-supernodes"] == 2
+    assert all(r["clients"] == 2 for r in metrics["rounds"])
+    assert sorted(p.name for p in logs.glob(f"*-{job}-supernode-*.log")) == [
+        f"fl-fp32-r2-t2m-{job}-supernode-0.log", f"fl-fp32-r2-t2m-{job}-supernode-1.log"]
