@@ -66,7 +66,17 @@ def test_time_budget_stops_before_a_round_would_overrun():
         clock.now += length
         budget.end_round()
         assert budget.allows_another_round() is expect_more, (clock.now, budget.longest_round)
-    # 95 s spent, longest round 40 s: 95 + 40 > 100
+    # 95 s spent, longest round after the first 40 s: 95 + 40 > 100
+
+
+def test_time_budget_leaves_the_first_rounds_start_up_out_once_later_rounds_are_timed():
+    clock = FakeClock()
+    budget = TimeBudget(limit_s=100, clock=clock)
+    for length in (50, 20):
+        budget.start_round()
+        clock.now += length
+        budget.end_round()
+    assert budget.longest_round == 20 and budget.allows_another_round()  # 70 + 20 <= 100
 
 
 def test_time_budget_without_limit_never_stops():

@@ -44,7 +44,7 @@ def _contiguous_and_increasing(spans):
         assert b.start == a.stop and b.stop >= b.start
 
 
-@pytest.mark.parametrize("lengths", [[12.0], [20.0, 11.0, 13.0], [9.0, 9.0, 9.5]])
+@pytest.mark.parametrize("lengths", [[12.0], [20.0, 11.0, 13.0], [9.0, 9.0, 9.5], [14.0, 12.0]])
 def test_time_limited_run_reaches_the_floor_in_its_last_round(lengths):
     spans = run_rounds(COSINE, num_rounds=100, limit_s=100.0, lengths=lengths)
     assert len(spans) >= 4  # the budget, not num-server-rounds, ended it
@@ -63,6 +63,14 @@ def test_constant_rounds_split_the_decay_evenly():
     assert len(spans) == 7 and spans[-2].stop < COSINE.end  # the floor comes with the last round
     widths = [s.stop - s.start for s in spans[1:]]
     assert widths == pytest.approx([1 / 6] * 6)
+
+
+def test_a_first_round_slowed_by_start_up_does_not_end_the_decay_early():
+    """Round 1 pays for start-up; from round 2 on the estimate is the later rounds' length, as in
+    a real 10-minute run (94 s, then about 80 s)."""
+    spans = run_rounds(COSINE, num_rounds=100, limit_s=600.0, lengths=[94.0, 82.0, 80.0, 75.0, 82.0, 85.0, 81.0],
+                       startup=3.0)
+    assert len(spans) == 7 and spans[-1].stop == COSINE.end and spans[-2].stop < COSINE.end
 
 
 def test_round_limited_run_behaves_the_same():
