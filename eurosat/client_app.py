@@ -12,6 +12,7 @@ from flwr.clientapp import ClientApp
 from eurosat import task
 from eurosat.config import RunConfig
 from eurosat.link import ClientLink
+from eurosat.memory import load_optimizer_state, save_optimizer_state
 from eurosat.protocol import ARRAYS, CONFIG, Instruction, failure_reply
 from eurosat.transport import get_codec
 
@@ -31,7 +32,10 @@ def _setup(msg: Message, context: Context):
 def train(msg: Message, context: Context) -> Message:
     try:
         cfg, instruction, link, received, pid, n = _setup(msg, context)
-        delta, report = task.client_update(cfg, received, pid, n, instruction)
+        kept = load_optimizer_state(context.state) if cfg.local_optimizer_state == "keep" else None
+        delta, report = task.client_update(cfg, received, pid, n, instruction, kept)
+        if kept is not None:
+            save_optimizer_state(context.state, kept)
         return Message(RecordDict({ARRAYS: link.encode(delta), **report.to_records()}), reply_to=msg)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded, named reply
         log.exception("train failed on partition %s", context.node_config.get("partition-id"))

@@ -64,6 +64,7 @@ class RunConfig:
     lr_warmup_rounds: int
     lr_floor: float
     augment: str
+    local_optimizer_state: str
     seed: int
     output_dir: str
     run_dir: str
@@ -109,6 +110,7 @@ class RunConfig:
         _choice("lr-schedule", self.lr_schedule, SCHEDULES)
         _choice("augment", self.augment, AUGMENTATIONS)
         _choice("engine", self.engine, ENGINES)
+        _choice("local-optimizer-state", self.local_optimizer_state, ("reset", "keep"))
         if self.resume and not self.run_dir:
             raise ConfigError("resume=true needs run-dir: the folder of the run to continue")
         if self.time_limit_min < 0:
@@ -153,7 +155,7 @@ class RunConfig:
     def local_training(self) -> LocalTraining:
         """The client's local recipe: the one place the training keys are read."""
         return LocalTraining(self.local_epochs, self.batch_size, self.optimizer, self.weight_decay, self.momentum,
-                             self.augment, self.lr_schedule_plan())
+                             self.augment, self.lr_schedule_plan(), self.local_optimizer_state == "keep")
 
     @property
     def recipe(self) -> PrecisionRecipe:

@@ -96,6 +96,7 @@ class LocalTraining:
     momentum: float = 0.9  # sgd only (Nesterov)
     augment: str = "none"
     schedule: LrSchedule = LrSchedule()
+    keep_optimizer_state: bool = False  # carry the optimizer's moments from round to round (per node)
 
     def make_optimizer(self, params, device: torch.device) -> torch.optim.Optimizer:
         """`adam` (L2 weight decay, the original system's), `adamw` (decoupled), `sgd` (Nesterov
@@ -111,15 +112,21 @@ class LocalTraining:
 
 def train(
     model: nn.Module, data: TensorData, local: LocalTraining, plan: ComputePlan, seed: int = 0,
-    span: Span | None = None,
+    span: Span | None = None, optimizer_state: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
     """`local.epochs` epochs over `data`; the learning rate follows `span` of the schedule step by
     step (None: the schedule's peak throughout). Returns the mean loss/accuracy over all seen samples.
 
+    `optimizer_state` (per-parameter tensors, e.g. Adam's moments, keyed by parameter index): loaded
+    into the fresh optimizer if it holds any, and replaced by the state after training.
     Loss and accuracy are summed on the device and read once at the end: no host sync per step.
     """
     model.to(plan.device, memory_format=plan.memory_format).train()
     optimizer = local.make_optimizer(model.parameters(), plan.device)
+    if optimizer_state:
+        optimizer.load_state_dict({"state": {int(k): {n: t.to(plan.device) if t.dim() else t for n, t in v.items()}
+                                             for k, v in optimizer_state.items()},
+                                   "param_groups": optimizer.state_dict()["param_groups"]})
     criterion = nn.CrossEntropyLoss()
     scaler = plan.scaler()
     augment = augmenter(local.augment)
@@ -154,6 +161,10 @@ def train(
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     model.to(memory_format=torch.contiguous_format)
+    if optimizer_state is not None:
+        optimizer_state.clear()
+        optimizer_state.update({str(k): {n: t.detach().cpu().contiguous() for n, t in v.items()}
+                                for k, v in optimizer.state_dict()["state"].items()})
     return {
         "train_loss": total_loss.item() / max(seen, 1),
         "train_accuracy": correct.item() / max(seen, 1),

@@ -113,3 +113,39 @@ def test_dihedral_augmentation_keeps_shape_dtype_and_is_seeded():
     seen = {next(i for i, v in enumerate([torch.rot90(v, k, (1, 2)) for v in (x, x.flip(2)) for k in range(4)])
                  if torch.equal(y, v)) for x, y in zip(images, a)}
     assert len(seen) == 8
+
+
+def test_kept_optimizer_state_survives_the_node_store_and_changes_training(small_data):
+    """local-optimizer-state=keep: Adam's moments go into the node's context.state after a round
+    and come back in the next; a kept state trains differently from a fresh one."""
+    from flwr.app import RecordDict
+
+    from eurosat.config import load_run_config
+    from eurosat.data import load_split, resolve_source
+    from eurosat.memory import load_optimizer_state, save_optimizer_state
+    from eurosat.model import Net
+    from eurosat.training import ComputePlan, train
+
+    cfg = load_run_config([f"local-optimizer-state='keep' data='{small_data}'"])
+    local = cfg.local_training()
+    assert local.keep_optimizer_state
+    data = load_split(resolve_source(str(small_data)), "train", sample=64, seed=0)
+    plan = ComputePlan(torch.device("cpu"))
+    torch.manual_seed(0)
+    model = Net()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    kept: dict = {}
+    train(model, data, local, plan, optimizer_state=kept)
+    assert kept and {"step", "exp_avg", "exp_avg_sq"} <= set(kept["0"])
+    store = RecordDict()
+    save_optimizer_state(store, kept)
+    restored = load_optimizer_state(store)
+    assert restored.keys() == kept.keys()
+    assert all(torch.equal(restored[i][n], kept[i][n]) for i in kept for n in kept[i])
+    runs = []
+    for state in (restored, None):
+        net = Net()
+        net.load_state_dict(start)
+        train(net, data, local, plan, seed=1, optimizer_state=state)
+        runs.append(net.fc3.weight.detach().clone())
+    assert not torch.equal(runs[0], runs[1])
