@@ -113,15 +113,18 @@ def write_federation(home: Path, address: str, certificates: Path | None = None)
 
 
 def start(home: Path, env: dict[str, str], supernodes: int, log_dir: Path, host: str = "127.0.0.1",
-          certificates: Path | None = None, port: int | None = None, external: bool = False) -> Federation:
+          certificates: Path | None = None, port: int | None = None, external: bool = False,
+          cpus: int = 1) -> Federation:
     """A SuperLink on `port` (a free one) of `host`, and `supernodes` SuperNodes on this machine,
-    unless they are `external` (started elsewhere, e.g. by srun on every node of a Slurm job)."""
+    unless they are `external` (started elsewhere, e.g. by srun on every node of a Slurm job).
+    The `cpus` are shared among the SuperNodes (OMP_NUM_THREADS), as Ray shares them in simulation."""
     log_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     superlink = start_superlink(home, env, host, port, log_dir, certificates)
     reach = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     federation = Federation(f"{reach}:{port}", superlink, log_dir=log_dir)
+    node_env = {**env, "OMP_NUM_THREADS": str(max(1, cpus // max(supernodes, 1)))}
     for i in range(0 if external else supernodes):
-        federation.supernodes.append(start_supernode(federation.address, i, supernodes, env, log_dir, certificates))
+        federation.supernodes.append(start_supernode(federation.address, i, supernodes, node_env, log_dir, certificates))
     write_federation(home, federation.address, certificates)
     return federation

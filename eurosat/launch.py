@@ -190,7 +190,7 @@ def launch(
     try:
         if engine.name == "deployment":
             federation = deployment.start(home, env, cfg.num_supernodes, run_dir / "deployment", engine.host,
-                                          engine.certificates, engine.port, engine.external)
+                                          engine.certificates, engine.port, engine.external, cpus)
             print(f"eurosat.launch: Deployment Engine: SuperLink {federation.address}, {cfg.num_supernodes} "
                   f"SuperNodes{' (started elsewhere)' if engine.external else ''}; logs in {run_dir / 'deployment'}",
                   flush=True)
