@@ -164,14 +164,16 @@ class BudgetedFedAvg(FedAvg):
 
     def _timeout(self, budget: TimeBudget) -> float:
         """`round-timeout-s`, else what is left of the budget, so a hung client never holds the run
-        past it. The first round, which always runs (start-up included: Ray, data decoding), may take
-        the whole budget of its own, and at least FIRST_ROUND_MIN_S; later rounds start only with at
-        least their length left (the stop rule)."""
+        past it. The first round, which always runs (start-up included: Ray or the SuperNodes'
+        ClientApp processes, data decoding), may take the whole budget of its own, and at least
+        FIRST_ROUND_MIN_S whatever `round-timeout-s` says, since nobody can tell a cold start's
+        length in advance; later rounds start only with at least their length left (the stop rule)."""
+        first = budget.longest_round <= 0
         if self.round_timeout_s > 0:
-            return self.round_timeout_s
+            return max(self.round_timeout_s, FIRST_ROUND_MIN_S) if first else self.round_timeout_s
         if budget.limit_s is None:
             return NO_LIMIT_TIMEOUT_S
-        return budget.remaining() if budget.longest_round > 0 else max(budget.limit_s, FIRST_ROUND_MIN_S)
+        return max(budget.limit_s, FIRST_ROUND_MIN_S) if first else budget.remaining()
 
     def _exchange(self, grid: Grid, messages: list[Message], timeout: float) -> Exchange:
         """Send and wait; record who failed and why; the link forgets the replicas of those nodes."""

@@ -179,13 +179,17 @@ def train(
 def evaluate(
     model: nn.Module, data: TensorData, batch_size: int = 256, device: torch.device | str = "cpu",
     input_dtype: torch.dtype = torch.float32, plan: ComputePlan | None = None, progress: str | None = None,
+    memory_format: torch.memory_format = torch.channels_last,
 ) -> dict[str, object]:
     """Loss, accuracy, confusion matrix (rows = true class), per-image correctness (in data order,
     for paired comparisons) and timing over all of `data`.
 
-    `progress` names a progress bar on stderr; `seconds` covers the forward passes only.
+    `progress` names a progress bar on stderr; `seconds` covers the forward passes only. Images go
+    in as NHWC (`memory_format`), as in training: oneDNN's and fbgemm's convolutions run faster on
+    it, and the model's layout follows (`bench/eval_layout.py`).
     """
     model.to(device).eval()
+    model.to(memory_format=memory_format)
     criterion = nn.CrossEntropyLoss(reduction="sum")
     confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
     total_loss = 0.0
@@ -197,7 +201,7 @@ def evaluate(
         batches = tqdm(batches, desc=progress, total=-(-len(data) // batch_size), unit="batch", leave=False)
     seconds, count, correct = 0.0, 0, []
     for images, labels in batches:
-        images = images.to(input_dtype)
+        images = images.to(input_dtype).contiguous(memory_format=memory_format)
         start = time.perf_counter()
         with context:
             logits = model(images)

@@ -1,0 +1,63 @@
+"""Evaluation speed in NCHW vs NHWC (channels_last) for FP32, FP16 and INT8, side by side.
+
+    .venv/bin/python bench/eval_layout.py CHECKPOINT [--data ../shared/data/eurosat] [--images 1024] [--passes 3]
+
+The checkpoint's FP32 model, its FP16 file's model and its real INT8 model (torch.ao, calibrated on
+1,024 train images) each evaluate the same `--images` real test images in both layouts, in turn,
+`--passes` times; prints images/s per layout (median over passes), the NHWC/NCHW ratio, and
+whether both layouts give the same predictions. `evaluate()` (server evaluation each round,
+`compare_quantizations.py`, the robustness sweep) uses NHWC on this evidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from eurosat.compare import load_fp32_net  # noqa: E402
+from eurosat.data import load_split, resolve_source  # noqa: E402
+from eurosat.quantize import Fp16Config, Fp32Config, Int8StaticConfig, evaluation, quantize  # noqa: E402
+from eurosat.training import evaluate  # noqa: E402
+
+LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="a trained FP32 final_model.pt")
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "eurosat"))
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--passes", type=int, default=3)
+    args = parser.parse_args()
+    source = resolve_source(args.data)
+    testset = load_split(source, "test", sample=args.images, seed=0)
+    calibration = [x for x, _ in load_split(source, "train", sample=1024, seed=0).batches(256)]
+    cpu = torch.device("cpu")
+    print(f"{len(testset)} real test images, batch 256, {args.passes} passes, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    print(f"{'model':<8}{'NCHW img/s':>12}{'NHWC img/s':>12}{'NHWC/NCHW':>11}  same predictions")
+    for config in (Fp32Config(), Fp16Config(), Int8StaticConfig()):
+        model = quantize(load_fp32_net(args.checkpoint), config, calibration)
+        loaded = evaluation(model, config, cpu)
+        rates: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+        correct = {}
+        for _ in range(args.passes):
+            for name, layout in LAYOUTS.items():
+                result = evaluate(loaded.model, testset, 256, cpu, loaded.input_dtype, memory_format=layout)
+                rates[name].append(result["num_examples"] / result["seconds"])
+                correct[name] = result["correct"]
+        nchw, nhwc = (statistics.median(rates[n]) for n in LAYOUTS)
+        same = bool((correct["NCHW"] == correct["NHWC"]).all())
+        print(f"{config.name:<8}{nchw:>12.0f}{nhwc:>12.0f}{nhwc / nchw:>10.2f}x  {same}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
