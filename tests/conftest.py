@@ -27,6 +27,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FP16_COMPUTE = "float16" if DEVICE == "cuda" else "bfloat16"  # what precision=fp16 really computes in
 SHARED_DATA = ROOT.parent / "shared" / "data" / "eurosat"
 SLICE = {"train": 1200, "test": 300, "validation": 200}
+TINY = {"train": 300, "test": 100, "validation": 100}  # for runs that test plumbing, not learning
 
 
 def write_slice(dst: Path, sizes: dict[str, int] = SLICE, seed: int = 0) -> Path:
@@ -62,6 +63,12 @@ def _generated(n: int, seed: int) -> pa.Table:
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory) -> Path:
     return write_slice(tmp_path_factory.mktemp("eurosat-slice"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Rounds of a few seconds even on a loaded machine: for faults, timeouts and resume."""
+    return write_slice(tmp_path_factory.mktemp("eurosat-tiny"), TINY)
 
 
 def launch(args: list[str], timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -82,13 +82,13 @@ def test_loopback_federation_end_to_end(small_data, tmp_path):
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
 
 
-def test_a_killed_supernode_is_named_and_rejoins_after_a_restart(small_data, tmp_path):
+def test_a_killed_supernode_is_named_and_rejoins_after_a_restart(tiny_data, tmp_path):
     """SuperNode 1 is killed during round 2: the round completes with the other two and names it.
     Started again, it rejoins; with error feedback it is sent the whole model."""
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
     proc = _start(["--engine", "deployment", "--supernodes", "3", "-c",
                    f"num-server-rounds=6 time-limit-min=0 min-clients-fraction=0.5 round-timeout-s=45 "
-                   f"transport=int8 transport-error-feedback=true data='{small_data}' output-dir='{tmp_path}'"],
+                   f"transport=int8 transport-error-feedback=true data='{tiny_data}' output-dir='{tmp_path}'"],
                   result, log)
     run_dir, home = _live(result)
     pid, argv, env = _supernode(home, 1)
@@ -105,11 +105,11 @@ def test_a_killed_supernode_is_named_and_rejoins_after_a_restart(small_data, tmp
     _no_process_left(home)
 
 
-def test_a_hung_supernode_ends_its_round_at_the_timeout(small_data, tmp_path):
+def test_a_hung_supernode_ends_its_round_at_the_timeout(tiny_data, tmp_path):
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
     proc = _start(["--engine", "deployment", "--supernodes", "2", "-c",
                    f"num-server-rounds=3 time-limit-min=0 min-clients-fraction=0.5 round-timeout-s=20 "
-                   f"data='{small_data}' output-dir='{tmp_path}'"], result, log)
+                   f"data='{tiny_data}' output-dir='{tmp_path}'"], result, log)
     run_dir, home = _live(result)
     for pid in _processes(home, "partition-id=0"):
         os.kill(pid, signal.SIGSTOP)  # hangs: alive, never answers
@@ -121,10 +121,10 @@ def test_a_hung_supernode_ends_its_round_at_the_timeout(small_data, tmp_path):
     _no_process_left(home)
 
 
-def test_a_killed_superlink_fails_the_run_and_leaves_nothing(small_data, tmp_path):
+def test_a_killed_superlink_fails_the_run_and_leaves_nothing(tiny_data, tmp_path):
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
     proc = _start(["--engine", "deployment", "--supernodes", "2", "-c",
-                   f"num-server-rounds=50 time-limit-min=0 data='{small_data}' output-dir='{tmp_path}'"], result, log)
+                   f"num-server-rounds=50 time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path}'"], result, log)
     run_dir, home = _live(result)
     (superlink,) = _processes(home, "flower-superlink")
     os.kill(superlink, signal.SIGKILL)
@@ -137,21 +137,24 @@ def test_a_killed_superlink_fails_the_run_and_leaves_nothing(small_data, tmp_pat
     _no_process_left(home)
 
 
-def test_an_interrupted_run_resumes_in_its_folder(small_data, tmp_path):
+def test_an_interrupted_run_resumes_in_its_folder(tiny_data, tmp_path):
+    """Stopped after its second round (of many: rounds take seconds here), resumed with a new round
+    count: the same folder, the rounds appended, each with its attempt, the schedule continued."""
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
-    config = f"num-server-rounds=4 time-limit-min=0 data='{small_data}' output-dir='{tmp_path}'"
-    proc = _start(["-c", config], result, log)
+    proc = _start(["-c", f"num-server-rounds=40 time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path}'"],
+                  result, log)
     run_dir, _ = _live(result, rounds=2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143
     done = len(json.loads((run_dir / "metrics.json").read_text())["rounds"])
     assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
-    resumed = launch(["--resume", str(run_dir)], timeout=900)
+    total = done + 2
+    resumed = launch(["--resume", str(run_dir), "-c", f"num-server-rounds={total}"], timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert run_dir_of(resumed) == run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3, 4]
-    assert [r["attempt"] for r in metrics["rounds"]] == [1] * done + [2] * (4 - done)
+    assert [r["round"] for r in metrics["rounds"]] == list(range(1, total + 1))
+    assert [r["attempt"] for r in metrics["rounds"]] == [1] * done + [2] * 2
     assert [a["first_round"] for a in metrics["attempts"]] == [1, done + 1]
     assert metrics["attempts"][0]["ended"] == "interrupted"
     spans = [r["lr_span"] for r in metrics["rounds"]]
@@ -192,21 +195,21 @@ def _certificates(folder: Path) -> Path:
     return folder
 
 
-def test_tls_federation_on_loopback(small_data, tmp_path):
+def test_tls_federation_on_loopback(tiny_data, tmp_path):
     certs = _certificates(tmp_path / "certs")
     proc = launch(["--engine", "deployment", "--supernodes", "2", "--certificates", str(certs), "-c",
-                   f"num-server-rounds=1 time-limit-min=0 data='{small_data}' output-dir='{tmp_path / 'out'}'"],
+                   f"num-server-rounds=1 time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path / 'out'}'"],
                   timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = run_dir_of(proc)
     assert json.loads((run_dir / "metrics.json").read_text())["rounds"][0]["clients"] == 2
-    bad = launch(["--engine", "deployment", "--certificates", str(tmp_path), "-c", f"data='{small_data}'"], timeout=60)
+    bad = launch(["--engine", "deployment", "--certificates", str(tmp_path), "-c", f"data='{tiny_data}'"], timeout=60)
     assert bad.returncode == 2 and "missing ca.crt" in bad.stderr
 
 
-def test_insecure_beyond_loopback_warns(small_data, tmp_path):
+def test_insecure_beyond_loopback_warns(tiny_data, tmp_path):
     proc = launch(["--engine", "deployment", "--supernodes", "1", "--host", "0.0.0.0", "-c",
-                   f"num-server-rounds=1 time-limit-min=0 data='{small_data}' output-dir='{tmp_path}'"], timeout=900)
+                   f"num-server-rounds=1 time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path}'"], timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     warnings = [line for line in proc.stderr.splitlines() if "without TLS" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning: ")

@@ -44,8 +44,8 @@ def _copy_slice(small_data: Path, dst: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_two_launches_in_the_same_second_get_their_own_folders(small_data, tmp_path):
-    config = ["-c", f"num-server-rounds=1 num-supernodes=2 local-epochs=1 data='{small_data}' output-dir='{tmp_path}'"]
+def test_two_launches_in_the_same_second_get_their_own_folders(tiny_data, tmp_path):
+    config = ["-c", f"num-server-rounds=1 num-supernodes=2 local-epochs=1 data='{tiny_data}' output-dir='{tmp_path}'"]
     results = [tmp_path / "a.json", tmp_path / "b.json"]
     procs = [_launcher(config, r) for r in results]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -114,11 +114,11 @@ def _processes_with(needle: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_kill_9_of_the_launcher_takes_the_federation_with_it(small_data, tmp_path):
+def test_kill_9_of_the_launcher_takes_the_federation_with_it(tiny_data, tmp_path):
     result = tmp_path / "result.json"
     log = open(tmp_path / "launcher.log", "w")
     proc = _launcher(["-c", f"num-server-rounds=200 num-supernodes=2 local-epochs=1 time-limit-min=0 "
-                            f"data='{small_data}' output-dir='{tmp_path}'"], result, log)
+                            f"data='{tiny_data}' output-dir='{tmp_path}'"], result, log)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (result.exists() and
                                                (Path(json.loads(result.read_text())["run_dir"]) / "checkpoint.pt").exists()):

@@ -35,10 +35,10 @@ def test_end_to_end_run_writes_results(e2e_run):
 
 
 @pytest.mark.slow
-def test_time_limit_stops_early_and_still_saves(small_data, tmp_path):
+def test_time_limit_stops_early_and_still_saves(tiny_data, tmp_path):
     # 3 s budget: round 1 alone takes longer, so no second round may start.
     proc = launch(["-c", f"num-server-rounds=5 num-supernodes=2 time-limit-min=0.05 "
-                         f"data='{small_data}' output-dir='{tmp_path}'"])
+                         f"data='{tiny_data}' output-dir='{tmp_path}'"])
     run_dir = run_dir_of(proc)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((run_dir / "metrics.json").read_text())["summary"]

@@ -102,9 +102,9 @@ def test_quantized_training_runs_store_real_low_bit_models(qat_runs, override, b
 
 
 @pytest.mark.slow
-def test_fp16_records_the_dtype_that_really_ran(small_data, tmp_path):
+def test_fp16_records_the_dtype_that_really_ran(tiny_data, tmp_path):
     # float16 on CUDA; bfloat16 on a CPU (one local epoch: emulated and slow on CPUs without bf16 instructions)
-    run_dir, metrics = _run(small_data, tmp_path, 'precision="fp16" local-epochs=1')
+    run_dir, metrics = _run(tiny_data, tmp_path, 'precision="fp16" local-epochs=1')
     compute = metrics["summary"]["client_compute"]
     assert compute and all(c.startswith(f"{FP16_COMPUTE}@{DEVICE}") for c in compute), compute
     assert (run_dir / "model_fp16.pt").exists()

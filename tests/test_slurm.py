@@ -66,9 +66,9 @@ def run_folder(log: Path) -> Path:
 
 
 @pytest.fixture
-def job_env(small_data, tmp_path):
+def job_env(tiny_data, tmp_path):
     logs = tmp_path / "logs"
-    return {"EUROSAT_DATA": str(small_data), "EUROSAT_LOG_DIR": str(logs), "EUROSAT_CPUS": "2",
+    return {"EUROSAT_DATA": str(tiny_data), "EUROSAT_LOG_DIR": str(logs), "EUROSAT_CPUS": "2",
             "EUROSAT_MEM": "2G"}, logs, tmp_path / "outputs"
 
 
