@@ -87,13 +87,13 @@ def test_a_killed_supernode_is_named_and_rejoins_after_a_restart(tiny_data, tmp_
     Started again, it rejoins; with error feedback it is sent the whole model."""
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
     proc = _start(["--engine", "deployment", "--supernodes", "3", "-c",
-                   f"num-server-rounds=6 time-limit-min=0 min-clients-fraction=0.5 round-timeout-s=45 "
+                   f"num-server-rounds=6 time-limit-min=0 min-clients-fraction=0.5 round-timeout-s=90 "
                    f"transport=int8 transport-error-feedback=true data='{tiny_data}' output-dir='{tmp_path}'"],
                   result, log)
     run_dir, home = _live(result)
     pid, argv, env = _supernode(home, 1)
     os.kill(pid, signal.SIGKILL)
-    _live(result, rounds=3)
+    _live(result, rounds=2)
     subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # the same node again
     assert proc.wait(timeout=900) == 3, log.read_text()[-3000:]
     rounds = json.loads((run_dir / "metrics.json").read_text())["rounds"]
@@ -108,7 +108,7 @@ def test_a_killed_supernode_is_named_and_rejoins_after_a_restart(tiny_data, tmp_
 def test_a_hung_supernode_ends_its_round_at_the_timeout(tiny_data, tmp_path):
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
     proc = _start(["--engine", "deployment", "--supernodes", "2", "-c",
-                   f"num-server-rounds=3 time-limit-min=0 min-clients-fraction=0.5 round-timeout-s=20 "
+                   f"num-server-rounds=3 time-limit-min=0 min-clients-fraction=0.5 round-timeout-s=60 "
                    f"data='{tiny_data}' output-dir='{tmp_path}'"], result, log)
     run_dir, home = _live(result)
     for pid in _processes(home, "partition-id=0"):
@@ -116,8 +116,8 @@ def test_a_hung_supernode_ends_its_round_at_the_timeout(tiny_data, tmp_path):
     assert proc.wait(timeout=600) == 3, log.read_text()[-3000:]
     rounds = json.loads((run_dir / "metrics.json").read_text())["rounds"]
     hung = [f for r in rounds[1:] for f in r["client_failures"]]
-    assert hung and all("no reply within 20 s" in f["error"] for f in hung)
-    assert all(r["round_seconds"] < 20 + 15 for r in rounds[1:])
+    assert hung and all("no reply within 60 s" in f["error"] for f in hung)
+    assert all(r["round_seconds"] < 60 + 15 for r in rounds[1:])
     _no_process_left(home)
 
 
