@@ -36,6 +36,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def _reachable(host: str) -> str:
+    """Where this machine reaches a SuperLink listening on `host` (a wildcard: loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
+
+
 def check_certificates(folder: Path) -> Path:
     from eurosat.config import ConfigError
 
@@ -45,7 +50,8 @@ def check_certificates(folder: Path) -> Path:
     return folder.resolve()
 
 
-def _tool(name: str) -> str:
+def tool(name: str) -> str:
+    """A Flower command of this interpreter's environment (not whichever is first on PATH)."""
     return str(Path(sys.executable).with_name(name))
 
 
@@ -70,7 +76,7 @@ def _wait_for_port(host: str, port: int, process: subprocess.Popen, timeout_s: f
         if process.poll() is not None:
             raise DeploymentError(f"flower-superlink exited with status {process.returncode} while starting")
         try:
-            with socket.create_connection((host if host != "0.0.0.0" else "127.0.0.1", port), timeout=1):
+            with socket.create_connection((_reachable(host), port), timeout=1):
                 return
         except OSError:
             time.sleep(0.3)
@@ -79,7 +85,7 @@ def _wait_for_port(host: str, port: int, process: subprocess.Popen, timeout_s: f
 
 def start_superlink(home: Path, env: dict[str, str], host: str, port: int, log_dir: Path,
                     certificates: Path | None = None) -> subprocess.Popen:
-    args = [_tool("flower-superlink"), "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+    args = [tool("flower-superlink"), "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
     if certificates:
         args += ["--ssl-certfile", str(certificates / "server.pem"), "--ssl-keyfile", str(certificates / "server.key"),
                  "--ssl-ca-certfile", str(certificates / "ca.crt")]
@@ -88,8 +94,8 @@ def start_superlink(home: Path, env: dict[str, str], host: str, port: int, log_d
         if host not in LOOPBACK:
             print(f"warning: the SuperLink listens on {host} without TLS: anyone who reaches this port can join "
                   "or submit runs; give --certificates", file=sys.stderr)
-    log = open(log_dir / "superlink.log", "ab")
-    process = subprocess.Popen(args, env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT)
+    with open(log_dir / "superlink.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(args, env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT)
     _wait_for_port(host, port, process)
     return process
 
@@ -97,11 +103,11 @@ def start_superlink(home: Path, env: dict[str, str], host: str, port: int, log_d
 def start_supernode(address: str, partition: int, partitions: int, env: dict[str, str], log_dir: Path,
                     certificates: Path | None = None, extra: str = "") -> subprocess.Popen:
     """One SuperNode serving `partition`; `extra` node config, e.g. a device choice."""
-    args = [_tool("flower-supernode"), "--superlink", address, "--port", str(free_port()),
+    args = [tool("flower-supernode"), "--superlink", address, "--port", str(free_port()),
             "--node-config", f"partition-id={partition} num-partitions={partitions} {extra}".strip()]
     args += ["--root-certificates", str(certificates / "ca.crt")] if certificates else ["--insecure"]
-    log = open(log_dir / f"supernode-{partition}.log", "ab")
-    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(log_dir / f"supernode-{partition}.log", "ab") as log:
+        return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def write_federation(home: Path, address: str, certificates: Path | None = None) -> str:
@@ -121,8 +127,7 @@ def start(home: Path, env: dict[str, str], supernodes: int, log_dir: Path, host:
     log_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     superlink = start_superlink(home, env, host, port, log_dir, certificates)
-    reach = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    federation = Federation(f"{reach}:{port}", superlink, log_dir=log_dir)
+    federation = Federation(f"{_reachable(host)}:{port}", superlink, log_dir=log_dir)
     node_env = {**env, "OMP_NUM_THREADS": str(max(1, cpus // max(supernodes, 1)))}
     for i in range(0 if external else supernodes):
         federation.supernodes.append(start_supernode(federation.address, i, supernodes, node_env, log_dir, certificates))

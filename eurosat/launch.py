@@ -194,12 +194,12 @@ def launch(
             print(f"eurosat.launch: Deployment Engine: SuperLink {federation.address}, {cfg.num_supernodes} "
                   f"SuperNodes{' (started elsewhere)' if engine.external else ''}; logs in {run_dir / 'deployment'}",
                   flush=True)
-            command = [str(Path(sys.executable).with_name("flwr")), "run", str(project), deployment.FEDERATION,
+            command = [deployment.tool("flwr"), "run", str(project), deployment.FEDERATION,
                        "--stream", "--run-config", overrides_str]
         else:
             print(f"eurosat.launch: FLWR_HOME={home} ports {env['FLWR_LOCAL_SUPERLINK_HTTP_API_PORT']}/"
                   f"{env['FLWR_LOCAL_CONTROL_API_PORT']}", flush=True)
-            command = [str(Path(sys.executable).with_name("flwr")), "run", str(project), "--stream",
+            command = [deployment.tool("flwr"), "run", str(project), "--stream",
                        "--run-config", overrides_str,
                        "--federation-config", federation_config(cfg, cpus, resources.gpus, client_cpus, client_gpus)]
         code = _run(command, env, project, run_dir, token, federation)
