@@ -131,7 +131,7 @@ def prepare(overrides: list[str], project: Path, flwr_home: Path | None, check_d
         raise ConfigError(f"--project {project}: not a Flower app folder (no pyproject.toml)")
     if flwr_home is not None:
         check_output_dir(flwr_home, "--flwr-home")
-    base = resumable_config(resume) if resume else []
+    base = [to_override_string(resumable_config(resume))] if resume else []
     extra = [f"engine={json.dumps(engine.name)}"]
     if engine.name == "deployment" and engine.supernodes:
         extra.append(f"num-supernodes={engine.supernodes}")

@@ -8,7 +8,6 @@ callers trust it, never `flwr run`'s exit code (0 even when the ServerApp raised
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -103,11 +102,10 @@ def check_resumable(run_dir: Path) -> dict[str, Any]:
     return {"metrics": metrics, "config": config}
 
 
-def resumable_config(run_dir: Path) -> list[str]:
-    """The stored run config of a resumable run, as `--run-config` overrides (later ones win)."""
+def resumable_config(run_dir: Path) -> dict[str, Any]:
+    """The stored run config of a resumable run, less what the resuming launcher sets itself."""
     config = check_resumable(run_dir)["config"]
-    config = {k: v for k, v in config.items() if k not in ("run-dir", "resume", "engine")}
-    return [" ".join(f"{k}={json.dumps(v) if not isinstance(v, bool) else str(v).lower()}" for k, v in config.items())]
+    return {k: v for k, v in config.items() if k not in ("run-dir", "resume", "engine")}
 
 
 def as_tensors(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
