@@ -8,7 +8,7 @@ What this adds around `flwr run . --stream`:
 - makes the run folder exclusively before anything starts, so two launches never share one, and
   says where it is (`--result-json` writes it with the final state for scripts);
 - its own `FLWR_HOME` (a temp folder, removed at the end) and free SuperLink ports, so two jobs
-  on one node never meet, and `FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1` (offline nodes);
+  on one node never meet; `flwr run` gets a copy of only the app's files (fab.py: no 10 s walk of `.venv`), and `FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1` (offline nodes);
 - stops every process of the run when it ends, and a watchdog does so if the launcher is
   killed hard (see processes.py);
 - exits by the run's own `status.json` (see record.EXIT_CODES), since `flwr run` exits 0 even
@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from eurosat import deployment
+from eurosat import deployment, fab
 from eurosat.config import ENGINES, PROJECT_DIR, PROJECT_ENV, ConfigError, RunConfig, load_run_config, to_override_string
 from eurosat.data import DataError, resolve_source
 from eurosat.datacheck import check_source
@@ -187,19 +187,22 @@ def launch(
                                  "launcher_pid": os.getpid()})
     watchdog = start_watchdog(token, run_dir, home if temp_home else None)
     federation = None
+    home.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="app-", dir=home))  # in a temp home the watchdog's cleanup covers it
     try:
+        app = fab.stage(project, staging / "app")  # what flwr bundles, without its walk of .venv
         if engine.name == "deployment":
             federation = deployment.start(home, env, cfg.num_supernodes, run_dir / "deployment", engine.host,
                                           engine.certificates, engine.port, engine.external, cpus)
             print(f"eurosat.launch: Deployment Engine: SuperLink {federation.address}, {cfg.num_supernodes} "
                   f"SuperNodes{' (started elsewhere)' if engine.external else ''}; logs in {run_dir / 'deployment'}",
                   flush=True)
-            command = [deployment.tool("flwr"), "run", str(project), deployment.FEDERATION,
+            command = [deployment.tool("flwr"), "run", str(app), deployment.FEDERATION,
                        "--stream", "--run-config", overrides_str]
         else:
             print(f"eurosat.launch: FLWR_HOME={home} ports {env['FLWR_LOCAL_SUPERLINK_HTTP_API_PORT']}/"
                   f"{env['FLWR_LOCAL_CONTROL_API_PORT']}", flush=True)
-            command = [deployment.tool("flwr"), "run", str(project), "--stream",
+            command = [deployment.tool("flwr"), "run", str(app), "--stream",
                        "--run-config", overrides_str,
                        "--federation-config", federation_config(cfg, cpus, resources.gpus, client_cpus, client_gpus)]
         code = _run(command, env, project, run_dir, token, federation)
@@ -209,6 +212,7 @@ def launch(
     finally:
         stop_run(token)
         watchdog.terminate()
+        shutil.rmtree(staging, ignore_errors=True)
         if temp_home:
             shutil.rmtree(home, ignore_errors=True)
     return code, run_dir

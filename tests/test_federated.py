@@ -72,3 +72,40 @@ def test_bad_input_fails_before_anything_starts(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], proc.stderr
         assert "run folder" not in proc.stdout
+
+
+def _fab(folder: Path) -> bytes:
+    from flwr.cli.build import build_fab_from_disk
+
+    return build_fab_from_disk(folder)
+
+
+def test_the_staged_app_bundles_exactly_what_flower_would(tmp_path):
+    """fab.stage prunes whole folders (.venv, .git, ignored ones) instead of walking them: the
+    FAB built from its copy must be Flower's own FAB of the project, byte for byte."""
+    from eurosat import fab
+
+    project = tmp_path / "project"
+    files = {
+        "pyproject.toml": (Path(__file__).parents[1] / "pyproject.toml").read_text(),
+        ".gitignore": ".venv/\n__pycache__/\n/outputs/*\n!/outputs/.gitkeep\n*.log\n",
+        "eurosat/__init__.py": "", "eurosat/deep/nested/mod.py": "X = 1\n", "README.md": "# app\n",
+        "configs/a.toml": "lr = 0.1\n", "tests/test_x.py": "def test(): pass\n", "notes.log": "ignored\n",
+        ".venv/lib/site.py": "", ".venv/pyvenv.cfg": "", "outputs/run/metrics.json": "{}", "outputs/.gitkeep": "",
+        "build/lib/x.py": "", ".git/HEAD": "ref: refs/heads/main\n", "eurosat/__pycache__/m.py": "", "data.bin": "\0",
+    }
+    for rel, text in files.items():
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(text)
+    (project / "eurosat" / "linked.py").symlink_to(project / "README.md")
+    staged = fab.stage(project, tmp_path / "staged")
+    assert (staged / "eurosat/deep/nested/mod.py").is_file() and not (staged / ".venv").exists()
+    assert _fab(staged) == _fab(project)
+
+
+@pytest.mark.slow
+def test_the_staged_copy_of_this_project_bundles_like_flower(tmp_path):
+    from eurosat import fab
+
+    root = Path(__file__).parents[1]
+    assert _fab(fab.stage(root, tmp_path / "staged")) == _fab(root)
