@@ -65,11 +65,11 @@ def test_an_explicit_run_dir_that_holds_a_run_is_refused(e2e_run):
 
 
 @pytest.mark.slow
-def test_a_client_that_fails_is_recorded_and_named(small_data, tmp_path):
+def test_a_client_that_fails_is_recorded_and_named(tiny_data, tmp_path):
     """One training row of partition 0 is not an image. With min-clients-fraction=0.5 the round is
     accepted with the other client; the run ends completed_with_failures (exit 3), and the round
     names the partition and the root cause."""
-    data = _copy_slice(small_data, tmp_path / "data")
+    data = _copy_slice(tiny_data, tmp_path / "data")
     from datasets import Image as ImageFeature
 
     part0 = federated_dataset(resolve_source(str(data)), "iid", 2, 0.5, 42).load_partition(0, "train")
@@ -80,7 +80,7 @@ def test_a_client_that_fails_is_recorded_and_named(small_data, tmp_path):
             if row["image"]["path"] == victim:
                 row["image"] = {"bytes": b"these bytes are not a JPEG", "path": victim}
 
-    _rewrite(small_data / "train.parquet", data / "train.parquet", spoil)
+    _rewrite(tiny_data / "train.parquet", data / "train.parquet", spoil)
     proc = launch(["--skip-data-check", "-c", f"num-server-rounds=1 num-supernodes=2 local-epochs=1 "
                    f"min-clients-fraction=0.5 data='{data}' output-dir='{tmp_path / 'out'}'"])
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]

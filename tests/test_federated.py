@@ -48,12 +48,12 @@ def test_time_limit_stops_early_and_still_saves(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_failed_run_is_marked_and_exits_nonzero(small_data, tmp_path):
+def test_failed_run_is_marked_and_exits_nonzero(tiny_data, tmp_path):
     """`flwr run` itself exits 0 here; the launcher must read the run's marker instead. The clients
-    fail at run time (no Dirichlet split of 1,200 images into 40 parts of >= 10 at alpha 0.01), and
+    fail at run time (no Dirichlet split of 300 images into 40 parts of >= 10 at alpha 0.01), and
     the error shown is their root cause, not Ray's wrapper."""
     proc = launch(["-c", f"num-server-rounds=1 num-supernodes=40 partitioner=dirichlet dirichlet-alpha=0.01 "
-                         f"data='{small_data}' output-dir='{tmp_path / 'out'}'", "--cpus", "2"])
+                         f"data='{tiny_data}' output-dir='{tmp_path / 'out'}'", "--cpus", "2"])
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     status = json.loads((run_dir_of(proc) / "status.json").read_text())
     assert status["state"] == "failed" and "max number of attempts" in status["error"]

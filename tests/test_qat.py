@@ -73,10 +73,12 @@ QAT_RUNS = [('precision="int8"', 8), ("weight-bits=4", 4), ("weight-bits=1", 1)]
 
 
 @pytest.fixture(scope="module")
-def qat_runs(small_data, tmp_path_factory):
-    """Three real 1-round runs in one output root (the sweep table and figures read it)."""
+def qat_runs(small_data, tiny_data, tmp_path_factory):
+    """Three real 1-round runs in one output root (the sweep table and figures read it). The int8
+    run learns on the small slice (its INT8 model must beat chance); the bit-width runs check files
+    and codes, which the 300-image slice shows as well."""
     root = tmp_path_factory.mktemp("qat-outputs")
-    return root, {override: _run(small_data, root, override) for override, _ in QAT_RUNS}
+    return root, {override: _run(small_data if bits == 8 else tiny_data, root, override) for override, bits in QAT_RUNS}
 
 
 @pytest.mark.parametrize("override, bits", QAT_RUNS)
