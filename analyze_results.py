@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from eurosat.files import OutputPathError, check_output_file
+from eurosat.paths import OutputPathError, check_output_file
 from eurosat.results_table import collect_rows, format_rows, write_csv
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from eurosat.model import Net
+
 
 class CheckpointError(ValueError):
     """A file that is not a loadable checkpoint; the message is one line for the user."""
@@ -68,3 +70,15 @@ def state_dict_of(obj: Any, path: str | Path, finite: bool = True) -> dict[str, 
             raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or Inf values (first: {bad[0]}); "
                                   "a diverged model cannot be quantized or compared")
     return dict(obj)
+
+
+def net_from_state(state: Mapping[str, torch.Tensor], path: str | Path) -> Net:
+    """A `Net` holding `state` (from `path`, named in the error); another architecture is a
+    one-line CheckpointError, not PyTorch's list of every mismatched key."""
+    net = Net()
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise CheckpointError(f"{path}: not a EuroSAT Net state dict (another architecture): {detail[:200]}") from None
+    return net

@@ -20,11 +20,11 @@ import torch
 from eurosat.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from eurosat.cost import communication_cost, savings
 from eurosat.data import TensorData, load_split, resolve_source
-from eurosat.model import Net
 from eurosat.quantize import CONFIGS, Evaluation, Fp32Config, read, evaluation, is_fully_quantized, load, needs_calibration, quantize, save
-from eurosat.checkpoints import CheckpointError, load_checkpoint, state_dict_of
+from eurosat.checkpoints import CheckpointError, load_checkpoint, net_from_state, state_dict_of
 from eurosat.datacheck import check_source
-from eurosat.files import check_output_dir, write_json
+from eurosat.files import write_json
+from eurosat.paths import check_output_dir
 from eurosat.stats import Interval, paired_accuracy_difference
 from eurosat.training import evaluate
 from eurosat.verdict import NOT_MEANINGFUL, baseline_problems, judge
@@ -55,19 +55,12 @@ class CompareOptions:
     seed: int = 0  # corruption noise
 
 
-def load_fp32_net(path: Path) -> Net:
+def load_fp32_net(path: Path) -> torch.nn.Module:
     """A trained FP32 `Net` from a plain state dict; anything else is a one-line CheckpointError."""
     obj = load_checkpoint(path)
     if isinstance(obj, dict) and not isinstance(read(obj, path)[1], Fp32Config):
         raise CheckpointError(f"{path}: is an already-quantized model file; give the FP32 checkpoint")
-    state = state_dict_of(obj, path)
-    net = Net()
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
-        raise CheckpointError(f"{path}: not a EuroSAT Net state dict (another architecture): {detail[:200]}") from None
-    return net.eval()
+    return net_from_state(state_dict_of(obj, path), path).eval()
 
 
 def _calibration(source, split: str, n: int, batch_size: int) -> list[torch.Tensor]:

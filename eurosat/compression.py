@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from eurosat.checkpoints import CheckpointError, load_checkpoint, state_dict_of
-from eurosat.files import check_output_file, save_torch, write_json
-from eurosat.model import Net
+from eurosat.checkpoints import CheckpointError, load_checkpoint, net_from_state, state_dict_of
+from eurosat.files import save_torch, write_json
+from eurosat.paths import check_output_file
 from eurosat.packing import packed_nbytes
 from eurosat.qat import QATConfig, fp32_state, prepare_qat, qat_layers
 from eurosat.quantize import Fp32Config, PackedConfig, load, read, save
@@ -139,12 +139,7 @@ def measure_checkpoint(path: Path, weight_bits: int, activation_bits: int, out: 
         latent = state_dict_of(obj, path)
     else:
         raise CheckpointError(f"{path}: a {stored.name} model file; give an FP32 or packed N-bit checkpoint")
-    net = Net()
-    try:
-        net.load_state_dict(latent, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: not a EuroSAT Net checkpoint: {' '.join(str(exc).split())[:160]}") from None
-    model = prepare_qat(net, QATConfig(weight_bits, activation_bits)).eval()
+    model = prepare_qat(net_from_state(latent, path), QATConfig(weight_bits, activation_bits)).eval()
     out = check_output_file(out or Path(path).resolve().parent / f"compression_w{weight_bits}a{activation_bits}.json",
                             "--out")
     with tempfile.TemporaryDirectory() as tmp:  # real files, to report bytes on disk too

@@ -28,7 +28,8 @@ from flwr.serverapp.strategy import FedAvg
 from eurosat.link import LINK, ServerLink
 from eurosat.protocol import ARRAYS, CONFIG, EvalReport, Instruction, TrainReport, reply_error, weighted
 from eurosat.schedule import LrSchedule, RoundPlanner
-from eurosat.transport import CODECS, Codec, State, add, contiguous, weighted_mean
+from eurosat.state import State, add, contiguous, weighted_mean
+from eurosat.transport import CODECS, Codec
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024

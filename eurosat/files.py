@@ -1,4 +1,4 @@
-"""Files: atomic writes, JSON, and output paths checked before any work starts.
+"""Files: atomic writes and JSON.
 
 Every file is written to a temp file in the same folder and renamed over the target, so a
 killed process leaves either the previous version or the new one, never half a file.
@@ -14,10 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-
-class OutputPathError(ValueError):
-    """An output path that cannot be written; the message is one line for the user."""
 
 
 def _umask() -> int:
@@ -66,29 +62,3 @@ def _jsonable(obj: Any) -> Any:
 def read_json(path: Path) -> Any:
     with open(path) as fh:
         return json.load(fh)
-
-
-def check_output_dir(path: Path, flag: str) -> Path:
-    """Refuse, before any work, a folder that cannot be created or written (one line, naming `flag`)."""
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise OutputPathError(f"{flag} {path}: is a file, expected a folder")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputPathError(f"{flag} {path}: {existing} is a file, so the folder cannot be created")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputPathError(f"{flag} {path}: {existing} is not writable")
-    return path
-
-
-def check_output_file(path: Path, flag: str) -> Path:
-    """Refuse, before any work, a file path that is a folder or whose folder cannot be written."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise OutputPathError(f"{flag} {path}: is a folder, expected a file path")
-    check_output_dir(path.parent, flag)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise OutputPathError(f"{flag} {path}: is not writable")
-    return path

@@ -37,11 +37,11 @@ from eurosat import deployment, fab
 from eurosat.config import ENGINES, PROJECT_DIR, PROJECT_ENV, ConfigError, RunConfig, load_run_config, to_override_string
 from eurosat.data import DataError, resolve_source
 from eurosat.datacheck import check_source
-from eurosat.files import OutputPathError, check_output_dir, check_output_file, write_json
+from eurosat.paths import OutputPathError, check_output_dir, check_output_file
 from eurosat.processes import TOKEN_ENV, new_token, start_watchdog, stop_run
 from eurosat.deployment import check_certificates
 from eurosat.record import (BAD_INPUT_EXIT, EXIT_CODES, METRICS_FILE, STATUS_FILE, RunDirError, mark_failed,
-                            mark_interrupted, new_run_dir, read_status, resumable_config)
+                            mark_interrupted, new_run_dir, read_status, resumable_config, write_launch_result)
 
 INPUT_ERRORS = (ConfigError, DataError, OutputPathError, RunDirError)
 _PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")  # flwr's own k=v pattern (flwr.common.config)
@@ -183,8 +183,7 @@ def launch(
     }
     print(f"eurosat.launch: run folder {run_dir}", flush=True)
     if result_json:
-        write_json(result_json, {"run_dir": str(run_dir), "state": "running", "flwr_home": str(home),
-                                 "launcher_pid": os.getpid()})
+        write_launch_result(result_json, run_dir, "running", flwr_home=str(home), launcher_pid=os.getpid())
     watchdog = start_watchdog(token, run_dir, home if temp_home else None)
     federation = None
     home.mkdir(parents=True, exist_ok=True)
@@ -317,8 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {status.get('client_failures')} client failure(s) in accepted rounds; see metrics.json "
               "(client_failures per round)", file=sys.stderr)
     if args.result_json:
-        write_json(args.result_json, {"run_dir": str(run_dir), "state": state, "exit_code": code,
-                                      "error": status.get("error")})
+        write_launch_result(args.result_json, run_dir, state, exit_code=code, error=status.get("error"))
     return code
 
 

@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from eurosat.transport import Codec, State, add, contiguous, subtract
+from eurosat.state import State, add, contiguous, subtract
+from eurosat.transport import Codec
 
 LINK = "transport"  # the ConfigRecord with the replica numbers, in messages that carry an update
 # kept in the node's context.state: the replica, its number, the upload residual

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 
-from eurosat.transport import contiguous
+from eurosat.state import contiguous
 
 OPTIMIZER_STATE = "local-optimizer-state"
 

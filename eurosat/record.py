@@ -119,6 +119,19 @@ def write_status(run_dir: Path, state: str, **details: Any) -> None:
     write_json(Path(run_dir) / STATUS_FILE, {"state": state, "time": _now(), **details})
 
 
+def save_run_file(run_dir: Path, name: str, obj: Any) -> Path:
+    """A file of the run folder beside the record's own (the recipe's exports, their reports),
+    written atomically: JSON for `.json`, `torch.save` otherwise."""
+    path = Path(run_dir) / name
+    return write_json(path, obj) if path.suffix == ".json" else save_torch(path, obj)
+
+
+def write_launch_result(path: Path, run_dir: Path, state: str, **fields: Any) -> None:
+    """The launcher's `--result-json`: the run folder and how the run stands, for the scripts and
+    tests that follow a run (run_comparison.sh, tests/conftest.py) without reading log text."""
+    write_json(path, {"run_dir": str(run_dir), "state": state, **fields})
+
+
 def read_status(run_dir: Path) -> dict[str, Any]:
     try:
         status = read_json(Path(run_dir) / STATUS_FILE)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from eurosat import plots
 from eurosat.compare import RESULT_FILE
-from eurosat.files import check_output_dir
+from eurosat.paths import check_output_dir
 from eurosat.record import FINISHED
 from eurosat.runs import Run, find_runs, latest_by, warn_skipped
 

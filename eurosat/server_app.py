@@ -16,7 +16,8 @@ from eurosat.config import RunConfig
 from eurosat.federation import BudgetedFedAvg, TimeBudget
 from eurosat.record import RunRecorder, new_run_dir
 from eurosat.training import seed_everything
-from eurosat.transport import get_codec, raw_nbytes, to_numpy
+from eurosat.state import raw_nbytes, to_numpy
+from eurosat.transport import get_codec
 
 app = ServerApp()
 

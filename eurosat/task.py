@@ -18,9 +18,9 @@ from eurosat.quantize import Fp16Config, Int8StaticConfig, PackedConfig, quantiz
 from eurosat.qat import fp32_state
 from eurosat.recipe import FP16_MODEL, INT8_MODEL, PACKED
 from eurosat.protocol import EvalReport, Instruction, TrainReport
-from eurosat.files import save_torch, write_json
+from eurosat.record import save_run_file
 from eurosat.training import evaluate, pick_device, train
-from eurosat.transport import State, subtract, to_numpy
+from eurosat.state import State, subtract, to_numpy
 
 
 def make_model(cfg: RunConfig) -> nn.Module:
@@ -102,14 +102,14 @@ def save_artifacts(cfg: RunConfig, run_dir: Path, state: State) -> dict[str, obj
     """Files beyond `final_model.pt` that show what the precision really stored (the recipe's
     exports); returns summary fields. The fp32 latent weights always."""
     model = load_state(make_model(cfg), state).eval()
-    save_torch(run_dir / "final_model_fp32.pt", fp32_state(model))
+    fp32_file = save_run_file(run_dir, "final_model_fp32.pt", fp32_state(model))
     extra: dict[str, object] = {}
     exports = cfg.recipe.exports
     if PACKED in exports:
         bits, abits = cfg.recipe.bits
         packed = save(model, PackedConfig(bits, abits), run_dir / f"final_model_{bits}bit.pt")
-        report = compression_report(model, packed, run_dir / "final_model_fp32.pt")
-        write_json(run_dir / "compression_metrics.json", report)
+        report = compression_report(model, packed, fp32_file)
+        save_run_file(run_dir, "compression_metrics.json", report)
         extra.update(compression_ratio=report["compression_ratio"], packed_model=packed.name)
     if INT8_MODEL in exports:
         source = resolve_source(cfg.data)

@@ -19,7 +19,6 @@ from torch import nn
 
 from eurosat.augment import augmenter
 from eurosat.data import TensorData
-from eurosat.model import NUM_CLASSES
 from eurosat.schedule import LrSchedule, Span
 
 log = logging.getLogger(__name__)
@@ -191,7 +190,7 @@ def evaluate(
     model.to(device).eval()
     model.to(memory_format=memory_format)
     criterion = nn.CrossEntropyLoss(reduction="sum")
-    confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
+    confusion: torch.Tensor | None = None  # classes x classes, sized by the model's output
     total_loss = 0.0
     context = plan.autocast() if plan else contextlib.nullcontext()
     batches = data.batches(batch_size, device=device)
@@ -212,9 +211,11 @@ def evaluate(
         total_loss += criterion(logits.float(), labels).item()
         predicted = logits.argmax(1).cpu()
         correct.append(predicted == labels.cpu())
-        confusion += torch.bincount(
-            labels.cpu() * NUM_CLASSES + predicted, minlength=NUM_CLASSES**2
-        ).reshape(NUM_CLASSES, NUM_CLASSES)
+        k = logits.shape[1]
+        counts = torch.bincount(labels.cpu() * k + predicted, minlength=k * k).reshape(k, k)
+        confusion = counts if confusion is None else confusion + counts
+    if confusion is None:
+        confusion = torch.zeros(0, 0, dtype=torch.long)
     n = int(confusion.sum())
     return {
         "loss": total_loss / max(n, 1),

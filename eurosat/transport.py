@@ -15,17 +15,17 @@ codes or scales and the global model never drifts into a low-precision dtype.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from eurosat.packing import dequantize, pack_bits, qmax, quantize, unpack_bits
+from eurosat.state import State, contiguous, raw_nbytes
 
 log = logging.getLogger(__name__)
 SCALE, SHAPE = "::scale", "::shape"
-State = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -90,39 +90,3 @@ def get_codec(name: str) -> Codec:
     if name not in CODECS:
         raise ValueError(f"transport: unknown value {name!r}; allowed: {', '.join(CODECS)}")
     return CODECS[name]
-
-
-def contiguous(x: np.ndarray) -> np.ndarray:
-    """C-contiguous ndarray, 0-d kept 0-d (np.ascontiguousarray makes it 1-d; arithmetic on 0-d
-    arrays returns NumPy scalars, which flwr's Array refuses)."""
-    x = np.asarray(x)
-    return x if x.flags.c_contiguous else x.copy(order="C")
-
-
-def raw_nbytes(state: Mapping[str, np.ndarray]) -> int:
-    """Bytes the tensors take in their own dtype (the fp32 baseline for float models)."""
-    return sum(np.asarray(v).nbytes for v in state.values())
-
-
-def to_numpy(state_dict: Mapping[str, object]) -> State:
-    return {k: v.detach().cpu().numpy().copy() for k, v in state_dict.items()}
-
-
-def subtract(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> State:
-    return {k: contiguous(a[k] - b[k]) for k in a}  # 0-d minus 0-d is a NumPy scalar
-
-
-def add(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> State:
-    return {k: (a[k] + b[k]).astype(a[k].dtype) for k in a}
-
-
-def weighted_mean(states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> State:
-    """Average decoded float32 states in float64; integer tensors are rounded back to integers."""
-    if not states:
-        raise ValueError("nothing to aggregate: no client update arrived")
-    total = float(sum(weights))
-    out: State = {}
-    for key, first in states[0].items():
-        acc = sum(np.asarray(s[key], dtype=np.float64) * (w / total) for s, w in zip(states, weights))
-        out[key] = acc.astype(np.float32) if np.issubdtype(first.dtype, np.floating) else np.rint(acc).astype(first.dtype)
-    return out

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import DEVICE, cli
+from conftest import DEVICE, cli, in_process, script_main
 from PIL import Image
 
 from eurosat.model import Net
@@ -138,7 +138,10 @@ def test_bad_checkpoint_exits_2_and_writes_nothing(kind, tmp_path, small_data):
     BAD_INPUTS[kind](path)
     before = sorted(p.name for p in path.parent.iterdir())
     out = tmp_path / "out"
-    proc = cli("compare_quantizations.py", path, "--data", small_data, "--out-dir", out)
+    if kind == "code_running_pickle":  # the real command line for this one
+        proc = cli("compare_quantizations.py", path, "--data", small_data, "--out-dir", out)
+    else:
+        proc = in_process(script_main("compare_quantizations.py"), path, "--data", small_data, "--out-dir", out)
     assert proc.returncode == 2, (kind, proc.stdout, proc.stderr)
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
     assert not out.exists()

@@ -14,9 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import ROOT, cli, launch, run_dir_of
+from conftest import ROOT, cli, in_process, launch, run_dir_of
 
 from eurosat.data import federated_dataset, resolve_source
+from eurosat.launch import main as launch_main
 from eurosat.model import Net
 
 ROOT_USER = os.geteuid() == 0
@@ -162,7 +163,7 @@ def test_bad_data_is_refused_before_anything_starts(small_data, tmp_path, monkey
     for kind, (spoil, needle) in cases.items():
         data = _copy_slice(small_data, tmp_path / kind)
         spoil(data)
-        proc = launch(["-c", f"data='{data}' output-dir='{tmp_path / 'out'}'"], timeout=120)
+        proc = in_process(launch_main, "-c", f"data='{data}' output-dir='{tmp_path / 'out'}'")
         assert proc.returncode == 2, (kind, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], (kind, proc.stderr)
@@ -199,7 +200,7 @@ def test_launcher_options_are_checked_up_front(small_data, tmp_path):
         (["-c", "nonsense"], "expected a .toml file or key=value pairs"),
     ]
     for args, needle in cases:
-        proc = launch([*args, "-c", f"data='{small_data}'"], timeout=120)
+        proc = in_process(launch_main, *args, "-c", f"data='{small_data}'")
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], (args, proc.stderr)

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEVICE, cli, launch, run_dir_of
+from conftest import DEVICE, cli, in_process, launch, run_dir_of
 
+from eurosat.launch import main as launch_main
 from eurosat.model import Net
 from eurosat.checkpoints import load_state_dict
 
@@ -67,7 +68,8 @@ def test_bad_input_fails_before_anything_starts(tmp_path):
     for override, needle in [('precision="fp8"', "precision"), ('partitioner="x"', "partitioner"),
                              ("time-limit-min=-1", "time-limit-min"), ("fraction-train=0.0", "fraction-train"),
                              (f"data='{tmp_path}'", "no parquet files")]:
-        proc = launch(["-c", override], timeout=60)
+        # the first case through the real command line, the others through its main()
+        proc = launch(["-c", override], timeout=60) if "fp8" in override else in_process(launch_main, "-c", override)
         assert proc.returncode == 2, (override, proc.stdout, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], proc.stderr

@@ -14,7 +14,8 @@ from eurosat import task
 from eurosat.config import load_run_config
 from eurosat.quantize import PackedConfig, load
 from eurosat.qat import qat_layers
-from eurosat.transport import get_codec, to_numpy
+from eurosat.state import to_numpy
+from eurosat.transport import get_codec
 
 PRESETS = sorted(p.stem for p in (ROOT / "configs").glob("*.toml"))
 

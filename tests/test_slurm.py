@@ -96,6 +96,7 @@ def path_without_sbatch(tmp: Path) -> Path:
     return bindir
 
 
+@pytest.mark.slow  # a real Flower run, like the Slurm jobs
 def test_local_mode_runs_the_same_job_without_slurm(job_env):
     env, logs, outputs = job_env
     proc = sh(ROOT / "submit_job.sh", "--local", "--print-id", "--set", f"output-dir='{outputs}' num-supernodes=2",

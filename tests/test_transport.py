@@ -6,15 +6,17 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from conftest import cli, launch, run_dir_of
+from conftest import cli, in_process, launch, run_dir_of
 from flwr.app import RecordDict
 
 from eurosat.config import load_run_config
 from eurosat.federation import aggregate_updates
+from eurosat.launch import main as launch_main
 from eurosat.model import Net
 from eurosat.packing import quantize
 from eurosat.link import ClientLink, ServerLink, error_feedback
-from eurosat.transport import get_codec, to_numpy
+from eurosat.state import to_numpy
+from eurosat.transport import get_codec
 
 
 @pytest.fixture
@@ -141,7 +143,7 @@ def test_error_feedback_runs_get_a_label_of_their_own():
 
 
 def test_unknown_transport_is_a_clear_error_before_training():
-    proc = launch(["-c", 'transport="int3"'], timeout=60)
+    proc = in_process(launch_main, "-c", 'transport="int3"')
     assert proc.returncode == 2 and "transport: unknown value 'int3'; allowed: fp32, fp16, int8, int4" in proc.stderr
 
 

@@ -1,0 +1,39 @@
+"""Output paths checked before any work starts: a folder or file the user named that cannot be
+written is a one-line error naming the option, before a run, a sweep or a report begins (and
+so before anything could be lost half-way).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written; the message is one line for the user."""
+
+
+def check_output_dir(path: Path, flag: str) -> Path:
+    """Refuse, before any work, a folder that cannot be created or written (one line, naming `flag`)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{flag} {path}: is a file, expected a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"{flag} {path}: {existing} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {path}: {existing} is not writable")
+    return path
+
+
+def check_output_file(path: Path, flag: str) -> Path:
+    """Refuse, before any work, a file path that is a folder or whose folder cannot be written."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputPathError(f"{flag} {path}: is a folder, expected a file path")
+    check_output_dir(path.parent, flag)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputPathError(f"{flag} {path}: is not writable")
+    return path
