@@ -82,6 +82,7 @@ def test_loopback_federation_end_to_end(small_data, tmp_path):
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
 
 
+@pytest.mark.long  # waits out a round timeout
 def test_a_killed_supernode_is_named_and_rejoins_after_a_restart(tiny_data, tmp_path):
     """SuperNode 1 is killed during round 2: the round completes with the other two and names it.
     Started again, it rejoins; with error feedback it is sent the whole model."""
@@ -105,6 +106,7 @@ def test_a_killed_supernode_is_named_and_rejoins_after_a_restart(tiny_data, tmp_
     _no_process_left(home)
 
 
+@pytest.mark.long  # waits out a round timeout
 def test_a_hung_supernode_ends_its_round_at_the_timeout(tiny_data, tmp_path):
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
     proc = _start(["--engine", "deployment", "--supernodes", "2", "-c",

@@ -123,6 +123,7 @@ def test_submit_job_completes_with_named_log_and_results(slurm, job_env):
     assert json.loads((run_dir / "metrics.json").read_text())["summary"]["rounds_completed"] >= 1
 
 
+@pytest.mark.long  # waits out Slurm's 2-minute limit
 def test_job_killed_by_its_time_limit_leaves_an_interrupted_run(slurm, job_env):
     env, logs, outputs = job_env
     # the app may train for 10 minutes, Slurm allows 2: SIGTERM comes 45 s before the kill
@@ -140,6 +141,7 @@ def test_job_killed_by_its_time_limit_leaves_an_interrupted_run(slurm, job_env):
     assert (run_dir / "final_model.pt").exists()
 
 
+@pytest.mark.long  # three jobs, then the report and plots
 def test_run_comparison_ends_with_report_and_plots(slurm, job_env):
     env, logs, outputs = job_env
     proc = sh(ROOT / "run_comparison.sh", "--minutes", "1", "--rounds", "2", "--poll", "3", "--timeout", "10",
@@ -156,6 +158,7 @@ def test_run_comparison_ends_with_report_and_plots(slurm, job_env):
         assert f"{p}: completed" in proc.stdout
 
 
+@pytest.mark.long  # a multi-process Deployment Engine inside a Slurm job
 def test_deployment_job_runs_supernodes_as_srun_tasks(slurm, job_env):
     """--clients-per-node: one job, the SuperLink and ServerApp in the batch step, srun starting
     one SuperNode per task (here 2 tasks on the one local node); same log and result JSON."""
