@@ -13,7 +13,7 @@ from eurosat import task
 from eurosat.config import RunConfig
 from eurosat.link import ClientLink
 from eurosat.memory import load_optimizer_state, save_optimizer_state
-from eurosat.protocol import ARRAYS, CONFIG, Instruction, failure_reply
+from eurosat.protocol import ARRAYS, CONFIG, Instruction, failure_reply, roll_call_reply
 from eurosat.transport import get_codec
 
 app = ClientApp()
@@ -50,3 +50,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     except Exception as exc:  # noqa: BLE001
         log.exception("evaluate failed on partition %s", context.node_config.get("partition-id"))
         return failure_reply(msg, context.node_config.get("partition-id"), exc)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The server's roll call before it samples part of the federation: this node's partition."""
+    return roll_call_reply(msg, int(context.node_config["partition-id"]))

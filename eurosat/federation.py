@@ -8,6 +8,11 @@ server decodes them to float32, averages, and applies them to its float32 global
 travels in which format, and what each end remembers, is `link.py`'s business; what else the
 messages say is `protocol.py`'s.
 
+With `fraction-train` < 1 each round trains a sample of the clients, drawn by partition with the
+run seed and the round number (a roll call before the first round learns which node holds which
+partition), so a repeated run trains the same partitions in the same rounds; Flower's own
+sampling draws from node IDs, which are random in every run.
+
 A round is accepted when at least `min-clients-fraction` of the clients asked answered; the
 round record names every client that failed and why. Fewer answers end the run with the first
 client's root cause.
@@ -17,16 +22,17 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from eurosat.link import LINK, ServerLink
-from eurosat.protocol import ARRAYS, CONFIG, EvalReport, Instruction, TrainReport, reply_error, weighted
+from eurosat.protocol import ARRAYS, CONFIG, EvalReport, Instruction, TrainReport, partition_of, reply_error, weighted
 from eurosat.schedule import LrSchedule, RoundPlanner
 from eurosat.state import State, add, contiguous, weighted_mean
 from eurosat.transport import CODECS, Codec
@@ -94,6 +100,7 @@ class RoundStats:
     clients: int = 0
     compute: tuple[str, ...] = ()
     fp32_record_bytes: int = 0  # one model as fp32 transport would send it
+    partitions: tuple[int, ...] = ()  # the partitions whose updates were aggregated
     failures: list[dict] = field(default_factory=list)
 
 
@@ -123,8 +130,9 @@ def aggregate_updates(codec: Codec, base: State, records: list[ArrayRecord], wei
 class BudgetedFedAvg(FedAvg):
     def __init__(self, codec: Codec, error_feedback: bool = False, schedule: LrSchedule = LrSchedule(),
                  min_clients_fraction: float = 1.0, round_timeout_s: float = 0.0, cost_per_mb: float = 0.0,
-                 expected_nodes: int = 1, **kwargs):
+                 expected_nodes: int = 1, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
+        self.seed = seed  # draws the sampled partitions of each round
         self.expected_nodes = expected_nodes  # the federation's size: round 1 waits for it
         self.codec = codec
         self.link = ServerLink(codec, error_feedback)
@@ -142,25 +150,44 @@ class BudgetedFedAvg(FedAvg):
         self.global_state = {k: v.numpy() for k, v in arrays.items()}
         fp32 = FP32.encode(self.global_state, quiet=True).count_bytes()
         self.stats = RoundStats(fp32_record_bytes=fp32)
-        return self._encoded(super().configure_train(server_round, ArrayRecord(), config, grid), self.global_state)
+        nodes = self.sample(grid, server_round, self.fraction_train, self.min_train_nodes)
+        log.info("round %d: training %d of %d clients", server_round, len(nodes), len(list(grid.get_node_ids())))
+        return self._encoded(nodes, config, MessageType.TRAIN, self.global_state)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Evaluation messages carry the model in the transport format too, and count as traffic."""
-        return self._encoded(super().configure_evaluate(server_round, ArrayRecord(), config, grid),
-                             {k: v.numpy() for k, v in arrays.items()})
+        nodes = self.sample(grid, server_round, self.fraction_evaluate, self.min_evaluate_nodes)
+        return self._encoded(nodes, config, MessageType.EVALUATE, {k: v.numpy() for k, v in arrays.items()})
 
-    def _encoded(self, sampled: Iterable[Message], state: State) -> list[Message]:
-        """FedAvg's sampled messages (one content for all), re-made with the model (or each node's
-        update) encoded."""
-        sampled = list(sampled)
+    def sample(self, grid: Grid, server_round: int, fraction: float, minimum: int) -> list[int]:
+        """`fraction` of the connected nodes (at least `minimum`), drawn by partition with the run
+        seed and `server_round`. Nodes of unknown partition (they never answered the roll call)
+        come last, by node ID."""
+        nodes = sorted(grid.get_node_ids(), key=lambda n: (self.partitions.get(n, math.inf), n))
+        size = max(int(len(nodes) * fraction), minimum)
+        if size >= len(nodes):
+            return nodes
+        return random.Random(self.seed * 1_000_003 + server_round).sample(nodes, size)
+
+    def roll_call(self, grid: Grid, timeout: float) -> None:
+        """Ask the nodes whose partition is unknown which one they hold (only needed to sample)."""
+        unknown = [n for n in grid.get_node_ids() if n not in self.partitions]
+        if not unknown or (self.fraction_train >= 1 and self.fraction_evaluate in (0, 1)):
+            return
+        messages = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n) for n in unknown]
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            if not reply.has_error():
+                self.partitions[reply.metadata.src_node_id] = partition_of(reply)
+
+    def _encoded(self, nodes: list[int], config: ConfigRecord, message_type: str, state: State) -> list[Message]:
+        """One message per node with the model (or each node's update) encoded, and the config."""
+        config = ConfigRecord({**config})
         out: list[Message] = []
-        for nodes, arrays, link in self.link.encode(state, [m.metadata.dst_node_id for m in sampled]):
-            template = sampled[0]  # nodes is never empty, so neither is sampled
-            content = RecordDict({ARRAYS: arrays, CONFIG: template.content[CONFIG],
-                                  **({LINK: link} if link is not None else {})})
-            out += [Message(content=content, message_type=template.metadata.message_type, dst_node_id=n) for n in nodes]
-            self.stats.sent_bytes += arrays.count_bytes() * len(nodes)
-            self.stats.messages_sent += len(nodes)
+        for group, arrays, link in self.link.encode(state, nodes):
+            content = RecordDict({ARRAYS: arrays, CONFIG: config, **({LINK: link} if link is not None else {})})
+            out += [Message(content=content, message_type=message_type, dst_node_id=n) for n in group]
+            self.stats.sent_bytes += arrays.count_bytes() * len(group)
+            self.stats.messages_sent += len(group)
         return out
 
     def _timeout(self, budget: TimeBudget) -> float:
@@ -223,6 +250,7 @@ class BudgetedFedAvg(FedAvg):
         self.partitions.update({m.metadata.src_node_id: r.partition for r, m in reports})
         contents = [m.content for _, m in reports]
         self.stats.clients = len(reports)
+        self.stats.partitions = tuple(r.partition for r, _ in reports)
         self.stats.compute = tuple(sorted({r.compute for r, _ in reports}))
         self.stats.received_bytes = sum(c[ARRAYS].count_bytes() for c in contents)
         weights = [float(r.num_examples) for r, _ in reports]
@@ -256,6 +284,7 @@ class BudgetedFedAvg(FedAvg):
         for rnd in range(first_round, num_rounds + 1):
             budget.start_round()
             train_started = budget.clock()
+            self.roll_call(grid, self._timeout(budget))
             instruction = Instruction(rnd, planner.span(rnd))
             config = ConfigRecord({**run_config, **instruction.to_config()})
             exchange = self._exchange(grid, self.configure_train(rnd, arrays, config, grid), self._timeout(budget))
@@ -288,6 +317,7 @@ class BudgetedFedAvg(FedAvg):
                 "lr_span": [instruction.span.start, instruction.span.stop],
                 "clients_asked": exchange.asked,
                 "clients": self.stats.clients,
+                "partitions": list(self.stats.partitions),
                 "client_failures": failures,
                 "client_compute": list(self.stats.compute),
                 "round_seconds": round(seconds, 3),

@@ -5,6 +5,10 @@ A train or evaluate message carries
 - `config` (ConfigRecord): the run config plus this round's `Instruction`;
 - `transport` (ConfigRecord, error feedback only): replica numbers (link.py).
 
+Before sampling part of the federation (`fraction-train` < 1), the server asks each node it does
+not know yet which partition it holds (a `query` message, answered with `info`), so that it can
+draw partitions, not Flower's random node IDs, with the run seed (see federation.py).
+
 A reply carries `arrays` (the encoded update, train only), `metrics` (MetricRecord: the numbers,
 `num-examples` among them, FedAvg's weighting key) and `info` (ConfigRecord: the partition and
 the compute that really ran). A client that fails replies with a Flower `Error` whose reason is
@@ -94,6 +98,15 @@ class EvalReport:
     def from_content(cls, content: RecordDict) -> "EvalReport":
         metrics, info = content.metric_records[METRICS], content.config_records[INFO]
         return cls(int(info["partition"]), int(metrics[NUM_EXAMPLES]), float(metrics["loss"]), float(metrics["accuracy"]))
+
+
+def roll_call_reply(msg: Message, partition: int) -> Message:
+    """A node's answer to the roll call: the partition it holds."""
+    return Message(RecordDict({INFO: ConfigRecord({"partition": partition})}), reply_to=msg)
+
+
+def partition_of(reply: Message) -> int:
+    return int(reply.content.config_records[INFO]["partition"])
 
 
 def weighted(reports: list, keys: tuple[str, ...]) -> dict[str, float]:

@@ -44,7 +44,7 @@ def main(grid: Grid, context: Context) -> None:
         strategy = BudgetedFedAvg(
             get_codec(cfg.transport), cfg.transport_error_feedback, cfg.lr_schedule_plan(),
             min_clients_fraction=cfg.min_clients_fraction, round_timeout_s=cfg.round_timeout_s,
-            cost_per_mb=cfg.cost_per_mb, expected_nodes=cfg.num_supernodes,
+            cost_per_mb=cfg.cost_per_mb, expected_nodes=cfg.num_supernodes, seed=cfg.seed,
             fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
             min_train_nodes=1, min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0, min_available_nodes=1,
         )

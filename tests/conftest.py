@@ -130,7 +130,7 @@ def run_dir_of(proc: subprocess.CompletedProcess) -> Path:
 def e2e_run(small_data, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     """One real `flwr run`: 3 supernodes, 2 rounds, the real-data slice."""
     out = tmp_path_factory.mktemp("outputs")
-    proc = launch(["-c", f"num-server-rounds=2 num-supernodes=3 time-limit-min=0 "
+    proc = launch(["-c", f"num-server-rounds=2 num-supernodes=3 fraction-train=1.0 time-limit-min=0 "
                          f"data='{small_data}' output-dir='{out}'"])
     return proc, run_dir_of(proc)
 

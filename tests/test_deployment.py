@@ -69,7 +69,7 @@ def _no_process_left(home: str, timeout: float = 60) -> None:
 
 def test_loopback_federation_end_to_end(small_data, tmp_path):
     proc = launch(["--engine", "deployment", "--supernodes", "3", "-c",
-                   f"num-server-rounds=2 time-limit-min=0 data='{small_data}' output-dir='{tmp_path}'"], timeout=900)
+                   f"num-server-rounds=2 fraction-train=1.0 time-limit-min=0 data='{small_data}' output-dir='{tmp_path}'"], timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = run_dir_of(proc)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -88,7 +88,7 @@ def test_a_killed_supernode_is_named_and_rejoins_after_a_restart(tiny_data, tmp_
     Started again, it rejoins; with error feedback it is sent the whole model."""
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
     proc = _start(["--engine", "deployment", "--supernodes", "3", "-c",
-                   f"num-server-rounds=6 time-limit-min=0 min-clients-fraction=0.5 round-timeout-s=90 "
+                   f"num-server-rounds=6 fraction-train=1.0 time-limit-min=0 min-clients-fraction=0.5 round-timeout-s=90 "
                    f"transport=int8 transport-error-feedback=true data='{tiny_data}' output-dir='{tmp_path}'"],
                   result, log)
     run_dir, home = _live(result)
@@ -110,7 +110,7 @@ def test_a_killed_supernode_is_named_and_rejoins_after_a_restart(tiny_data, tmp_
 def test_a_hung_supernode_ends_its_round_at_the_timeout(tiny_data, tmp_path):
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
     proc = _start(["--engine", "deployment", "--supernodes", "2", "-c",
-                   f"num-server-rounds=3 time-limit-min=0 min-clients-fraction=0.5 round-timeout-s=60 "
+                   f"num-server-rounds=3 fraction-train=1.0 time-limit-min=0 min-clients-fraction=0.5 round-timeout-s=60 "
                    f"data='{tiny_data}' output-dir='{tmp_path}'"], result, log)
     run_dir, home = _live(result)
     for pid in _processes(home, "partition-id=0"):
@@ -200,7 +200,7 @@ def _certificates(folder: Path) -> Path:
 def test_tls_federation_on_loopback(tiny_data, tmp_path):
     certs = _certificates(tmp_path / "certs")
     proc = launch(["--engine", "deployment", "--supernodes", "2", "--certificates", str(certs), "-c",
-                   f"num-server-rounds=1 time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path / 'out'}'"],
+                   f"num-server-rounds=1 fraction-train=1.0 time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path / 'out'}'"],
                   timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = run_dir_of(proc)

@@ -45,8 +45,12 @@ def _copy_slice(small_data: Path, dst: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_two_launches_in_the_same_second_get_their_own_folders(tiny_data, tmp_path):
-    config = ["-c", f"num-server-rounds=1 num-supernodes=2 local-epochs=1 data='{tiny_data}' output-dir='{tmp_path}'"]
+def test_two_launches_in_the_same_second_get_their_own_folders_and_the_same_result(tiny_data, tmp_path):
+    """Side by side, the same config: their own folders; and, sampling 2 of 4 clients a round,
+    the same partitions in every round and the same model bit for bit (node IDs are random in
+    every run; the sample is drawn by partition with the seed)."""
+    config = ["-c", f"num-server-rounds=2 num-supernodes=4 fraction-train=0.5 local-epochs=1 "
+                    f"data='{tiny_data}' output-dir='{tmp_path}'"]
     results = [tmp_path / "a.json", tmp_path / "b.json"]
     procs = [_launcher(config, r) for r in results]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -56,6 +60,10 @@ def test_two_launches_in_the_same_second_get_their_own_folders(tiny_data, tmp_pa
     for d in dirs:
         assert json.loads((d / "status.json").read_text())["state"] == "completed"
         assert json.loads((d / "metrics.json").read_text())["run_dir"] == str(d)
+    sampled = [[r["partitions"] for r in json.loads((d / "metrics.json").read_text())["rounds"]] for d in dirs]
+    assert sampled[0] == sampled[1] and [len(p) for p in sampled[0]] == [2, 2], sampled
+    models = [torch.load(d / "final_model.pt", weights_only=True) for d in dirs]
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
 
 
 def test_an_explicit_run_dir_that_holds_a_run_is_refused(e2e_run):
@@ -82,7 +90,7 @@ def test_a_client_that_fails_is_recorded_and_named(tiny_data, tmp_path):
                 row["image"] = {"bytes": b"these bytes are not a JPEG", "path": victim}
 
     _rewrite(tiny_data / "train.parquet", data / "train.parquet", spoil)
-    proc = launch(["--skip-data-check", "-c", f"num-server-rounds=1 num-supernodes=2 local-epochs=1 "
+    proc = launch(["--skip-data-check", "-c", f"num-server-rounds=1 num-supernodes=2 fraction-train=1.0 local-epochs=1 "
                    f"min-clients-fraction=0.5 data='{data}' output-dir='{tmp_path / 'out'}'"])
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
     run_dir = run_dir_of(proc)

@@ -164,7 +164,7 @@ def test_deployment_job_runs_supernodes_as_srun_tasks(slurm, job_env):
     one SuperNode per task (here 2 tasks on the one local node); same log and result JSON."""
     env, logs, outputs = job_env
     proc = sh(ROOT / "submit_job.sh", "--print-id", "--nodes", "1", "--clients-per-node", "2", "--cpus", "1",
-              "--set", f"output-dir='{outputs}'", "fp32", "2", "2", env=env)
+              "--set", f"output-dir='{outputs}' fraction-train=1.0", "fp32", "2", "2", env=env)
     assert proc.returncode == 0, proc.stderr
     job = proc.stdout.strip()
     wait_for(job, timeout=420)

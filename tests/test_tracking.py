@@ -64,7 +64,7 @@ def test_wandb_project_without_wandb_is_a_clear_error(monkeypatch):
 def test_flower_run_logs_to_wandb_offline_and_trains_the_same_model(e2e_run, small_data, tmp_path):
     """The e2e run's config again, W&B on: same seed, same model bit for bit (and W&B changes nothing)."""
     _, plain_dir = e2e_run
-    proc = launch(["-c", f"num-server-rounds=2 num-supernodes=3 time-limit-min=0 data='{small_data}' "
+    proc = launch(["-c", f"num-server-rounds=2 num-supernodes=3 fraction-train=1.0 time-limit-min=0 data='{small_data}' "
                          f"output-dir='{tmp_path}' wandb-project='eurosat-test'"], env={"WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = run_dir_of(proc)

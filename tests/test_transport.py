@@ -149,7 +149,7 @@ def test_unknown_transport_is_a_clear_error_before_training():
 
 def test_int8_transport_run_sends_at_most_0_27_of_fp32_bytes(e2e_run, small_data, tmp_path):
     _, fp32_dir = e2e_run
-    proc = launch(["-c", f"num-server-rounds=2 num-supernodes=3 time-limit-min=0 transport=\"int8\" "
+    proc = launch(["-c", f"num-server-rounds=2 num-supernodes=3 fraction-train=1.0 time-limit-min=0 transport=\"int8\" "
                          f"data='{small_data}' output-dir='{tmp_path}'"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = run_dir_of(proc)
@@ -171,7 +171,7 @@ def test_int8_transport_run_sends_at_most_0_27_of_fp32_bytes(e2e_run, small_data
 def test_int4_transport_with_error_feedback_runs_and_sends_at_most_0_15(small_data, tmp_path):
     """Round 2 uploads carry round 1's residual and round 2's messages are updates to each node's
     replica, both kept in the node's context.state; evaluation messages use the replicas too."""
-    proc = launch(["-c", f"num-server-rounds=2 num-supernodes=2 local-epochs=1 time-limit-min=0 transport=\"int4\" "
+    proc = launch(["-c", f"num-server-rounds=2 num-supernodes=2 fraction-train=1.0 local-epochs=1 time-limit-min=0 transport=\"int4\" "
                          f"transport-error-feedback=true fraction-evaluate=1.0 local-test-fraction=0.2 data='{small_data}' output-dir='{tmp_path}'"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert run_dir_of(proc).parts[-3] == "fp32-txint4-ef"
