@@ -232,13 +232,20 @@ def _run(command: list[str], env: dict[str, str], project: Path, run_dir: Path, 
         print(f"eurosat.launch: run marked {status.get('state', 'not started')}: {run_dir}", flush=True)
         raise Interrupted(name)
 
+    def federation_broke() -> bool:
+        """The SuperLink died: the run fails with that reason, also over the "failed" a dying
+        ServerApp may have written for itself (its own error names only the interruption)."""
+        if federation is None or not (why := federation.dead()):
+            return False
+        print(f"eurosat.launch: {why}: stopping the run", flush=True)
+        stop_run(token)
+        mark_failed(run_dir, f"DeploymentError: {why}")
+        return True
+
     previous = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while proc.poll() is None:
-            if federation is not None and (why := federation.dead()):
-                print(f"eurosat.launch: {why}: stopping the run", flush=True)
-                stop_run(token)
-                mark_failed(run_dir, f"DeploymentError: {why}")
+            if federation_broke():
                 return EXIT_CODES["failed"]
             time.sleep(0.5)
     except Interrupted:
@@ -246,6 +253,8 @@ def _run(command: list[str], env: dict[str, str], project: Path, run_dir: Path, 
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if federation_broke():  # `flwr run` can end before the loop above sees the SuperLink gone
+        return EXIT_CODES["failed"]
     return finish(run_dir)
 
 
