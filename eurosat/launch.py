@@ -255,6 +255,7 @@ def _run(command: list[str], env: dict[str, str], project: Path, run_dir: Path, 
             signal.signal(s, handler)
     if federation_broke():  # `flwr run` can end before the loop above sees the SuperLink gone
         return EXIT_CODES["failed"]
+    stop_run(token)  # first: a ServerApp still alive would rewrite the status after it is read
     return finish(run_dir)
 
 
