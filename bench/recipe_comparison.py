@@ -48,13 +48,13 @@ def main() -> int:
             started = time.perf_counter()
             base = [overrides] if overrides.endswith(".toml") else []
             extra = "" if overrides.endswith(".toml") else overrides
-            code, run_dir = launch(base + [f"num-server-rounds={args.rounds} time-limit-min=0 seed={seed} "
+            code, run_dir = launch(base + [f"num-server-rounds={args.rounds} time-limit-min=0 server-eval-every=1 seed={seed} "
                                           f"data='{args.data}' output-dir='{args.out / 'runs'}' {extra} {args.set}"])
             if code != 0:
                 print(f"error: {name} seed {seed}: the run did not complete (exit {code}); see {run_dir}", file=sys.stderr)
                 return 1
             rounds = read_json(run_dir / "metrics.json")["rounds"]
-            curve = [round(100 * r["server_test_accuracy"], 2) for r in rounds]
+            curve = [round(100 * r["server_test_accuracy"], 2) for r in rounds if "server_test_accuracy" in r]
             results[name]["seeds"][str(seed)] = {"run_dir": str(run_dir), "accuracy_per_round": curve}
             print(f"== {name} seed {seed}: {curve} ({time.perf_counter() - started:.0f} s)", flush=True)
         finals = [s["accuracy_per_round"][-1] for s in results[name]["seeds"].values()]

@@ -51,6 +51,7 @@ class RunConfig:
     dirichlet_alpha: float
     fraction_train: float
     fraction_evaluate: float
+    server_eval_every: int
     local_test_fraction: float
     min_clients_fraction: float
     round_timeout_s: float
@@ -130,7 +131,7 @@ class RunConfig:
             raise ConfigError(f"round-timeout-s: must be >= 0 (0 = what is left of the budget), got {self.round_timeout_s}")
         if self.dirichlet_alpha <= 0:
             raise ConfigError(f"dirichlet-alpha: must be > 0, got {self.dirichlet_alpha}")
-        for key in ("num_server_rounds", "num_supernodes", "local_epochs", "batch_size"):
+        for key in ("num_server_rounds", "num_supernodes", "local_epochs", "batch_size", "server_eval_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key.replace('_', '-')}: must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:

@@ -45,18 +45,25 @@ FIRST_ROUND_MIN_S = 600.0  # the first round always runs: a cold start, or emula
 
 
 class TimeBudget:
-    """Stop when the time spent plus the longest round seen so far would pass the limit.
+    """Stop when the time spent plus the longest round seen so far, plus one server evaluation (the
+    last round's, which always happens), would pass the limit.
 
     The first round always runs: nothing is known of a round's length before one has been timed.
     It also pays for start-up (Ray actors, each process decoding its data), so once later rounds
-    have been timed, "the longest round" is the longest of those. The clock is injectable for tests.
+    have been timed, "the longest round" is the longest of those. Rounds are timed without the
+    server's evaluation, which runs every `eval_every` rounds and is timed apart (`finish_round`).
+    The clock is injectable for tests.
     """
 
-    def __init__(self, limit_s: float | None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, limit_s: float | None, clock: Callable[[], float] = time.monotonic, eval_every: int = 1):
         self.limit_s = limit_s
         self.clock = clock
+        self.eval_every = eval_every
         self.started = clock()
         self.rounds: list[float] = []
+        self.evaluations: list[float] = []
+        self.first_round: int | None = None  # the first round this process runs (a resumed run's too)
+        self.current_round = 0
         self._round_started: float | None = None
 
     @property
@@ -67,22 +74,61 @@ class TimeBudget:
     def elapsed(self) -> float:
         return self.clock() - self.started
 
-    def start_round(self) -> None:
+    def start_round(self, rnd: int) -> None:
         self._round_started = self.clock()
+        self.current_round = rnd
+        if self.first_round is None:
+            self.first_round = rnd
+
+    def due(self, rnd: int) -> bool:
+        """Whether the server evaluates after round `rnd` in any case (the last round: always)."""
+        return rnd == self.first_round or rnd % self.eval_every == 0
 
     def end_round(self) -> float:
         seconds = self.clock() - self._round_started
         self.rounds.append(seconds)
         return seconds
 
+    def finish_round(self, num_rounds: int, evaluate: Callable[[], Mapping[str, float]]
+                     ) -> tuple[float, Mapping[str, float], bool]:
+        """End the round's training clock, run the server's evaluation if it is due (the first
+        round, every `eval_every`-th, and the last, so the final model is always evaluated), and
+        say whether this is the last round. Returns (training seconds, evaluation or {}, last)."""
+        seconds = self.end_round()
+        result = self._timed(evaluate) if self.due(self.current_round) else {}
+        last = self.current_round == num_rounds or not self.allows_another_round()
+        if last and not result:
+            result = self._timed(evaluate)
+        return seconds, result, last
+
+    def _timed(self, evaluate: Callable[[], Mapping[str, float]]) -> Mapping[str, float]:
+        started = self.clock()
+        result = evaluate()
+        self.evaluations.append(self.clock() - started)
+        return result
+
+    @property
+    def evaluation(self) -> float:
+        return max(self.evaluations or [0.0])
+
     def allows_another_round(self) -> bool:
-        return self.limit_s is None or self.elapsed() + self.longest_round <= self.limit_s
+        """Another round, and the evaluation that ends the run after it, fit in what is left."""
+        return self.limit_s is None or self.elapsed() + self.longest_round + self.evaluation <= self.limit_s
 
     def rounds_that_fit(self, cap: int) -> int:
-        """How many more rounds the stop rule will allow, at most `cap`: the schedule's estimate."""
+        """How many rounds, the current one included, the stop rule will allow, at most `cap`: the
+        schedule's estimate. Each costs the longest round, plus an evaluation where one is due;
+        the last one always ends with an evaluation."""
         if self.limit_s is None or self.longest_round <= 0:
             return cap
-        return max(0, min(cap, math.floor((self.limit_s - self.elapsed()) / self.longest_round)))
+        left, spent, fit = self.limit_s - self.elapsed(), 0.0, 0
+        for rnd in range(self.current_round, self.current_round + cap):
+            due = self.due(rnd)
+            spent += self.longest_round + (self.evaluation if due else 0.0)
+            if spent + (0.0 if due else self.evaluation) > left:
+                break
+            fit += 1
+        return fit
 
     def remaining(self) -> float | None:
         return None if self.limit_s is None else self.limit_s - self.elapsed()
@@ -282,7 +328,7 @@ class BudgetedFedAvg(FedAvg):
             return Outcome(state, num_rounds, "num_server_rounds", False)
         self._await_nodes(grid, budget)
         for rnd in range(first_round, num_rounds + 1):
-            budget.start_round()
+            budget.start_round(rnd)
             train_started = budget.clock()
             self.roll_call(grid, self._timeout(budget))
             instruction = Instruction(rnd, planner.span(rnd))
@@ -301,8 +347,7 @@ class BudgetedFedAvg(FedAvg):
                 client_eval = {f"client_eval_{k}": v for k, v in weighted(reports, ("loss", "accuracy")).items()}
                 failures += [dict(f, phase="evaluate") for f in evaluation.failures]
             state = {k: v.numpy() for k, v in arrays.items()}
-            server = evaluate_fn(state)
-            seconds = budget.end_round()
+            seconds, server, last = budget.finish_round(num_rounds, lambda: evaluate_fn(state))
             wire = self.stats.sent_bytes + self.stats.received_bytes
             cumulative += wire
             fp32_equivalent = self.stats.fp32_record_bytes * (self.stats.clients + self.stats.messages_sent)
@@ -310,8 +355,7 @@ class BudgetedFedAvg(FedAvg):
             failures_total += len(failures)
             record = {
                 "round": rnd,
-                "server_test_loss": server["loss"],
-                "server_test_accuracy": server["accuracy"],
+                **({"server_test_loss": server["loss"], "server_test_accuracy": server["accuracy"]} if server else {}),
                 **{f"client_{k}": v for k, v in train_metrics.items()},
                 **client_eval,
                 "lr_span": [instruction.span.start, instruction.span.stop],
@@ -320,7 +364,8 @@ class BudgetedFedAvg(FedAvg):
                 "partitions": list(self.stats.partitions),
                 "client_failures": failures,
                 "client_compute": list(self.stats.compute),
-                "round_seconds": round(seconds, 3),
+                "round_seconds": round(seconds + (budget.evaluations[-1] if server else 0.0), 3),
+                **({"server_eval_seconds": round(budget.evaluations[-1], 3)} if server else {}),
                 "train_phase_seconds": round(train_phase, 3),
                 "elapsed_seconds": round(budget.elapsed(), 3),
                 "bytes_sent": self.stats.sent_bytes,
@@ -330,11 +375,11 @@ class BudgetedFedAvg(FedAvg):
                 "fp32_equivalent_bytes": fp32_equivalent,
                 "bytes_ratio_to_fp32": wire / fp32_equivalent,
             }
-            log.info("round %d: test acc %.4f, lr %.2e at the end, %.1f s, %.2f MB on the wire%s", rnd,
-                     server["accuracy"], train_metrics["lr_last"], seconds, wire / MB,
-                     f", {len(failures)} client failure(s)" if failures else "")
+            log.info("round %d: %s, lr %.2e at the end, %.1f s, %.2f MB on the wire%s", rnd,
+                     f"test acc {server['accuracy']:.4f}" if server else "not evaluated", train_metrics["lr_last"],
+                     record["round_seconds"], wire / MB, f", {len(failures)} client failure(s)" if failures else "")
             on_round(record, state)
-            if rnd < num_rounds and not budget.allows_another_round():
+            if last and rnd < num_rounds:
                 return Outcome(state, rnd, "time_limit", True, failures_total)
         return Outcome(state, num_rounds, "num_server_rounds", False, failures_total)
 

@@ -123,7 +123,8 @@ def curves_figure(groups: Sequence[tuple[str, Sequence[dict]]], x_key: str, x_la
         by_round: dict[int, list[dict]] = {}
         for metrics in runs:
             for r in metrics["rounds"]:
-                by_round.setdefault(r["round"], []).append(r)
+                if "server_test_accuracy" in r:  # the rounds the server evaluated (`server-eval-every`)
+                    by_round.setdefault(r["round"], []).append(r)
         rounds = sorted(by_round)
         acc = [[100 * r["server_test_accuracy"] for r in by_round[n]] for n in rounds]
         xs = [sum(r[x_key] for r in by_round[n]) / len(by_round[n]) / scale for n in rounds]

@@ -16,9 +16,10 @@ from numbers import Real
 from pathlib import Path
 
 from eurosat.transport import wire_name
-from eurosat.record import FINAL_MODEL_FILE, FINISHED, METRICS_FILE, label_of, read_status
+from eurosat.record import FINAL_MODEL_FILE, FINISHED, METRICS_FILE, evaluated, label_of, read_status
 
-ROUND_NUMBERS = ("round", "server_test_accuracy", "elapsed_seconds", "bytes_sent", "bytes_received", "cumulative_mb")
+ROUND_NUMBERS = ("round", "elapsed_seconds", "bytes_sent", "bytes_received", "cumulative_mb")
+EVALUATION_NUMBERS = ("server_test_accuracy",)  # present in the rounds the server evaluated
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Run:
 
     @property
     def final_accuracy(self) -> float | None:
-        rounds = self.metrics.get("rounds") or []
+        rounds = evaluated(self.metrics.get("rounds") or [])
         return rounds[-1]["server_test_accuracy"] if rounds else None
 
     @property
@@ -66,7 +67,7 @@ def problem(metrics: object) -> str | None:
     for i, r in enumerate(rounds):
         if not isinstance(r, dict):
             return f"rounds[{i}] is not an object"
-        for key in ROUND_NUMBERS:
+        for key in ROUND_NUMBERS + tuple(k for k in EVALUATION_NUMBERS if k in r):
             if not isinstance(r.get(key), Real) or isinstance(r.get(key), bool):
                 return f"rounds[{i}].{key} is missing or not a number"
     if not isinstance(metrics.get("summary", {}), dict):

@@ -27,7 +27,7 @@ def main(grid: Grid, context: Context) -> None:
     enable_logging()
     budget = TimeBudget(None)  # started now: data loading counts against the wall clock
     cfg = RunConfig.from_mapping(context.run_config)  # one-line ConfigError before any work
-    budget.limit_s = cfg.time_limit_s
+    budget.limit_s, budget.eval_every = cfg.time_limit_s, cfg.server_eval_every
     run_dir = new_run_dir(cfg.output_root(), cfg.label, cfg.run_dir, resume=cfg.resume)
     print(f"eurosat: writing results to {run_dir}", flush=True)
     extra = {"versions": {"flwr": flwr.__version__, "torch": torch.__version__, "python": platform.python_version()}}

@@ -11,12 +11,14 @@ def test_defaults_come_from_pyproject():
     assert (cfg.optimizer, cfg.lr_schedule, cfg.lr_warmup_rounds, cfg.lr_floor, cfg.augment) == (
         "adam", "cosine", 1, 0.01, "none")
     assert cfg.precision == "fp32" and cfg.label == "fp32" and cfg.local_test_fraction == 0.0
+    assert cfg.server_eval_every == 3
 
 
 def test_the_original_recipe_is_kept_as_a_preset():
     cfg = load_run_config(["configs/original.toml"])
     assert (cfg.optimizer, cfg.lr, cfg.lr_schedule, cfg.augment, cfg.local_epochs, cfg.batch_size,
-            cfg.local_test_fraction, cfg.fraction_train) == ("adam", 0.001, "constant", "none", 2, 32, 0.2, 1.0)
+            cfg.local_test_fraction, cfg.fraction_train, cfg.server_eval_every) == (
+        "adam", 0.001, "constant", "none", 2, 32, 0.2, 1.0, 1)
 
 
 def test_config_files_load():
@@ -39,6 +41,8 @@ def test_config_files_load():
     ("momentum=1.0", r"momentum: must be in \[0, 1\)"),
     ("min-clients-fraction=0.0", r"min-clients-fraction: must be in \(0, 1\]"),
     ("round-timeout-s=-5", r"round-timeout-s: must be >= 0"),
+    ("server-eval-every=0", r"server-eval-every: must be >= 1, got 0"),
+    ("server-eval-every=1.5", r"server-eval-every: expected int"),
     ("lr=nan", r"lr: expected a finite number, got nan"),
     ("time-limit-min=inf", r"time-limit-min: expected a finite number, got inf"),
     ("num-server-rounds=inf", r"num-server-rounds: expected int, got inf"),
@@ -61,8 +65,8 @@ def test_time_budget_stops_before_a_round_would_overrun():
     clock = FakeClock()
     budget = TimeBudget(limit_s=100, clock=clock)
     clock.now = 5  # start-up
-    for length, expect_more in [(30, True), (20, True), (40, False)]:
-        budget.start_round()
+    for rnd, (length, expect_more) in enumerate([(30, True), (20, True), (40, False)], 1):
+        budget.start_round(rnd)
         clock.now += length
         budget.end_round()
         assert budget.allows_another_round() is expect_more, (clock.now, budget.longest_round)
@@ -72,8 +76,8 @@ def test_time_budget_stops_before_a_round_would_overrun():
 def test_time_budget_leaves_the_first_rounds_start_up_out_once_later_rounds_are_timed():
     clock = FakeClock()
     budget = TimeBudget(limit_s=100, clock=clock)
-    for length in (50, 20):
-        budget.start_round()
+    for rnd, length in enumerate((50, 20), 1):
+        budget.start_round(rnd)
         clock.now += length
         budget.end_round()
     assert budget.longest_round == 20 and budget.allows_another_round()  # 70 + 20 <= 100
@@ -82,7 +86,7 @@ def test_time_budget_leaves_the_first_rounds_start_up_out_once_later_rounds_are_
 def test_time_budget_without_limit_never_stops():
     clock = FakeClock()
     budget = TimeBudget(limit_s=None, clock=clock)
-    budget.start_round()
+    budget.start_round(1)
     clock.now = 1e9
     budget.end_round()
     assert budget.allows_another_round()

@@ -161,6 +161,10 @@ def test_an_interrupted_run_resumes_in_its_folder(tiny_data, tmp_path):
     assert metrics["attempts"][0]["ended"] == "interrupted"
     spans = [r["lr_span"] for r in metrics["rounds"]]
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:])), "the schedule continues where it stopped"
+    # server-eval-every=3 (the default): each attempt's first round, every third, and the last
+    evaluated = [r["round"] for r in metrics["rounds"] if "server_test_accuracy" in r]
+    assert evaluated == sorted({1, done + 1, total} | set(range(3, total + 1, 3)))
+    assert metrics["summary"]["final_test_accuracy"] == metrics["rounds"][-1]["server_test_accuracy"]
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
     refused = launch(["--resume", str(run_dir)], timeout=120)
     assert refused.returncode == 2 and "only a failed or interrupted run can be resumed" in refused.stderr

@@ -18,20 +18,29 @@ class FakeClock:
         return self.now
 
 
-def run_rounds(schedule, num_rounds, limit_s, lengths, startup=5.0):
-    """Drive planner + budget as BudgetedFedAvg.run does; return the spans of the rounds that ran."""
+def run_rounds(schedule, num_rounds, limit_s, lengths, startup=5.0, eval_s=0.0, eval_every=1, evaluated=None):
+    """Drive planner + budget as BudgetedFedAvg.run does (a server evaluation takes `eval_s`);
+    return the spans of the rounds that ran, and append the evaluated rounds to `evaluated`."""
     clock = FakeClock()
-    budget = TimeBudget(limit_s, clock)
+    budget = TimeBudget(limit_s, clock, eval_every=eval_every)
     planner = RoundPlanner(schedule, num_rounds, budget.rounds_that_fit)
     clock.now = startup
     spans = []
+
+    def evaluate():
+        clock.now += eval_s
+        (evaluated if evaluated is not None else []).append(len(spans))
+        return {"accuracy": 0.5}
+
     for rnd in range(1, num_rounds + 1):
-        budget.start_round()
+        budget.start_round(rnd)
         spans.append(planner.span(rnd))
         clock.now += lengths[(rnd - 1) % len(lengths)]
-        budget.end_round()
-        if rnd < num_rounds and not budget.allows_another_round():
+        _, _, last = budget.finish_round(num_rounds, evaluate)
+        if last:
             break
+    if limit_s is not None:
+        assert clock.now <= limit_s, "the run, its last evaluation included, overran the budget"
     return spans
 
 
@@ -71,6 +80,26 @@ def test_a_first_round_slowed_by_start_up_does_not_end_the_decay_early():
     spans = run_rounds(COSINE, num_rounds=100, limit_s=600.0, lengths=[94.0, 82.0, 80.0, 75.0, 82.0, 85.0, 81.0],
                        startup=3.0)
     assert len(spans) == 7 and spans[-1].stop == COSINE.end and spans[-2].stop < COSINE.end
+
+
+@pytest.mark.parametrize("every", [1, 3, 5])
+def test_periodic_server_evaluation_keeps_the_last_round_evaluated_and_within_budget(every):
+    """`server-eval-every`: rounds 1, every N-th and the last are evaluated; the budget sets one
+    evaluation aside for the last round, and the floor still comes with it."""
+    evaluated = []
+    spans = run_rounds(COSINE, num_rounds=100, limit_s=300.0, lengths=[20.0], eval_s=6.0, eval_every=every,
+                       evaluated=evaluated)
+    n = len(spans)
+    assert evaluated == sorted({1, n} | set(range(every, n + 1, every)))
+    assert spans[-1].stop == COSINE.end and spans[-2].stop < COSINE.end
+    # fewer evaluations leave room for more training rounds: 5 s + n x 20 s + evaluations <= 300 s
+    assert n == {1: 11, 3: 12, 5: 13}[every]
+
+
+def test_round_limited_periodic_evaluation_ends_with_an_evaluated_round():
+    evaluated = []
+    spans = run_rounds(COSINE, num_rounds=7, limit_s=None, lengths=[30.0], eval_s=5.0, eval_every=3, evaluated=evaluated)
+    assert len(spans) == 7 and evaluated == [1, 3, 6, 7]
 
 
 def test_round_limited_run_behaves_the_same():
