@@ -61,9 +61,8 @@ def test_pack_unpack_round_trips_exactly_and_sizes_are_exact(wbits, abits, tmp_p
     assert report["files"]["packed_file_vs_ideal"] <= 1.02
 
 
-def _run(small_data, out, override):
-    proc = launch(["-c", f"num-server-rounds=1 num-supernodes=2 time-limit-min=0 data='{small_data}' "
-                         f"output-dir='{out}' {override}"])
+def _run(small_data, out, override, length="num-server-rounds=1 time-limit-min=0"):
+    proc = launch(["-c", f"{length} num-supernodes=2 data='{small_data}' output-dir='{out}' {override}"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = run_dir_of(proc)
     return run_dir, json.loads((run_dir / "metrics.json").read_text())
@@ -71,6 +70,8 @@ def _run(small_data, out, override):
 
 # 8-bit W8A8 and the 1-bit extreme as real runs; every other width trains and saves in-process (test_presets.py)
 QAT_RUNS = [('precision="int8"', 8), ("weight-bits=1", 1)]
+# The 1-bit run also shows the time limit: 3 s, which round 1 alone passes, so no second round may start
+TIME_LIMITED = "num-server-rounds=5 time-limit-min=0.05"
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,8 @@ def qat_runs(small_data, tiny_data, tmp_path_factory):
     run learns on the small slice (its INT8 model must beat chance); the bit-width runs check files
     and codes, which the 300-image slice shows as well."""
     root = tmp_path_factory.mktemp("qat-outputs")
-    return root, {override: _run(small_data if bits == 8 else tiny_data, root, override) for override, bits in QAT_RUNS}
+    return root, {override: _run(small_data, root, override) if bits == 8 else _run(tiny_data, root, override, TIME_LIMITED)
+                  for override, bits in QAT_RUNS}
 
 
 @pytest.mark.parametrize("override, bits", QAT_RUNS)
@@ -102,6 +104,10 @@ def test_quantized_training_runs_store_real_low_bit_models(qat_runs, override, b
         int8, config = load(run_dir / "model_int8.pt")
         assert config == Int8StaticConfig() and is_fully_quantized(int8)
         assert metrics["summary"]["int8_model_test_accuracy"] > 0.1
+    else:  # stopped by the time limit, and still saved everything
+        summary = metrics["summary"]
+        assert summary["rounds_completed"] == 1 and summary["time_limit_reached"] is True
+        assert summary["stop_reason"] == "time_limit" and metrics["rounds"][0]["server_test_accuracy"] >= 0
 
 
 @pytest.mark.slow

@@ -61,6 +61,7 @@ def test_wandb_project_without_wandb_is_a_clear_error(monkeypatch):
         load_run_config(["wandb-project='x'"])
 
 
+@pytest.mark.long  # an optional integration; a second run of the e2e config (CI runs its unit tests above)
 def test_flower_run_logs_to_wandb_offline_and_trains_the_same_model(e2e_run, small_data, tmp_path):
     """The e2e run's config again, W&B on: same seed, same model bit for bit (and W&B changes nothing)."""
     _, plain_dir = e2e_run

@@ -1,6 +1,7 @@
-"""Quantized transport: codec round trips, aggregation, and a real 2-round int8 simulation."""
+"""Quantized transport: codec round trips, aggregation, and real 2-round simulations (int4 with error feedback; int8 in the long tier)."""
 
 import json
+from pathlib import Path
 import shutil
 
 import numpy as np
@@ -147,6 +148,17 @@ def test_unknown_transport_is_a_clear_error_before_training():
     assert proc.returncode == 2 and "transport: unknown value 'int3'; allowed: fp32, fp16, int8, int4" in proc.stderr
 
 
+def _transport_figure(outputs: Path, fp32_dir: Path) -> None:
+    """A quantized-transport run in `outputs` beside the fp32 e2e run: transport_comparison.png
+    draws one line per format."""
+    shutil.copytree(fp32_dir, outputs / "fp32" / fp32_dir.parts[-2] / fp32_dir.parts[-1])
+    proc = cli("create_comparison_plots.py", "--outputs", outputs, "--out", outputs / "figures")
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(outputs / "figures" / "transport_comparison.png") as img:
+        assert img.format == "PNG"
+
+
+@pytest.mark.long  # int4 with error feedback below is CI's real transport run; the codecs' sizes are tested above
 def test_int8_transport_run_sends_at_most_0_27_of_fp32_bytes(e2e_run, small_data, tmp_path):
     _, fp32_dir = e2e_run
     proc = launch(["-c", f"num-server-rounds=2 num-supernodes=3 fraction-train=1.0 time-limit-min=0 transport=\"int8\" "
@@ -159,16 +171,10 @@ def test_int8_transport_run_sends_at_most_0_27_of_fp32_bytes(e2e_run, small_data
     for a, b in zip(int8["rounds"], fp32["rounds"]):
         assert a["bytes_sent"] + a["bytes_received"] <= 0.27 * (b["bytes_sent"] + b["bytes_received"])
     assert int8["summary"]["final_test_accuracy"] > 0.15
-    # the two real runs side by side: transport_comparison.png draws one line per format
-    shutil.copytree(fp32_dir, tmp_path / "fp32" / fp32_dir.parts[-2] / fp32_dir.parts[-1])
-    proc = cli("create_comparison_plots.py", "--outputs", tmp_path, "--out", tmp_path / "figures")
-    assert proc.returncode == 0, proc.stderr
-    with Image.open(tmp_path / "figures" / "transport_comparison.png") as img:
-        assert img.format == "PNG"
+    _transport_figure(tmp_path, fp32_dir)
 
 
-@pytest.mark.slow
-def test_int4_transport_with_error_feedback_runs_and_sends_at_most_0_15(small_data, tmp_path):
+def test_int4_transport_with_error_feedback_runs_and_sends_at_most_0_15(e2e_run, small_data, tmp_path):
     """Round 2 uploads carry round 1's residual and round 2's messages are updates to each node's
     replica, both kept in the node's context.state; evaluation messages use the replicas too."""
     proc = launch(["-c", f"num-server-rounds=2 num-supernodes=2 fraction-train=1.0 local-epochs=1 time-limit-min=0 transport=\"int4\" "
@@ -181,6 +187,7 @@ def test_int4_transport_with_error_feedback_runs_and_sends_at_most_0_15(small_da
     for r in metrics["rounds"]:  # train and evaluate messages to both nodes, and both updates, all counted
         assert r["fp32_equivalent_bytes"] == 6 * get_codec("fp32").encode(to_numpy(Net().state_dict())).count_bytes()
         assert r["clients"] == 2 and r["bytes_sent"] == 2 * r["bytes_received"] and r["client_eval_accuracy"] > 0
+    _transport_figure(tmp_path, e2e_run[1])
 
 
 def test_wire_and_training_use_the_same_codes(state):
