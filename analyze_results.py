@@ -14,25 +14,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from eurosat.cli import fail, one_line_errors
 from eurosat.paths import OutputPathError, check_output_file
 from eurosat.results_table import collect_rows, format_rows, write_csv
 
 
+@one_line_errors(OutputPathError)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("outputs", nargs="?", type=Path, default=Path(__file__).resolve().parent / "outputs", help="output root [%(default)s]")
     parser.add_argument("--csv", type=Path, help="CSV path [<outputs>/results_summary.csv]")
     args = parser.parse_args(argv)
     if not args.outputs.is_dir():
-        what = "is a file, expected a folder" if args.outputs.exists() else "no such folder"
-        print(f"error: {args.outputs}: {what}", file=sys.stderr)
-        return 2
+        return fail(f"{args.outputs}: {'is a file, expected a folder' if args.outputs.exists() else 'no such folder'}")
     csv_path = args.csv or args.outputs / "results_summary.csv"
-    try:
-        check_output_file(csv_path, "--csv")
-    except OutputPathError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    check_output_file(csv_path, "--csv")
     rows = collect_rows(args.outputs)
     if not rows:
         print(f"no training runs under {args.outputs}")

@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from eurosat.cli import one_line_errors
 from eurosat.compare import RESULT_FILE, CompareOptions, compare, format_table
 from eurosat.config import project_defaults
 from eurosat.corruptions import CORRUPTIONS, parse_corruptions, parse_severities
@@ -57,20 +58,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@one_line_errors(DataError, ValueError)  # CheckpointError, OutputPathError: ValueErrors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        opts = CompareOptions(
-            args.data, args.out_dir or args.checkpoint.resolve().parent, args.clients, args.rounds, args.cost_per_mb,
-            args.calibration_samples, args.calibration_split, args.device, args.batch_size,
-            tuple(p.strip() for p in args.precisions.split(",") if p.strip()), args.test_data, args.test_split,
-            parse_corruptions(args.corruptions) if args.corruptions else (), parse_severities(args.severity), args.seed)
-        print(f"comparing {', '.join(['fp32'] + [p for p in opts.precisions if p != 'fp32'])} for {args.checkpoint}",
-              flush=True)
-        report = compare(args.checkpoint, opts)
-    except (DataError, ValueError) as exc:  # CheckpointError, OutputPathError: ValueErrors
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    opts = CompareOptions(
+        args.data, args.out_dir or args.checkpoint.resolve().parent, args.clients, args.rounds, args.cost_per_mb,
+        args.calibration_samples, args.calibration_split, args.device, args.batch_size,
+        tuple(p.strip() for p in args.precisions.split(",") if p.strip()), args.test_data, args.test_split,
+        parse_corruptions(args.corruptions) if args.corruptions else (), parse_severities(args.severity), args.seed)
+    print(f"comparing {', '.join(['fp32'] + [p for p in opts.precisions if p != 'fp32'])} for {args.checkpoint}",
+          flush=True)
+    report = compare(args.checkpoint, opts)
     print(format_table(report))
     print(f"wrote {opts.out_dir / RESULT_FILE} and model files ({report['seconds']:.1f} s)")
     return 0

@@ -23,8 +23,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from eurosat.cli import one_line_errors
 from eurosat.report import draw_all
 
+@one_line_errors(OSError, ValueError)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
@@ -32,11 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder [the (first) JSON's folder, else --outputs]")
     parser.add_argument("--outputs", type=Path, default=Path(__file__).resolve().parent / "outputs", help="where to look for runs [%(default)s]")
     args = parser.parse_args(argv)
-    try:
-        written = draw_all(args.reports, args.outputs, args.out)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    written = draw_all(args.reports, args.outputs, args.out)
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -14,10 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from eurosat.cli import one_line_errors
 from eurosat.compression import format_report, measure_checkpoint
 from eurosat.recipe import ACTIVATION_BITS, WEIGHT_BITS
 
 
+@one_line_errors(ValueError)  # CheckpointError, OutputPathError: ValueErrors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="FP32 state dict or packed N-bit model")
@@ -26,11 +28,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"one of {ACTIVATION_BITS} [32]")
     parser.add_argument("--out", type=Path, help="JSON path [compression_w{W}a{A}.json beside the checkpoint]")
     args = parser.parse_args(argv)
-    try:
-        report, out = measure_checkpoint(args.checkpoint, args.weight_bits, args.activation_bits, args.out)
-    except ValueError as exc:  # CheckpointError, OutputPathError: ValueErrors
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report, out = measure_checkpoint(args.checkpoint, args.weight_bits, args.activation_bits, args.out)
     print(format_report(report))
     print(f"wrote {out}")
     return 0

@@ -36,6 +36,7 @@ from eurosat.files import atomic_write, read_json, write_json  # noqa: E402
 from eurosat.launch import launch  # noqa: E402
 from eurosat.plots import OKABE_ITO, save, styled, subplots  # noqa: E402
 from eurosat.stats import mean_std, paired_difference  # noqa: E402
+from eurosat.cli import fail  # noqa: E402
 
 ROWS = {
     "fp32": "",
@@ -127,8 +128,7 @@ def main() -> int:
     names = [n for n in (args.only.split(",") if args.only else ROWS) if n not in args.skip.split(",")]
     unknown = [n for n in names if n not in ROWS]
     if unknown or len(seeds) < 2 or not 0 < args.fraction <= 1:
-        print(f"error: unknown rows {unknown}, or fewer than 2 seeds, or --fraction outside (0, 1]", file=sys.stderr)
-        return 2
+        return fail(f"unknown rows {unknown}, or fewer than 2 seeds, or --fraction outside (0, 1]")
     if "ptq-int8" in names and "fp32" not in names:
         names.insert(0, "fp32")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -137,8 +137,7 @@ def main() -> int:
     protocol = {"rounds": args.rounds, "fraction": args.fraction, "set": args.set, "clients": 10,
                 "data": str(args.data.resolve())}
     if state and state.get("protocol") != protocol:
-        print(f"error: {state_path} holds another protocol {state.get('protocol')}; use another --out", file=sys.stderr)
-        return 2
+        return fail(f"{state_path} holds another protocol {state.get('protocol')}; use another --out")
     state.setdefault("protocol", protocol)
     results: dict[str, dict[str, float]] = state.setdefault("results", {})
     runs: dict[str, str] = state.setdefault("runs", {})

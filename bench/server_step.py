@@ -29,6 +29,7 @@ from eurosat.data import load_client_data, load_split, resolve_source  # noqa: E
 from eurosat.model import Net  # noqa: E402
 from eurosat.schedule import RoundPlanner  # noqa: E402
 from eurosat.training import ComputePlan, evaluate, train  # noqa: E402
+from eurosat.cli import fail  # noqa: E402
 
 
 def run(eta: float, clients, test, rounds: int, seed: int) -> list[float]:
@@ -75,8 +76,7 @@ def main() -> int:
         etas = [float(e) for e in args.etas.split(",")]
         source = resolve_source(args.data)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     torch.set_num_threads(1)
     started = time.perf_counter()
     clients = []

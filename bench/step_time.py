@@ -29,6 +29,7 @@ from eurosat import task  # noqa: E402
 from eurosat.config import load_run_config  # noqa: E402
 from eurosat.data import load_split, resolve_source  # noqa: E402
 from eurosat.training import pick_device, train  # noqa: E402
+from eurosat.cli import fail  # noqa: E402
 
 DEFAULT = "fp32,fp16,int8,bits-16,bits-8,bits-4,bits-2,bits-1,w4a8,w6a6"
 
@@ -45,8 +46,7 @@ def main() -> int:
         names.insert(0, "fp32")
     missing = [n for n in names if not (ROOT / "configs" / f"{n}.toml").exists()]
     if missing:
-        print(f"error: no preset {', '.join(missing)} in configs/", file=sys.stderr)
-        return 2
+        return fail(f"no preset {', '.join(missing)} in configs/")
     data = load_split(resolve_source(str(args.data.resolve())), "train", sample=32 * args.steps, seed=0)
     device = pick_device()
     cfgs = {n: load_run_config([str(ROOT / "configs" / f"{n}.toml")]) for n in names}
