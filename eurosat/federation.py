@@ -42,6 +42,10 @@ MB = 1024 * 1024
 FP32 = CODECS["fp32"]
 NO_LIMIT_TIMEOUT_S = 3600.0  # Flower's own per-round reply timeout, for runs without a budget
 FIRST_ROUND_MIN_S = 600.0  # the first round always runs: a cold start, or emulated bf16 on a CPU, takes time
+# A node that has not said which partition it holds within this long (a cold start takes ~30 s) is
+# sampled as of unknown partition (last, by node ID) and asked again next round: a hung node must
+# not hold every round's roll call for the round's whole timeout before the training even starts.
+ROLL_CALL_MAX_S = 120.0
 
 
 class TimeBudget:
@@ -330,7 +334,7 @@ class BudgetedFedAvg(FedAvg):
         for rnd in range(first_round, num_rounds + 1):
             budget.start_round(rnd)
             train_started = budget.clock()
-            self.roll_call(grid, self._timeout(budget))
+            self.roll_call(grid, min(self._timeout(budget), ROLL_CALL_MAX_S))
             instruction = Instruction(rnd, planner.span(rnd))
             config = ConfigRecord({**run_config, **instruction.to_config()})
             exchange = self._exchange(grid, self.configure_train(rnd, arrays, config, grid), self._timeout(budget))

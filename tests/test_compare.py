@@ -220,3 +220,33 @@ def test_bad_robustness_options_are_one_line_errors(args, needle, comparison, sm
                *args)
     assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_training_curves_skip_rounds_the_server_did_not_evaluate(tmp_path):
+    """`server-eval-every`: rounds without `server_test_accuracy` are read (not skipped as malformed),
+    the final accuracy is the last evaluated round's, and two seeds of fp32 beside an fp16 run draw
+    training_comparison.png (mean and band over the seeds)."""
+    from eurosat.report import figures
+    from eurosat.runs import find_runs
+
+    def write_run(precision: str, seed: int, evaluated: set[int]) -> None:
+        run_dir = tmp_path / precision / "2026-01-01" / f"00-00-0{seed}"
+        run_dir.mkdir(parents=True)
+        rounds = [{"round": n, "elapsed_seconds": 20.0 * n, "bytes_sent": 10, "bytes_received": 10,
+                   "cumulative_mb": 2e-5 * n, **({"server_test_accuracy": 0.1 * n + 0.01 * seed,
+                                                  "server_test_loss": 1.0} if n in evaluated else {})}
+                  for n in range(1, 8)]
+        metrics = {"config": {"precision": precision, "seed": seed}, "rounds": rounds, "summary": {"status": "completed"}}
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        (run_dir / "status.json").write_text(json.dumps({"state": "completed"}))
+
+    for seed in (1, 2):
+        write_run("fp32", seed, {1, 3, 6, 7})
+    write_run("fp16", 1, {1, 3, 6, 7})
+    skipped = []
+    runs = find_runs(tmp_path, on_skip=lambda path, why: skipped.append(why))
+    assert not skipped and len(runs) == 3
+    assert [round(r.final_accuracy, 2) for r in runs] == [0.71, 0.71, 0.72]
+    (name, figure, dpi), = [f for f in figures([], tmp_path) if f[0] == "training_comparison.png"]
+    lines = figure.axes[1].get_lines()
+    assert [list(line.get_xdata()) for line in lines] == [[1, 3, 6, 7]] * 2  # fp32 (mean of 2 seeds), fp16
