@@ -68,14 +68,22 @@ def stop_pids(pids: list[int], grace_s: float = 10.0) -> None:
             return
 
 
-def stop_run(token: str, grace_s: float = 10.0, limit_s: float = 60.0) -> None:
+def stop_run(token: str, grace_s: float = 10.0, limit_s: float = 60.0, settle_s: float = 1.5) -> None:
     """Stop every process of the run: SIGTERM first, then SIGKILL for what is left and for anything
-    started meanwhile (Ray restarts workers while it is being stopped), until none is left."""
+    started meanwhile (Ray restarts workers, and its daemons start agents, while being stopped),
+    until no process of the run has been seen for `settle_s`: one empty scan is not enough, since
+    a process still being spawned by a dying parent shows up a moment later."""
     deadline = time.monotonic() + limit_s
     pids = run_pids(token)
     if pids:
         stop_pids(pids, grace_s)
-    while (pids := run_pids(token)) and time.monotonic() < deadline:
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        pids = run_pids(token)
+        if not pids and time.monotonic() - quiet_since >= settle_s:
+            return
+        if pids:
+            quiet_since = time.monotonic()
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
