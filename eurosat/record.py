@@ -144,11 +144,6 @@ def _now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def evaluated(rounds: list[dict]) -> list[dict]:
-    """The round records with the server's test evaluation (`server-eval-every`: not every round)."""
-    return [r for r in rounds if "server_test_accuracy" in r]
-
-
 class RunRecorder:
     """Keeps `metrics.json` valid at every moment: rewritten atomically after each round."""
 
@@ -220,10 +215,9 @@ class RunRecorder:
         if not rounds:
             return {}
         total = sum(r["bytes_sent"] + r["bytes_received"] for r in rounds)
-        last = evaluated(rounds)[-1:] or [{}]  # a finished run's last round always is
-        return {
-            "final_test_accuracy": last[0].get("server_test_accuracy"),
-            "final_test_loss": last[0].get("server_test_loss"),
+        return {  # a finished run's last round is always evaluated (`server-eval-every`)
+            "final_test_accuracy": rounds[-1].get("server_test_accuracy"),
+            "final_test_loss": rounds[-1].get("server_test_loss"),
             "total_bytes": total,
             "total_cost": rounds[-1]["cumulative_cost"],
             "bytes_ratio_to_fp32": total / sum(r["fp32_equivalent_bytes"] for r in rounds),

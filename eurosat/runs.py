@@ -16,7 +16,7 @@ from numbers import Real
 from pathlib import Path
 
 from eurosat.transport import wire_name
-from eurosat.record import FINAL_MODEL_FILE, FINISHED, METRICS_FILE, evaluated, label_of, read_status
+from eurosat.record import FINAL_MODEL_FILE, FINISHED, METRICS_FILE, label_of, read_status
 
 ROUND_NUMBERS = ("round", "elapsed_seconds", "bytes_sent", "bytes_received", "cumulative_mb")
 EVALUATION_NUMBERS = ("server_test_accuracy",)  # present in the rounds the server evaluated
@@ -42,8 +42,10 @@ class Run:
 
     @property
     def final_accuracy(self) -> float | None:
-        rounds = evaluated(self.metrics.get("rounds") or [])
-        return rounds[-1]["server_test_accuracy"] if rounds else None
+        """The test accuracy of the run's last model: None where its last round was not evaluated
+        (an interrupted run under `server-eval-every`), never an earlier model's."""
+        rounds = self.metrics.get("rounds") or []
+        return rounds[-1].get("server_test_accuracy") if rounds else None
 
     @property
     def final_model(self) -> Path | None:

@@ -224,7 +224,7 @@ def test_bad_robustness_options_are_one_line_errors(args, needle, comparison, sm
 
 def test_training_curves_skip_rounds_the_server_did_not_evaluate(tmp_path):
     """`server-eval-every`: rounds without `server_test_accuracy` are read (not skipped as malformed),
-    the final accuracy is the last evaluated round's, and two seeds of fp32 beside an fp16 run draw
+    the final accuracy is the last round's (none where it was not evaluated), and two seeds of fp32 beside an fp16 run draw
     training_comparison.png (mean and band over the seeds)."""
     from eurosat.report import figures
     from eurosat.runs import find_runs
@@ -247,6 +247,11 @@ def test_training_curves_skip_rounds_the_server_did_not_evaluate(tmp_path):
     runs = find_runs(tmp_path, on_skip=lambda path, why: skipped.append(why))
     assert not skipped and len(runs) == 3
     assert [round(r.final_accuracy, 2) for r in runs] == [0.71, 0.71, 0.72]
+    interrupted = json.loads((runs[0].path / "metrics.json").read_text())
+    del interrupted["rounds"][-1]  # interrupted after round 6, which was evaluated
+    assert type(runs[0])(runs[0].path, "interrupted", interrupted).final_accuracy == pytest.approx(0.61)
+    del interrupted["rounds"][-1]  # after round 5, which was not: no accuracy, rather than round 3's
+    assert type(runs[0])(runs[0].path, "interrupted", interrupted).final_accuracy is None
     (name, figure, dpi), = [f for f in figures([], tmp_path) if f[0] == "training_comparison.png"]
     lines = figure.axes[1].get_lines()
     assert [list(line.get_xdata()) for line in lines] == [[1, 3, 6, 7]] * 2  # fp32 (mean of 2 seeds), fp16
