@@ -150,6 +150,11 @@ class RunConfig:
             raise ConfigError(f"wandb-project={self.wandb_project!r} needs wandb: pip install wandb, "
                               "or leave wandb-project empty")
 
+    @property
+    def clients_per_round(self) -> int:
+        """How many of `num-supernodes` clients train in a round (the sampler's own rule)."""
+        return max(int(self.num_supernodes * self.fraction_train), 1)
+
     def lr_schedule_plan(self) -> LrSchedule:
         return LrSchedule(self.lr_schedule, self.lr, self.lr_floor, self.lr_warmup_rounds)
 

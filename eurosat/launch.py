@@ -86,6 +86,18 @@ class Resources:
     client_cpus: int | None = None
     client_gpus: float | None = None
 
+    def for_run(self, cfg: RunConfig) -> tuple[int, int, float]:
+        """(CPUs for Ray, CPUs per client, GPUs per client) of a simulation. The clients of one
+        round share the CPUs: 2 of 10 clients a round on 2 CPUs train side by side on one each
+        (single-threaded clients side by side beat one client on all cores), on a 16-CPU node on 8
+        each, and one client a round gets them all. Clients share the GPUs: 10 on 1 GPU -> 0.1 each."""
+        cpus = self.cpus or int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
+        client_cpus = self.client_cpus or max(1, cpus // cfg.clients_per_round)
+        client_gpus = self.client_gpus
+        if client_gpus is None:
+            client_gpus = min(1.0, self.gpus / cfg.num_supernodes) if self.gpus > 0 else 0.0
+        return cpus, client_cpus, client_gpus
+
     def check(self) -> None:
         for name in ("cpus", "client_cpus"):
             value = getattr(self, name)
@@ -159,11 +171,7 @@ def launch(
     resources.check()
     engine.check()
     cfg, run_dir = prepare(overrides, project, flwr_home, check_data, engine, resume)
-    cpus = resources.cpus or int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
-    client_cpus = resources.client_cpus or 1  # single-threaded clients side by side beat one client on all cores
-    client_gpus = resources.client_gpus
-    if client_gpus is None:  # clients share the GPUs: 10 clients on 1 GPU -> 0.1 each
-        client_gpus = min(1.0, resources.gpus / cfg.num_supernodes) if resources.gpus > 0 else 0.0
+    cpus, client_cpus, client_gpus = resources.for_run(cfg)
     overrides_str = to_override_string({**cfg.to_mapping(), "data": cfg.data, "run-dir": str(run_dir)})
     temp_home = flwr_home is None
     home = Path(flwr_home or tempfile.mkdtemp(prefix="flwr-home-"))

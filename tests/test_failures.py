@@ -196,6 +196,23 @@ def test_data_check_is_cached_per_file(small_data, tmp_path, monkeypatch):
     assert time.perf_counter() - started < 0.5
 
 
+@pytest.mark.parametrize("cpus, overrides, requested, expected", [
+    (2, [], None, 1),                                        # the default job: 2 of 10 clients a round on 2 CPUs
+    (16, [], None, 8),                                       # the same on a 16-CPU node: 8 threads each
+    (16, ["fraction-train=1.0"], None, 1),                   # every client every round
+    (2, ["fraction-train=0.1"], None, 2),                    # one client a round: all the CPUs
+    (16, ["num-supernodes=3 fraction-train=0.5"], None, 16),  # int(1.5) = 1 client a round
+    (16, [], 3, 3),                                          # --client-cpus wins
+])
+def test_the_clients_of_a_round_share_the_cpus(cpus, overrides, requested, expected):
+    from eurosat.config import load_run_config
+    from eurosat.launch import Resources
+
+    cfg = load_run_config(overrides)
+    assert Resources(cpus=cpus, client_cpus=requested).for_run(cfg) == (cpus, expected, 0.0)
+    assert Resources(cpus=cpus, gpus=1.0).for_run(load_run_config(["fraction-train=1.0"]))[2] == 0.1
+
+
 def test_launcher_options_are_checked_up_front(small_data, tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
