@@ -134,7 +134,7 @@ if [ "$ENGINE" = deployment ]; then
         --host 0.0.0.0 --port "\$PORT" --supernodes $SUPERNODES --result-json "$LOG_DIR/$STEM-\$JOB_ID.json"
 fi
 exec python -m eurosat.launch $LAUNCH_CONFIG -c "$OVERRIDES" \\
-    --cpus "\${SLURM_CPUS_PER_TASK:-$CPUS}" --gpus "$GPUS" --client-cpus 1 \\
+    --cpus "\${SLURM_CPUS_PER_TASK:-$CPUS}" --gpus "$GPUS" \\
     --result-json "$LOG_DIR/$STEM-\$JOB_ID.json"
 EOF
 )
