@@ -30,6 +30,12 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 ENGINES = ("simulation", "deployment")  # which Flower engine ran the run (set by the launcher)
 
 
+def sample_size(nodes: int, fraction: float, minimum: int = 1) -> int:
+    """How many of `nodes` clients a round samples at `fraction` (the sampler and the launcher's
+    CPU share both use this rule)."""
+    return max(int(nodes * fraction), minimum)
+
+
 class ConfigError(ValueError):
     """A run-config value that is out of range; the message is one line for the user."""
 
@@ -152,8 +158,8 @@ class RunConfig:
 
     @property
     def clients_per_round(self) -> int:
-        """How many of `num-supernodes` clients train in a round (the sampler's own rule)."""
-        return max(int(self.num_supernodes * self.fraction_train), 1)
+        """How many of `num-supernodes` clients train in a round."""
+        return sample_size(self.num_supernodes, self.fraction_train)
 
     def lr_schedule_plan(self) -> LrSchedule:
         return LrSchedule(self.lr_schedule, self.lr, self.lr_floor, self.lr_warmup_rounds)

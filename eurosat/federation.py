@@ -31,6 +31,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from eurosat.config import sample_size
 from eurosat.link import LINK, ServerLink
 from eurosat.protocol import ARRAYS, CONFIG, EvalReport, Instruction, TrainReport, partition_of, reply_error, weighted
 from eurosat.schedule import LrSchedule, RoundPlanner
@@ -214,7 +215,7 @@ class BudgetedFedAvg(FedAvg):
         seed and `server_round`. Nodes of unknown partition (they never answered the roll call)
         come last, by node ID."""
         nodes = sorted(grid.get_node_ids(), key=lambda n: (self.partitions.get(n, math.inf), n))
-        size = max(int(len(nodes) * fraction), minimum)
+        size = sample_size(len(nodes), fraction, minimum)
         if size >= len(nodes):
             return nodes
         return random.Random(self.seed * 1_000_003 + server_round).sample(nodes, size)
