@@ -1,12 +1,14 @@
-"""Evaluation speed in NCHW vs NHWC (channels_last) for FP32, FP16 and INT8, side by side.
+"""Evaluation speed of FP32, FP16 and INT8: NCHW vs NHWC (channels_last) vs NHWC with the batch
+norms folded, side by side.
 
     .venv/bin/python bench/eval_layout.py CHECKPOINT [--data ../shared/data/eurosat] [--images 1024] [--passes 3]
 
 The checkpoint's FP32 model, its FP16 file's model and its real INT8 model (torch.ao, calibrated on
-1,024 train images) each evaluate the same `--images` real test images in both layouts, in turn,
-`--passes` times; prints images/s per layout (median over passes), the NHWC/NCHW ratio, and
-whether both layouts give the same predictions. `evaluate()` (server evaluation each round,
-`compare_quantizations.py`, the robustness sweep) uses NHWC on this evidence.
+1,024 train images) each evaluate the same `--images` real test images in each form, in turn,
+`--passes` times; prints images/s per form (median over passes), the ratios, and whether every
+form gives the same predictions. `evaluate()` (server evaluation each round,
+`compare_quantizations.py`, the robustness sweep) uses NHWC, folded, on this evidence. INT8 has
+nothing to fold (its convolutions were fused with their batch norms when it was quantized).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from eurosat.data import load_split, resolve_source  # noqa: E402
 from eurosat.quantize import Fp16Config, Fp32Config, Int8StaticConfig, evaluation, quantize  # noqa: E402
 from eurosat.training import evaluate  # noqa: E402
 
-LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
+FORMS = {"NCHW": (torch.contiguous_format, False), "NHWC": (torch.channels_last, False),
+         "NHWC folded": (torch.channels_last, True)}
 
 
 def main() -> int:
@@ -42,20 +45,22 @@ def main() -> int:
     cpu = torch.device("cpu")
     print(f"{len(testset)} real test images, batch 256, {args.passes} passes, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
-    print(f"{'model':<8}{'NCHW img/s':>12}{'NHWC img/s':>12}{'NHWC/NCHW':>11}  same predictions")
+    print(f"{'model':<8}" + "".join(f"{name + ' img/s':>19}" for name in FORMS)
+          + f"{'NHWC/NCHW':>11}{'folded/NHWC':>13}  same predictions")
     for config in (Fp32Config(), Fp16Config(), Int8StaticConfig()):
         model = quantize(load_fp32_net(args.checkpoint), config, calibration)
         loaded = evaluation(model, config, cpu)
-        rates: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+        rates: dict[str, list[float]] = {name: [] for name in FORMS}
         correct = {}
         for _ in range(args.passes):
-            for name, layout in LAYOUTS.items():
-                result = evaluate(loaded.model, testset, 256, cpu, loaded.input_dtype, memory_format=layout)
+            for name, (layout, fold) in FORMS.items():
+                result = evaluate(loaded.model, testset, 256, cpu, loaded.input_dtype, memory_format=layout, fold=fold)
                 rates[name].append(result["num_examples"] / result["seconds"])
                 correct[name] = result["correct"]
-        nchw, nhwc = (statistics.median(rates[n]) for n in LAYOUTS)
-        same = bool((correct["NCHW"] == correct["NHWC"]).all())
-        print(f"{config.name:<8}{nchw:>12.0f}{nhwc:>12.0f}{nhwc / nchw:>10.2f}x  {same}", flush=True)
+        nchw, nhwc, folded = (statistics.median(rates[n]) for n in FORMS)
+        same = all(bool((correct[n] == correct["NCHW"]).all()) for n in FORMS)
+        print(f"{config.name:<8}{nchw:>19.0f}{nhwc:>19.0f}{folded:>19.0f}{nhwc / nchw:>10.2f}x{folded / nhwc:>12.2f}x"
+              f"  {same}", flush=True)
     return 0
 
 

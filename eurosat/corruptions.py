@@ -52,14 +52,25 @@ def _haze(x: torch.Tensor, density: float, _g: torch.Generator) -> torch.Tensor:
     return (1 - density) * x + density * 0.8
 
 
-def _blur(x: torch.Tensor, sigma: float, _g: torch.Generator) -> torch.Tensor:
-    radius = max(1, int(3 * sigma + 0.5))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+def _blur_matrix(n: int, sigma: float) -> torch.Tensor:
+    """The n x n matrix of a 1-D Gaussian blur with reflected edges (as `F.pad(mode="reflect")`):
+    blurring along an axis is one matrix product, much faster on a CPU than a depthwise convolution."""
+    radius = min(max(1, int(3 * sigma + 0.5)), n - 1)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.exp(-t**2 / (2 * sigma**2))
     k = k / k.sum()
-    c = x.shape[1]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    m = torch.zeros(n, n, dtype=torch.float64)
+    for j in range(n):
+        for offset, weight in zip(range(-radius, radius + 1), k.tolist()):
+            i = abs(j + offset)  # reflect at the first pixel ...
+            i = 2 * (n - 1) - i if i > n - 1 else i  # ... and at the last
+            m[j, i] += weight
+    return m.float()
+
+
+def _blur(x: torch.Tensor, sigma: float, _g: torch.Generator) -> torch.Tensor:
+    _, _, h, w = x.shape
+    return _blur_matrix(h, sigma) @ (x @ _blur_matrix(w, sigma).T)
 
 
 def _cloud(x: torch.Tensor, cover: float, g: torch.Generator) -> torch.Tensor:
@@ -100,8 +111,8 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0) -> to
     """`images` (uint8 NCHW, CPU) under corruption `name` at `severity` (1-5); same seed, same result."""
     spec = CORRUPTIONS[name]
     generator = torch.Generator().manual_seed(seed * 1000 + list(CORRUPTIONS).index(name) * 10 + severity)
-    x = spec.apply(images.float() / 255, spec.levels[severity - 1], generator)
-    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+    x = spec.apply(images.float().div_(255), spec.levels[severity - 1], generator)
+    return x.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def parse_corruptions(text: str) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 NUM_CLASSES = 10
 NUM_PARAMETERS = 434_602
@@ -38,6 +39,39 @@ class Net(nn.Module):
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
         return self.fc3(x)
+
+
+class FoldedNet(nn.Module):
+    """A float32 `Net` as inference runs it, 1.6x faster on a CPU with the same predictions
+    (`bench/eval_layout.py`): each batch norm folded into its convolution (float32 arithmetic
+    throughout, logits equal to ~1e-5), and ReLU after max-pooling, which gives the same values
+    (ReLU is monotone, so it commutes with max) on a quarter of the elements. Evaluation only:
+    the folded convolutions are copies, so build it anew from the `Net` for each evaluation, as
+    `training.evaluate` does."""
+
+    def __init__(self, net: Net) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(fuse_conv_bn_eval(conv, bn) for conv, bn in
+                                   ((net.conv1, net.bn1), (net.conv2, net.bn2), (net.conv3, net.bn3)))
+        self.pool = net.pool
+        self.fcs = nn.ModuleList((net.fc1, net.fc2, net.fc3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = F.relu(self.pool(conv(x)))
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fcs[0](x))
+        x = F.relu(self.fcs[1](x))
+        return self.fcs[2](x)
+
+
+def for_inference(model: nn.Module) -> nn.Module:
+    """The form of `model` that evaluation runs: a float32 `Net` in eval mode is folded
+    (`FoldedNet`); every other model (quantized, QAT, float16 on a GPU) runs as it is, since
+    folding would change what its arithmetic computes."""
+    if type(model) is Net and not model.training and all(p.dtype == torch.float32 for p in model.parameters()):
+        return FoldedNet(model)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -19,6 +19,7 @@ from torch import nn
 
 from eurosat.augment import augmenter
 from eurosat.data import TensorData
+from eurosat.model import for_inference
 from eurosat.schedule import LrSchedule, Span
 
 log = logging.getLogger(__name__)
@@ -178,17 +179,18 @@ def train(
 def evaluate(
     model: nn.Module, data: TensorData, batch_size: int = 256, device: torch.device | str = "cpu",
     input_dtype: torch.dtype = torch.float32, plan: ComputePlan | None = None, progress: str | None = None,
-    memory_format: torch.memory_format = torch.channels_last,
+    memory_format: torch.memory_format = torch.channels_last, fold: bool = True,
 ) -> dict[str, object]:
     """Loss, accuracy, confusion matrix (rows = true class), per-image correctness (in data order,
     for paired comparisons) and timing over all of `data`.
 
     `progress` names a progress bar on stderr; `seconds` covers the forward passes only. Images go
     in as NHWC (`memory_format`), as in training: oneDNN's and fbgemm's convolutions run faster on
-    it, and the model's layout follows (`bench/eval_layout.py`).
+    it, and the model's layout follows. A float32 `Net` runs with its batch norms folded
+    (`model.for_inference`; `fold=False` runs it as trained); `bench/eval_layout.py` measures both.
     """
-    model.to(device).eval()
-    model.to(memory_format=memory_format)
+    model = model.to(device).eval()
+    model = (for_inference(model) if fold else model).to(memory_format=memory_format)
     criterion = nn.CrossEntropyLoss(reduction="sum")
     confusion: torch.Tensor | None = None  # classes x classes, sized by the model's output
     total_loss = 0.0

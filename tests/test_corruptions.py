@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from eurosat.corruptions import CORRUPTIONS, SEVERITIES, corrupt, parse_corruptions, parse_severities
 from eurosat.data import load_split, resolve_source
@@ -61,3 +62,19 @@ def test_parsing_names_and_severities():
             parse_severities(bad)
     with pytest.raises(ValueError, match="allowed: gaussian_noise"):
         parse_corruptions("rain")
+
+
+@pytest.mark.parametrize("severity", SEVERITIES)
+def test_blur_is_the_documented_gaussian_with_reflected_edges(chips, severity):
+    """Reference: a separable depthwise convolution over a reflect-padded image, rounded to uint8."""
+    sigma = CORRUPTIONS["blur"].levels[severity - 1]
+    radius = max(1, int(3 * sigma + 0.5))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-t**2 / (2 * sigma**2))
+    k = (k / k.sum()).repeat(3, 1, 1, 1)
+    x = chips.images.float() / 255
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k.view(3, 1, 1, -1), groups=3)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.view(3, 1, -1, 1), groups=3)
+    expected = (x * 255).round().clamp(0, 255).to(torch.uint8)
+    diff = (corrupt(chips.images, "blur", severity).int() - expected.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3  # summation order only, at .5 boundaries
