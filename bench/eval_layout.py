@@ -6,7 +6,8 @@ norms folded, side by side.
 The checkpoint's FP32 model, its FP16 file's model and its real INT8 model (torch.ao, calibrated on
 1,024 train images) each evaluate the same `--images` real test images in each form, in turn,
 `--passes` times; prints images/s per form (median over passes), the ratios, and whether every
-form gives the same predictions. `evaluate()` (server evaluation each round,
+form gives the same predictions; then the folded convolutions alone, the ceiling of any float32
+evaluation of this `Net` on the machine. `evaluate()` (server evaluation each round,
 `compare_quantizations.py`, the robustness sweep) uses NHWC, folded, on this evidence. INT8 has
 nothing to fold (its convolutions were fused with their batch norms when it was quantized).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -25,11 +27,30 @@ sys.path.insert(0, str(ROOT))
 
 from eurosat.compare import load_fp32_net  # noqa: E402
 from eurosat.data import load_split, resolve_source  # noqa: E402
+from eurosat.model import FoldedNet  # noqa: E402
 from eurosat.quantize import Fp16Config, Fp32Config, Int8StaticConfig, evaluation, quantize  # noqa: E402
 from eurosat.training import evaluate  # noqa: E402
 
 FORMS = {"NCHW": (torch.contiguous_format, False), "NHWC": (torch.channels_last, False),
          "NHWC folded": (torch.channels_last, True)}
+CONV_INPUTS = ((3, 64, 64), (32, 30, 30), (64, 13, 13))  # what each of Net's convolutions sees
+
+
+@torch.inference_mode()
+def convolutions_alone(net: torch.nn.Module, passes: int, batch: int = 256) -> float:
+    """Images/s of the three folded NHWC convolutions by themselves (no pooling, ReLU or Linear):
+    a ceiling for any float32 evaluation of this Net on this machine."""
+    convs = FoldedNet(net.eval()).to(memory_format=torch.channels_last).convs
+    inputs = [torch.rand(batch, *shape).contiguous(memory_format=torch.channels_last) for shape in CONV_INPUTS]
+    for conv, x in zip(convs, inputs):
+        conv(x)  # first-call set-up
+    times = []
+    for _ in range(passes):
+        start = time.perf_counter()
+        for conv, x in zip(convs, inputs):
+            conv(x)
+        times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
 
 
 def main() -> int:
@@ -61,6 +82,9 @@ def main() -> int:
         same = all(bool((correct[n] == correct["NCHW"]).all()) for n in FORMS)
         print(f"{config.name:<8}{nchw:>19.0f}{nhwc:>19.0f}{folded:>19.0f}{nhwc / nchw:>10.2f}x{folded / nhwc:>12.2f}x"
               f"  {same}", flush=True)
+    ceiling = convolutions_alone(load_fp32_net(args.checkpoint), max(args.passes, 5))
+    print(f"fp32 convolutions alone (folded, NHWC, batch 256): {ceiling:.0f} img/s, the ceiling of float32 "
+          "evaluation here")
     return 0
 
 

@@ -201,20 +201,21 @@ class BudgetedFedAvg(FedAvg):
         self.global_state = {k: v.numpy() for k, v in arrays.items()}
         fp32 = FP32.encode(self.global_state, quiet=True).count_bytes()
         self.stats = RoundStats(fp32_record_bytes=fp32)
-        nodes = self.sample(grid, server_round, self.fraction_train, self.min_train_nodes)
-        log.info("round %d: training %d of %d clients", server_round, len(nodes), len(list(grid.get_node_ids())))
+        connected = list(grid.get_node_ids())
+        nodes = self.sample(connected, server_round, self.fraction_train, self.min_train_nodes)
+        log.info("round %d: training %d of %d clients", server_round, len(nodes), len(connected))
         return self._encoded(nodes, config, MessageType.TRAIN, self.global_state)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Evaluation messages carry the model in the transport format too, and count as traffic."""
-        nodes = self.sample(grid, server_round, self.fraction_evaluate, self.min_evaluate_nodes)
+        nodes = self.sample(list(grid.get_node_ids()), server_round, self.fraction_evaluate, self.min_evaluate_nodes)
         return self._encoded(nodes, config, MessageType.EVALUATE, {k: v.numpy() for k, v in arrays.items()})
 
-    def sample(self, grid: Grid, server_round: int, fraction: float, minimum: int) -> list[int]:
+    def sample(self, connected: Iterable[int], server_round: int, fraction: float, minimum: int) -> list[int]:
         """`fraction` of the connected nodes (at least `minimum`), drawn by partition with the run
         seed and `server_round`. Nodes of unknown partition (they never answered the roll call)
         come last, by node ID."""
-        nodes = sorted(grid.get_node_ids(), key=lambda n: (self.partitions.get(n, math.inf), n))
+        nodes = sorted(connected, key=lambda n: (self.partitions.get(n, math.inf), n))
         size = sample_size(len(nodes), fraction, minimum)
         if size >= len(nodes):
             return nodes
