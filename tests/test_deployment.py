@@ -67,21 +67,6 @@ def _no_process_left(home: str, timeout: float = 60) -> None:
     assert not _processes(home), {p: a[:3] for p, (a, _) in _processes(home).items()}
 
 
-def test_loopback_federation_end_to_end(small_data, tmp_path):
-    proc = launch(["--engine", "deployment", "--supernodes", "3", "-c",
-                   f"num-server-rounds=2 fraction-train=1.0 time-limit-min=0 data='{small_data}' output-dir='{tmp_path}'"], timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run_dir = run_dir_of(proc)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["config"]["engine"] == "deployment" and metrics["summary"]["engine"] == "deployment"
-    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
-    assert all(r["clients_asked"] == 3 and r["clients"] == 3 for r in metrics["rounds"])
-    assert metrics["summary"]["final_test_accuracy"] > 0.15
-    Net().load_state_dict(torch.load(run_dir / "final_model.pt", weights_only=True))
-    assert {"superlink.log", "supernode-0.log", "supernode-2.log"} <= {p.name for p in (run_dir / "deployment").iterdir()}
-    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
-
-
 @pytest.mark.long  # waits out a round timeout
 def test_a_killed_supernode_is_named_and_rejoins_after_a_restart(tiny_data, tmp_path):
     """SuperNode 1 is killed during round 2: the round completes with the other two and names it.
@@ -204,13 +189,22 @@ def _certificates(folder: Path) -> Path:
     return folder
 
 
-def test_tls_federation_on_loopback(tiny_data, tmp_path):
+def test_tls_federation_on_loopback_end_to_end(small_data, tmp_path):
+    """Three SuperNodes and a SuperLink over TLS, two rounds: the whole run and its files. (The
+    insecure transport completes a run in the resume test below.)"""
     certs = _certificates(tmp_path / "certs")
-    proc = launch(["--engine", "deployment", "--supernodes", "2", "--certificates", str(certs), "-c",
-                   f"num-server-rounds=1 fraction-train=1.0 time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path / 'out'}'"],
+    proc = launch(["--engine", "deployment", "--supernodes", "3", "--certificates", str(certs), "-c",
+                   f"num-server-rounds=2 fraction-train=1.0 time-limit-min=0 data='{small_data}' output-dir='{tmp_path / 'out'}'"],
                   timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = run_dir_of(proc)
-    assert json.loads((run_dir / "metrics.json").read_text())["rounds"][0]["clients"] == 2
-    bad = launch(["--engine", "deployment", "--certificates", str(tmp_path), "-c", f"data='{tiny_data}'"], timeout=60)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["config"]["engine"] == "deployment" and metrics["summary"]["engine"] == "deployment"
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    assert all(r["clients_asked"] == 3 and r["clients"] == 3 for r in metrics["rounds"])
+    assert metrics["summary"]["final_test_accuracy"] > 0.15
+    Net().load_state_dict(torch.load(run_dir / "final_model.pt", weights_only=True))
+    assert {"superlink.log", "supernode-0.log", "supernode-2.log"} <= {p.name for p in (run_dir / "deployment").iterdir()}
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+    bad = launch(["--engine", "deployment", "--certificates", str(tmp_path), "-c", f"data='{small_data}'"], timeout=60)
     assert bad.returncode == 2 and "missing ca.crt" in bad.stderr

@@ -8,7 +8,7 @@ artifacts are written, in-process, so all presets stay cheap enough for every CI
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import DEVICE, FP16_COMPUTE, ROOT
 
 from eurosat import task
 from eurosat.config import load_run_config
@@ -35,10 +35,12 @@ def test_preset_trains_and_saves(preset, small_data, tmp_path, monkeypatch):
     received = codec.decode(codec.encode(to_numpy(task.make_model(cfg).state_dict())))
     delta, report = task.client_update(cfg, received, 0, cfg.num_supernodes)
     partition = 100  # 1,200 slice images / 12 supernodes; a preset may hold out a local test part
-    assert report.train_images == partition - round(partition * cfg.local_test_fraction) and report.compute.split("@")[0] in ("float32", "bfloat16")
+    assert report.train_images == partition - round(partition * cfg.local_test_fraction)
+    assert report.compute.startswith(f"{FP16_COMPUTE if cfg.precision == 'fp16' else 'float32'}@{DEVICE}"), report.compute
     state = {k: received[k] + delta[k] for k in received}
     extra = task.save_artifacts(cfg, tmp_path, state)
     assert (tmp_path / "final_model_fp32.pt").exists()
+    assert (tmp_path / "model_fp16.pt").exists() == (cfg.precision == "fp16")
     if cfg.weight_bits < 32 or cfg.precision == "int8":
         bits = 8 if cfg.precision == "int8" else cfg.weight_bits
         model, _ = load(tmp_path / f"final_model_{bits}bit.pt", expect=PackedConfig)

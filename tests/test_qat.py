@@ -110,7 +110,7 @@ def test_quantized_training_runs_store_real_low_bit_models(qat_runs, override, b
         assert summary["stop_reason"] == "time_limit" and metrics["rounds"][0]["server_test_accuracy"] >= 0
 
 
-@pytest.mark.slow
+@pytest.mark.long  # a second path to what test_presets (fp16's compute) and the end-to-end runs (Flower's records) cover
 def test_fp16_records_the_dtype_that_really_ran(tiny_data, tmp_path):
     # float16 on CUDA; bfloat16 on a CPU (one local epoch: emulated and slow on CPUs without bf16 instructions)
     run_dir, metrics = _run(tiny_data, tmp_path, 'precision="fp16" local-epochs=1')
