@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flwr-home", type=Path, help="FLWR_HOME for this run, kept [a fresh temp folder, removed]")
     parser.add_argument("--cpus", type=int, help="CPUs Ray may use [$SLURM_CPUS_PER_TASK or all]")
     parser.add_argument("--gpus", type=float, default=0.0, help="GPUs Ray may use [0]")
-    parser.add_argument("--client-cpus", type=int, help="CPUs per client [1: --cpus clients train side by side]")
+    parser.add_argument("--client-cpus", type=int, help="CPUs per client [--cpus / clients a round, at least 1: the round's clients share the CPUs]")
     parser.add_argument("--client-gpus", type=float, help="GPUs per client [--gpus / num-supernodes, at most 1]")
     parser.add_argument("--project", type=Path, default=PROJECT_DIR, help="the Flower app folder [%(default)s]")
     parser.add_argument("--skip-data-check", action="store_true",

@@ -197,10 +197,10 @@ def test_data_check_is_cached_per_file(small_data, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("cpus, overrides, requested, expected", [
-    (2, [], None, 1),                                        # the default job: 2 of 10 clients a round on 2 CPUs
-    (16, [], None, 8),                                       # the same on a 16-CPU node: 8 threads each
+    (2, [], None, 2),                                        # the default job: one client a round, all the CPUs
+    (2, ["fraction-train=0.2"], None, 1),                    # 2 of 10 clients a round on 2 CPUs: one each
+    (16, ["fraction-train=0.2"], None, 8),                   # the same on a 16-CPU node: 8 threads each
     (16, ["fraction-train=1.0"], None, 1),                   # every client every round
-    (2, ["fraction-train=0.1"], None, 2),                    # one client a round: all the CPUs
     (16, ["num-supernodes=3 fraction-train=0.5"], None, 16),  # int(1.5) = 1 client a round
     (16, [], 3, 3),                                          # --client-cpus wins
 ])
