@@ -42,7 +42,7 @@ class Net(nn.Module):
 
 
 class FoldedNet(nn.Module):
-    """A float32 `Net` as inference runs it, 1.6x faster on a CPU with the same predictions
+    """A float32 `Net` as inference runs it, 1.4-1.6x faster on a CPU with the same predictions
     (`bench/eval_layout.py`): each batch norm folded into its convolution (float32 arithmetic
     throughout, logits equal to ~1e-5), and ReLU after max-pooling, which gives the same values
     (ReLU is monotone, so it commutes with max) on a quarter of the elements. Evaluation only:
