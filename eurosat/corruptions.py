@@ -111,7 +111,7 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0) -> to
     """`images` (uint8 NCHW, CPU) under corruption `name` at `severity` (1-5); same seed, same result."""
     spec = CORRUPTIONS[name]
     generator = torch.Generator().manual_seed(seed * 1000 + list(CORRUPTIONS).index(name) * 10 + severity)
-    x = spec.apply(images.float().div_(255), spec.levels[severity - 1], generator)
+    x = spec.apply(images.float() / 255, spec.levels[severity - 1], generator)  # a copy: never the caller's tensor
     return x.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
