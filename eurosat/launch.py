@@ -88,9 +88,9 @@ class Resources:
 
     def for_run(self, cfg: RunConfig) -> tuple[int, int, float]:
         """(CPUs for Ray, CPUs per client, GPUs per client) of a simulation. The clients of one
-        round share the CPUs: 2 of 10 clients a round on 2 CPUs train side by side on one each
-        (single-threaded clients side by side beat one client on all cores), on a 16-CPU node on 8
-        each, and one client a round gets them all. Clients share the GPUs: 10 on 1 GPU -> 0.1 each."""
+        round share the CPUs: one client a round (the default) gets them all, 2 of 10 a round on 2
+        CPUs train side by side on one each, on a 16-CPU node on 8 each. Clients share the GPUs:
+        10 on 1 GPU -> 0.1 each."""
         cpus = self.cpus or int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
         client_cpus = self.client_cpus or max(1, cpus // cfg.clients_per_round)
         client_gpus = self.client_gpus
