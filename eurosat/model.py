@@ -16,7 +16,7 @@ NUM_PARAMETERS = 434_602
 
 
 class Net(nn.Module):
-    """conv(3→32,k5)-bn-pool, conv(32→64,k5)-bn-pool, conv(64→96,k3)-bn-pool, fc 2400→128→128→10."""
+    """conv(3→32,k5)-bn-relu-pool, conv(32→64,k5)-bn-relu-pool, conv(64→96,k3)-bn-relu-pool, fc 2400→128→128→10."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,9 +32,12 @@ class Net(nn.Module):
         self.fc3 = nn.Linear(128, NUM_CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.relu(self.bn1(self.conv1(x))))
-        x = self.pool(F.relu(self.bn2(self.conv2(x))))
-        x = self.pool(F.relu(self.bn3(self.conv3(x))))
+        # ReLU after max-pooling: the same values and gradients as pool(relu(.)) (ReLU is
+        # monotone, so it commutes with max) on a quarter of the elements, ~5 % faster training
+        # steps on a CPU (README "Time per training step").
+        x = F.relu(self.pool(self.bn1(self.conv1(x))))
+        x = F.relu(self.pool(self.bn2(self.conv2(x))))
+        x = F.relu(self.pool(self.bn3(self.conv3(x))))
         x = torch.flatten(x, 1)
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))

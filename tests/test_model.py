@@ -67,3 +67,26 @@ def test_evaluation_folded_or_not_gives_the_same_predictions(small_data):
     assert folded["confusion_matrix"] == plain["confusion_matrix"]
     assert abs(folded["loss"] - plain["loss"]) < 1e-4
     assert net.bn1.running_var.min() >= 0.2, "the evaluated Net itself is unchanged"
+
+
+def test_relu_after_pooling_trains_exactly_as_the_original_order():
+    """`Net.forward` pools before ReLU; the original code did ReLU first. Same outputs, same gradients."""
+    import torch.nn.functional as F
+
+    def original(net: Net, x: torch.Tensor) -> torch.Tensor:
+        for conv, bn in ((net.conv1, net.bn1), (net.conv2, net.bn2), (net.conv3, net.bn3)):
+            x = net.pool(F.relu(bn(conv(x))))
+        x = F.relu(net.fc1(torch.flatten(x, 1)))
+        return net.fc3(F.relu(net.fc2(x)))
+
+    torch.manual_seed(0)
+    net = Net().train()
+    x, y = torch.randn(8, 3, 64, 64), torch.randint(0, 10, (8,))
+    grads = []
+    for forward in (net, lambda x: original(net, x)):
+        net.zero_grad()
+        logits = forward(x)
+        F.cross_entropy(logits, y).backward()
+        grads.append([logits.detach()] + [p.grad.clone() for p in net.parameters()])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
