@@ -217,17 +217,19 @@ def launch(
         mark_failed(run_dir, f"DeploymentError: {exc}")
         code = EXIT_CODES["failed"]
     finally:
-        stop_run(token)
+        stop_run(token)  # before the marker is read: a ServerApp still alive would rewrite it
         watchdog.terminate()
         shutil.rmtree(staging, ignore_errors=True)
         if temp_home:
             shutil.rmtree(home, ignore_errors=True)
-    return code, run_dir
+    return (finish(run_dir) if code is None else code), run_dir
 
 
 def _run(command: list[str], env: dict[str, str], project: Path, run_dir: Path, token: str,
-         federation: deployment.Federation | None) -> int:
-    """`flwr run` until it ends, the SuperLink dies (deployment: the run fails), or a signal stops it."""
+         federation: deployment.Federation | None) -> int | None:
+    """`flwr run` until it ends, the SuperLink dies (deployment: the run fails), or a signal stops it.
+    The exit status where this decides it; None where the run's own marker does (`finish`, read
+    once the run's processes are stopped)."""
     proc = subprocess.Popen(command, env=env, cwd=project)
 
     def on_term(signum: int, _frame) -> None:
@@ -263,8 +265,7 @@ def _run(command: list[str], env: dict[str, str], project: Path, run_dir: Path, 
             signal.signal(s, handler)
     if federation_broke():  # `flwr run` can end before the loop above sees the SuperLink gone
         return EXIT_CODES["failed"]
-    stop_run(token)  # first: a ServerApp still alive would rewrite the status after it is read
-    return finish(run_dir)
+    return None
 
 
 def finish(run_dir: Path) -> int:

@@ -45,25 +45,57 @@ def _copy_slice(small_data: Path, dst: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_two_launches_in_the_same_second_get_their_own_folders_and_the_same_result(tiny_data, tmp_path):
-    """Side by side, the same config: their own folders; and, sampling 2 of 4 clients a round,
-    the same partitions in every round and the same model bit for bit (node IDs are random in
-    every run; the sample is drawn by partition with the seed)."""
-    config = ["-c", f"num-server-rounds=2 num-supernodes=4 fraction-train=0.5 local-epochs=1 "
-                    f"data='{tiny_data}' output-dir='{tmp_path}'"]
-    results = [tmp_path / "a.json", tmp_path / "b.json"]
-    procs = [_launcher(config, r) for r in results]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
-    dirs = [Path(json.loads(r.read_text())["run_dir"]) for r in results]
-    assert dirs[0] != dirs[1] and dirs[0].parent == dirs[1].parent  # same second, own folders (-2 suffix)
-    for d in dirs:
-        assert json.loads((d / "status.json").read_text())["state"] == "completed"
-        assert json.loads((d / "metrics.json").read_text())["run_dir"] == str(d)
-    sampled = [[r["partitions"] for r in json.loads((d / "metrics.json").read_text())["rounds"]] for d in dirs]
-    assert sampled[0] == sampled[1] and [len(p) for p in sampled[0]] == [2, 2], sampled
-    models = [torch.load(d / "final_model.pt", weights_only=True) for d in dirs]
-    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+def test_two_launches_in_the_same_second_keep_apart_and_kill_9_stops_only_its_own(tiny_data, tmp_path):
+    """Side by side, the same recipe: their own folders (same second: the -2 suffix) and, sampling
+    2 of 4 clients a round, the same partitions and the same results round by round (node IDs are
+    random in every run; the sample is drawn by partition with the seed; a constant learning rate,
+    so the round count changes nothing). Then `kill -9` of the long run's launcher: its watchdog
+    takes that federation down, closes the run as interrupted with its model, and the other run
+    completes untouched."""
+    common = (f"num-supernodes=4 fraction-train=0.5 local-epochs=1 lr-schedule='constant' server-eval-every=1 "
+              f"time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path}'")
+    results = [tmp_path / "short.json", tmp_path / "long.json"]
+    logs = [open(tmp_path / "short.log", "w"), open(tmp_path / "long.log", "w")]
+    short, long_ = (_launcher(["-c", f"num-server-rounds={n} {common}"], r, log)
+                    for n, r, log in zip((2, 200), results, logs))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (results[1].exists() and
+                                               (Path(json.loads(results[1].read_text())["run_dir"]) / "checkpoint.pt").exists()):
+        time.sleep(1)
+    live = json.loads(results[1].read_text())  # written when the run starts: run folder, FLWR_HOME
+    killed, home = Path(live["run_dir"]), live["flwr_home"]
+    assert live["state"] == "running" and (killed / "checkpoint.pt").exists(), "no round completed in time"
+    assert _processes_with(f"FLWR_HOME={home}"), "the federation should be running"
+    os.kill(long_.pid, signal.SIGKILL)
+    long_.wait()
+    deadline = time.monotonic() + 60
+    while _processes_with(f"FLWR_HOME={home}") and time.monotonic() < deadline:
+        time.sleep(1)
+    survivors = {p: _cmdline(p) for p in _processes_with(f"FLWR_HOME={home}")}
+    assert not survivors, f"processes of the run survived the launcher: {survivors}"
+    for _ in range(30):  # the watchdog closes the run just after stopping it (the ServerApp, losing
+        # its clients, may record "failed" first; the watchdog's "interrupted" replaces it), then
+        # removes the temporary FLWR_HOME
+        if json.loads((killed / "status.json").read_text())["state"] == "interrupted" and not Path(home).exists():
+            break
+        time.sleep(1)
+    status = json.loads((killed / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["stop_reason"] == "launcher killed"
+    Net().load_state_dict(torch.load(killed / "final_model.pt", weights_only=True))  # the files survive
+    assert not Path(home).exists()
+
+    assert short.wait(timeout=600) == 0, (tmp_path / "short.log").read_text()[-2000:]
+    for log in logs:
+        log.close()
+    done = Path(json.loads(results[0].read_text())["run_dir"])
+    assert done != killed and done.parent == killed.parent  # same second, own folders (-2 suffix)
+    assert json.loads((done / "status.json").read_text())["state"] == "completed"
+    assert json.loads((done / "metrics.json").read_text())["run_dir"] == str(done)
+    rounds = [json.loads((d / "metrics.json").read_text())["rounds"] for d in (done, killed)]
+    assert len(rounds[0]) == 2 and len(rounds[1]) >= 1
+    for a, b in zip(*rounds):  # every round both completed: the same clients, the same model
+        assert a["partitions"] == b["partitions"] and len(a["partitions"]) == 2
+        assert (a["server_test_loss"], a["client_train_loss"]) == (b["server_test_loss"], b["client_train_loss"])
 
 
 def test_an_explicit_run_dir_that_holds_a_run_is_refused(e2e_run):
@@ -120,39 +152,6 @@ def _processes_with(needle: str) -> list[int]:
         except OSError:
             continue
     return [p for p in found if p != os.getpid()]
-
-
-@pytest.mark.slow
-def test_kill_9_of_the_launcher_takes_the_federation_with_it(tiny_data, tmp_path):
-    result = tmp_path / "result.json"
-    log = open(tmp_path / "launcher.log", "w")
-    proc = _launcher(["-c", f"num-server-rounds=200 num-supernodes=2 local-epochs=1 time-limit-min=0 "
-                            f"data='{tiny_data}' output-dir='{tmp_path}'"], result, log)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (result.exists() and
-                                               (Path(json.loads(result.read_text())["run_dir"]) / "checkpoint.pt").exists()):
-        time.sleep(1)
-    live = json.loads(result.read_text())  # written when the run starts: run folder, FLWR_HOME
-    run_dir, home = Path(live["run_dir"]), live["flwr_home"]
-    assert live["state"] == "running" and (run_dir / "checkpoint.pt").exists(), "no round completed in time"
-    assert _processes_with(f"FLWR_HOME={home}"), "the federation should be running"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    log.close()
-    deadline = time.monotonic() + 60
-    while _processes_with(f"FLWR_HOME={home}") and time.monotonic() < deadline:
-        time.sleep(1)
-    survivors = {p: _cmdline(p) for p in _processes_with(f"FLWR_HOME={home}")}
-    assert not survivors, f"processes of the run survived the launcher: {survivors}"
-    for _ in range(30):  # the watchdog closes the run just after stopping it (the ServerApp, losing
-        # its clients, may record "failed" first; the watchdog's "interrupted" replaces it)
-        if json.loads((run_dir / "status.json").read_text())["state"] == "interrupted":
-            break
-        time.sleep(1)
-    status = json.loads((run_dir / "status.json").read_text())
-    assert status["state"] == "interrupted" and status["stop_reason"] == "launcher killed"
-    Net().load_state_dict(torch.load(run_dir / "final_model.pt", weights_only=True))  # the files survive
-    assert not Path(home).exists()
 
 
 def test_bad_data_is_refused_before_anything_starts(small_data, tmp_path, monkeypatch):

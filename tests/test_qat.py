@@ -1,6 +1,7 @@
 """Quantization-aware training: fake quantization, packed storage, and real 1-round runs."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
@@ -76,12 +77,15 @@ TIME_LIMITED = "num-server-rounds=5 time-limit-min=0.05"
 
 @pytest.fixture(scope="module")
 def qat_runs(small_data, tiny_data, tmp_path_factory):
-    """Two real 1-round runs in one output root (the sweep table and figures read it). The int8
-    run learns on the small slice (its INT8 model must beat chance); the bit-width runs check files
-    and codes, which the 300-image slice shows as well."""
+    """Two real 1-round runs in one output root (the sweep table and figures read it), side by side
+    (half of a run's time is start-up and waiting, which overlaps). The int8 run learns on the
+    small slice (its INT8 model must beat chance); the bit-width runs check files and codes, which
+    the 300-image slice shows as well."""
     root = tmp_path_factory.mktemp("qat-outputs")
-    return root, {override: _run(small_data, root, override) if bits == 8 else _run(tiny_data, root, override, TIME_LIMITED)
-                  for override, bits in QAT_RUNS}
+    with ThreadPoolExecutor(len(QAT_RUNS)) as pool:
+        runs = {override: pool.submit(_run, small_data, root, override) if bits == 8 else
+                pool.submit(_run, tiny_data, root, override, TIME_LIMITED) for override, bits in QAT_RUNS}
+        return root, {override: run.result() for override, run in runs.items()}
 
 
 @pytest.mark.parametrize("override, bits", QAT_RUNS)
