@@ -128,18 +128,21 @@ def test_a_killed_superlink_fails_the_run_and_leaves_nothing(tiny_data, tmp_path
 
 
 def test_an_interrupted_run_resumes_in_its_folder(tiny_data, tmp_path):
-    """Stopped after its second round (of many: rounds take seconds here), resumed with a new round
-    count: the same folder, the rounds appended, each with its attempt, the schedule continued."""
+    """On the Deployment Engine without TLS (2 SuperNodes): stopped after its second round (of
+    many: rounds take seconds here), resumed with a new round count: the same folder, the rounds
+    appended, each with its attempt, the schedule continued; no process of either attempt left."""
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
-    proc = _start(["-c", f"num-server-rounds=40 time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path}'"],
+    engine = ["--engine", "deployment", "--supernodes", "2"]
+    proc = _start([*engine, "-c", f"num-server-rounds=40 time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path}'"],
                   result, log)
-    run_dir, _ = _live(result, rounds=2)
+    run_dir, home = _live(result, rounds=2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143
+    _no_process_left(home)
     done = len(json.loads((run_dir / "metrics.json").read_text())["rounds"])
     assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
     total = done + 2
-    resumed = launch(["--resume", str(run_dir), "-c", f"num-server-rounds={total}"], timeout=900)
+    resumed = launch([*engine, "--resume", str(run_dir), "-c", f"num-server-rounds={total}"], timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert run_dir_of(resumed) == run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -154,6 +157,7 @@ def test_an_interrupted_run_resumes_in_its_folder(tiny_data, tmp_path):
     assert evaluated == sorted({1, done + 1, total} | set(range(3, total + 1, 3)))
     assert metrics["summary"]["final_test_accuracy"] == metrics["rounds"][-1]["server_test_accuracy"]
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+    assert metrics["config"]["engine"] == "deployment" and (run_dir / "deployment" / "superlink.log").exists()
     refused = launch(["--resume", str(run_dir)], timeout=120)
     assert refused.returncode == 2 and "only a failed or interrupted run can be resumed" in refused.stderr
 
@@ -190,8 +194,8 @@ def _certificates(folder: Path) -> Path:
 
 
 def test_tls_federation_on_loopback_end_to_end(small_data, tmp_path):
-    """Three SuperNodes and a SuperLink over TLS, two rounds: the whole run and its files. (The
-    insecure transport completes a run in the resume test below.)"""
+    """Three SuperNodes and a SuperLink over TLS, two rounds: the whole run and its files. (Without
+    TLS, a run is stopped and resumed in the resume test below.)"""
     certs = _certificates(tmp_path / "certs")
     proc = launch(["--engine", "deployment", "--supernodes", "3", "--certificates", str(certs), "-c",
                    f"num-server-rounds=2 fraction-train=1.0 time-limit-min=0 data='{small_data}' output-dir='{tmp_path / 'out'}'"],
