@@ -46,9 +46,9 @@ class Net(nn.Module):
 
 class FoldedNet(nn.Module):
     """A float32 `Net` as inference runs it, 1.4-1.6x faster on a CPU with the same predictions
-    (`bench/eval_layout.py`): each batch norm folded into its convolution (float32 arithmetic
-    throughout, logits equal to ~1e-5), and ReLU after max-pooling, which gives the same values
-    (ReLU is monotone, so it commutes with max) on a quarter of the elements. Evaluation only:
+    (`bench/eval_layout.py`, measured against the original ReLU-before-pooling order): each batch
+    norm folded into its convolution (float32 arithmetic throughout, logits equal to ~1e-5), ReLU
+    after max-pooling as in `Net.forward`. Evaluation only:
     the folded convolutions are copies, so build it anew from the `Net` for each evaluation, as
     `training.evaluate` does."""
 
