@@ -26,6 +26,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -47,6 +48,16 @@ FIRST_ROUND_MIN_S = 600.0  # the first round always runs: a cold start, or emula
 # sampled as of unknown partition (last, by node ID) and asked again next round: a hung node must
 # not hold every round's roll call for the round's whole timeout before the training even starts.
 ROLL_CALL_MAX_S = 120.0
+
+
+
+class RoundEnd(NamedTuple):
+    """How a round ended (`TimeBudget.finish_round`): its training seconds, the server's
+    evaluation ({} when none was due) and the seconds it took, and whether the run stops here."""
+    seconds: float
+    evaluation: Mapping[str, float]
+    eval_seconds: float | None
+    last: bool
 
 
 class TimeBudget:
@@ -94,17 +105,16 @@ class TimeBudget:
         self.rounds.append(seconds)
         return seconds
 
-    def finish_round(self, num_rounds: int, evaluate: Callable[[], Mapping[str, float]]
-                     ) -> tuple[float, Mapping[str, float], bool]:
+    def finish_round(self, num_rounds: int, evaluate: Callable[[], Mapping[str, float]]) -> RoundEnd:
         """End the round's training clock, run the server's evaluation if it is due (the first
         round, every `eval_every`-th, and the last, so the final model is always evaluated), and
-        say whether this is the last round. Returns (training seconds, evaluation or {}, last)."""
+        say whether this is the last round."""
         seconds = self.end_round()
         result = self._timed(evaluate) if self.due(self.current_round) else {}
         last = self.current_round == num_rounds or not self.allows_another_round()
         if last and not result:
             result = self._timed(evaluate)
-        return seconds, result, last
+        return RoundEnd(seconds, result, self.evaluations[-1] if result else None, last)
 
     def _timed(self, evaluate: Callable[[], Mapping[str, float]]) -> Mapping[str, float]:
         started = self.clock()
@@ -353,7 +363,8 @@ class BudgetedFedAvg(FedAvg):
                 client_eval = {f"client_eval_{k}": v for k, v in weighted(reports, ("loss", "accuracy")).items()}
                 failures += [dict(f, phase="evaluate") for f in evaluation.failures]
             state = {k: v.numpy() for k, v in arrays.items()}
-            seconds, server, last = budget.finish_round(num_rounds, lambda: evaluate_fn(state))
+            end = budget.finish_round(num_rounds, lambda: evaluate_fn(state))
+            server = end.evaluation
             wire = self.stats.sent_bytes + self.stats.received_bytes
             cumulative += wire
             fp32_equivalent = self.stats.fp32_record_bytes * (self.stats.clients + self.stats.messages_sent)
@@ -370,8 +381,8 @@ class BudgetedFedAvg(FedAvg):
                 "partitions": list(self.stats.partitions),
                 "client_failures": failures,
                 "client_compute": list(self.stats.compute),
-                "round_seconds": round(seconds + (budget.evaluations[-1] if server else 0.0), 3),
-                **({"server_eval_seconds": round(budget.evaluations[-1], 3)} if server else {}),
+                "round_seconds": round(end.seconds + (end.eval_seconds or 0.0), 3),
+                **({"server_eval_seconds": round(end.eval_seconds, 3)} if end.eval_seconds is not None else {}),
                 "train_phase_seconds": round(train_phase, 3),
                 "elapsed_seconds": round(budget.elapsed(), 3),
                 "bytes_sent": self.stats.sent_bytes,
@@ -385,7 +396,7 @@ class BudgetedFedAvg(FedAvg):
                      f"test acc {server['accuracy']:.4f}" if server else "not evaluated", train_metrics["lr_last"],
                      record["round_seconds"], wire / MB, f", {len(failures)} client failure(s)" if failures else "")
             on_round(record, state)
-            if last and rnd < num_rounds:
+            if end.last and rnd < num_rounds:
                 return Outcome(state, rnd, "time_limit", True, failures_total)
         return Outcome(state, num_rounds, "num_server_rounds", False, failures_total)
 

@@ -36,8 +36,7 @@ def run_rounds(schedule, num_rounds, limit_s, lengths, startup=5.0, eval_s=0.0, 
         budget.start_round(rnd)
         spans.append(planner.span(rnd))
         clock.now += lengths[(rnd - 1) % len(lengths)]
-        _, _, last = budget.finish_round(num_rounds, evaluate)
-        if last:
+        if budget.finish_round(num_rounds, evaluate).last:
             break
     if limit_s is not None:
         assert clock.now <= limit_s, "the run, its last evaluation included, overran the budget"
