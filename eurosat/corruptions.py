@@ -18,6 +18,7 @@ of levels, severity 1 (mild) to 5 (severe), in the spirit of ImageNet-C; pixel v
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,9 +53,11 @@ def _haze(x: torch.Tensor, density: float, _g: torch.Generator) -> torch.Tensor:
     return (1 - density) * x + density * 0.8
 
 
+@functools.lru_cache(maxsize=16)
 def _blur_matrix(n: int, sigma: float) -> torch.Tensor:
     """The n x n matrix of a 1-D Gaussian blur with reflected edges (as `F.pad(mode="reflect")`):
-    blurring along an axis is one matrix product, much faster on a CPU than a depthwise convolution."""
+    blurring along an axis is one matrix product, much faster on a CPU than a depthwise convolution.
+    Cached (one per chip side and severity) and never written to: callers only multiply by it."""
     radius = min(max(1, int(3 * sigma + 0.5)), n - 1)
     t = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.exp(-t**2 / (2 * sigma**2))
