@@ -18,7 +18,7 @@
 #   --output-dir DIR   output root for the runs and the search for the best FP32 model [outputs/]
 #   --local            run the jobs one after another here, without Slurm
 #   every other option (--partition, --account, --cpus, --mem, --gpu, --gpus, --venv, --data,
-#   --margin, --signal-lead, --set) is passed on to submit_job.sh; see ./submit_job.sh --help
+#   --margin, --slurm-minutes, --signal-lead, --set) is passed on to submit_job.sh; see ./submit_job.sh --help
 #   -h, --help
 set -euo pipefail
 PROJECT=$(cd "$(dirname "$0")" && pwd)
@@ -52,6 +52,10 @@ for ((i = 0; i < ${#PASS[@]}; i++)); do [ "${PASS[$i]}" = --venv ] && VENV=${PAS
 PY="$VENV/bin/python"
 mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd)
 PASS+=(--set "output-dir='$OUT_DIR'")
+# Every job's arguments and run config are checked before the first one starts or is submitted.
+for p in "${PRESETS[@]}"; do
+    "$PROJECT/submit_job.sh" --check $([ "$LOCAL" = 1 ] && echo --local) "${PASS[@]+"${PASS[@]}"}" "$p" "$ROUNDS" "$MINUTES" || exit 2
+done
 LOG_DIR=${EUROSAT_LOG_DIR:-$PROJECT/logs}
 STARTED=$(date +%s)
 

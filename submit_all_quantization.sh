@@ -11,7 +11,7 @@
 #   --bits LIST    comma-separated widths [32,16,8,4,2,1]
 #   --local        run the jobs one after another here, without Slurm
 #   every other option (--gpu, --gpus, --partition, --account, --cpus, --mem, --venv, --data, --margin,
-#   --signal-lead, --set) is passed on to submit_job.sh; see ./submit_job.sh --help
+#   --slurm-minutes, --signal-lead, --set) is passed on to submit_job.sh; see ./submit_job.sh --help
 #   -h, --help
 set -euo pipefail
 PROJECT=$(cd "$(dirname "$0")" && pwd)
@@ -35,6 +35,10 @@ positive --minutes "$MINUTES"
 IFS=, read -r -a WIDTHS <<<"$BITS"
 for b in "${WIDTHS[@]}"; do [ -f "$PROJECT/configs/bits-$b.toml" ] || die "no preset for $b-bit weights (allowed: 32,16,8,4,2,1)"; done
 [ "$LOCAL" = 1 ] || need_sbatch
+# Every job's arguments and run config are checked before the first one starts or is submitted.
+for b in "${WIDTHS[@]}"; do
+    "$PROJECT/submit_job.sh" --check $([ "$LOCAL" = 1 ] && echo --local) --job-name "quant-${b}bit" "${PASS[@]+"${PASS[@]}"}" "bits-$b" "$ROUNDS" "$MINUTES" || exit 2
+done
 
 status=0
 for b in "${WIDTHS[@]}"; do

@@ -27,6 +27,8 @@
 #                        --gpus one GPU; the federation has N x K clients
 #   --resume RUN_DIR     continue that failed or interrupted run (same folder, a fresh time budget)
 #   --print-id           print only the job id (for scripts)
+#   --check              validate the arguments and the run config, then exit 0 without running or
+#                        submitting anything (the wrapper scripts check every job before the first)
 #   [EUROSAT_LOG_DIR]    log folder [logs/]
 #   -h, --help
 #
@@ -37,7 +39,7 @@ set -euo pipefail
 PROJECT=$(cd "$(dirname "$0")" && pwd)
 source "$PROJECT/eurosat/jobs.sh"
 
-LOCAL=0 PRINT_ID=0 JOB_NAME="" SLURM_MINUTES="" SETS=() NODES=1 PER_NODE="" RESUME=""
+LOCAL=0 PRINT_ID=0 CHECK=0 JOB_NAME="" SLURM_MINUTES="" SETS=() NODES=1 PER_NODE="" RESUME=""
 PARTITION=${SLURM_PARTITION:-} ACCOUNT=${SLURM_ACCOUNT:-}
 CPUS=${EUROSAT_CPUS:-4} MEM=${EUROSAT_MEM:-16G} GPUS=${EUROSAT_GPUS:-0}
 VENV=${EUROSAT_VENV:-$PROJECT/.venv} DATA=${EUROSAT_DATA:-}
@@ -48,6 +50,7 @@ while [ $# -gt 0 ]; do
         -h|--help) usage; exit 0 ;;
         --local) LOCAL=1 ;;
         --print-id) PRINT_ID=1 ;;
+        --check) CHECK=1 ;;
         --gpu) GPUS=1 ;;
         --partition|--account|--cpus|--mem|--gpus|--venv|--data|--job-name|--margin|--slurm-minutes|--signal-lead|--set|--nodes|--clients-per-node|--resume)
             [ $# -ge 2 ] || die "$1 needs a value"
@@ -106,6 +109,8 @@ if [ "$NODES" -gt 1 ] || [ -n "$PER_NODE" ]; then  # the Deployment Engine acros
 else
     ENGINE=simulation
 fi
+[ "$LOCAL" = 1 ] || [ "$CHECK" = 1 ] || need_sbatch
+[ "$CHECK" = 0 ] || exit 0
 if [ -n "$RESUME" ]; then LAUNCH_CONFIG="--resume '$RESUME'"; else LAUNCH_CONFIG="-c '$CONFIG'"; fi
 LOG_DIR=${EUROSAT_LOG_DIR:-$PROJECT/logs}
 mkdir -p "$LOG_DIR"
@@ -153,7 +158,6 @@ if [ "$LOCAL" = 1 ]; then
     exit $code
 fi
 
-need_sbatch
 SLURM_TIME=${SLURM_MINUTES:-$((MINUTES + MARGIN))}
 ARGS=(--parsable --job-name "$JOB_NAME" --time "$SLURM_TIME" --cpus-per-task "$CPUS" --mem "$MEM"
       --signal "B:TERM@$LEAD" --output "$LOG_DIR/$STEM-%j.out" --error "$LOG_DIR/$STEM-%j.err")

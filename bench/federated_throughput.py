@@ -50,7 +50,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "eurosat"))
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--client-cpus", type=int, help="CPUs per simulated client [1]")
+    parser.add_argument("--client-cpus", type=int, help="CPUs per simulated client [the launcher's share: --cpus ÷ clients a round]")
     parser.add_argument("--gpus", type=float, default=0.0, help="GPUs for the federated run (and the plain loop "
                         "runs on CUDA) [0]")
     parser.add_argument("--client-gpus", type=float, help="GPUs per client [--gpus / clients]")

@@ -8,7 +8,7 @@ need_sbatch() { command -v sbatch >/dev/null || die "sbatch not found: no Slurm 
 
 # The options the wrapper scripts hand on to submit_job.sh unchanged.
 PASS_FLAGS=" --gpu "
-PASS_VALUED=" --partition --account --cpus --mem --gpus --venv --data --margin --signal-lead --set "
+PASS_VALUED=" --partition --account --cpus --mem --gpus --venv --data --margin --slurm-minutes --signal-lead --set "
 
 # pass_on "$@": if $1 is one of those options, append it (with its value) to the array PASS and set
 # TAKEN to the number of words used; otherwise TAKEN=0.

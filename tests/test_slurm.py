@@ -83,6 +83,16 @@ def test_bad_arguments_fail_before_anything_is_submitted(job_env):
         assert not logs.exists() or not any(logs.iterdir())
     proc = sh(ROOT / "submit_job.sh", "fp32", "10", "1", env={**env, "PATH": str(path_without_sbatch(logs.parent))})
     assert proc.returncode == 2 and "sbatch not found" in proc.stderr and "--local" in proc.stderr, proc.stderr
+    # The wrappers check every job's options (handed on to submit_job.sh) before the first job starts,
+    # also in --local mode, where each job would otherwise run and fail in turn.
+    for script, args, needle in [("run_comparison.sh", ["--slurm-minutes", "0"], "--slurm-minutes must be a positive"),
+                                 ("run_comparison.sh", ["--set", "lr=-1"], "lr"),
+                                 ("submit_all_quantization.sh", ["--cpus", "x"], "--cpus must be a whole number")]:
+        proc = sh(ROOT / script, "--local", "--minutes", "1", "--rounds", "1", *args, env=env)
+        assert proc.returncode == 2 and needle in proc.stderr, (script, args, proc.stderr)
+        assert "training" not in proc.stdout, proc.stdout
+        assert not logs.exists() or not any(logs.iterdir())
+    assert sh(ROOT / "submit_job.sh", "--check", "fp32", "10", "1", env=env).returncode == 0
 
 
 def path_without_sbatch(tmp: Path) -> Path:
