@@ -45,17 +45,24 @@ positive --poll "$POLL"
 TIMEOUT=${TIMEOUT:-$((MINUTES + 30))}
 positive --timeout "$TIMEOUT"
 IFS=, read -r -a PRESETS <<<"$PRECISIONS"
-for p in "${PRESETS[@]}"; do [ -f "$PROJECT/configs/$p.toml" ] || die "unknown precision '$p'"; done
+[ ${#PRESETS[@]} -gt 0 ] || die "--precisions is empty"
+declare -A SEEN
+for p in "${PRESETS[@]}"; do
+    [ -f "$PROJECT/configs/$p.toml" ] || die "unknown precision '$p'"
+    [ -z "${SEEN[$p]:-}" ] || die "--precisions names $p twice"; SEEN[$p]=1
+done
 [ "$LOCAL" = 1 ] || need_sbatch
 VENV=${EUROSAT_VENV:-$PROJECT/.venv}
 for ((i = 0; i < ${#PASS[@]}; i++)); do [ "${PASS[$i]}" = --venv ] && VENV=${PASS[$((i + 1))]}; done
 PY="$VENV/bin/python"
-mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd)
+OUT_DIR=$(realpath -m -- "$OUT_DIR")
+[[ "$OUT_DIR" != *[\'\"\\]* ]] || die "--output-dir $OUT_DIR: quotes and backslashes in the path are not supported"
 PASS+=(--set "output-dir='$OUT_DIR'")
 # Every job's arguments and run config are checked before the first one starts or is submitted.
 for p in "${PRESETS[@]}"; do
     "$PROJECT/submit_job.sh" --check $([ "$LOCAL" = 1 ] && echo --local) "${PASS[@]+"${PASS[@]}"}" "$p" "$ROUNDS" "$MINUTES" || exit 2
 done
+mkdir -p "$OUT_DIR" 2>/dev/null && [ -w "$OUT_DIR" ] || die "--output-dir $OUT_DIR: cannot create or write this folder"
 LOG_DIR=${EUROSAT_LOG_DIR:-$PROJECT/logs}
 STARTED=$(date +%s)
 

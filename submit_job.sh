@@ -80,14 +80,17 @@ else
 fi
 positive --nodes "$NODES"
 [ -z "$PER_NODE" ] || positive --clients-per-node "$PER_NODE"
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
-[[ "$MINUTES" =~ ^[1-9][0-9]*$ ]] || die "MINUTES must be a positive whole number of minutes, got '$MINUTES'"
-for n in CPUS MARGIN LEAD; do [[ "${!n}" =~ ^[0-9]+$ ]] || die "--${n,,} must be a whole number, got '${!n}'"; done
-[[ "$GPUS" =~ ^[0-9]+$ ]] || die "--gpus must be a whole number, got '$GPUS'"
-[ -z "$SLURM_MINUTES" ] || [[ "$SLURM_MINUTES" =~ ^[1-9][0-9]*$ ]] || die "--slurm-minutes must be a positive integer"
+# (at most 7 digits: bash's arithmetic must not overflow into a negative Slurm --time)
+[[ "$ROUNDS" =~ ^[1-9][0-9]{0,6}$ ]] || die "ROUNDS must be a positive integer (at most 7 digits), got '$ROUNDS'"
+[[ "$MINUTES" =~ ^[1-9][0-9]{0,6}$ ]] || die "MINUTES must be a positive whole number of minutes (at most 7 digits), got '$MINUTES'"
+[[ "$CPUS" =~ ^[1-9][0-9]{0,4}$ ]] || die "--cpus must be a positive whole number, got '$CPUS'"
+for n in MARGIN LEAD; do [[ "${!n}" =~ ^[0-9]{1,6}$ ]] || die "--${n,,} must be a whole number, got '${!n}'"; done
+[[ "$GPUS" =~ ^[0-9]{1,4}$ ]] || die "--gpus must be a whole number, got '$GPUS'"
+[ -z "$SLURM_MINUTES" ] || [[ "$SLURM_MINUTES" =~ ^[1-9][0-9]{0,6}$ ]] || die "--slurm-minutes must be a positive integer"
 [ -x "$VENV/bin/python" ] || die "no Python environment at $VENV (run ./setup.sh, or pass --venv / EUROSAT_VENV)"
 if [ -n "$DATA" ]; then [ -d "$DATA" ] || die "data folder $DATA does not exist"; DATA=$(cd "$DATA" && pwd); fi
 JOB_NAME=${JOB_NAME:-fl-$PRESET}
+[[ "$JOB_NAME" =~ ^[A-Za-z0-9._-]+$ ]] || die "--job-name may hold only letters, digits, '.', '_' and '-', got '$JOB_NAME'"
 STEM="$JOB_NAME-r$ROUNDS-t${MINUTES}m"
 # Validate the whole run config now: a bad value must fail before anything is submitted.
 OVERRIDES="num-server-rounds=$ROUNDS time-limit-min=$MINUTES ${SETS[*]:-}"
@@ -96,7 +99,9 @@ import sys
 from eurosat.config import ConfigError, load_run_config
 from eurosat.record import RunDirError, resumable_config
 try:
-    base = resumable_config(sys.argv[1]) if sys.argv[1] else [sys.argv[2]]
+    from pathlib import Path
+    from eurosat.config import to_override_string
+    base = [to_override_string(resumable_config(Path(sys.argv[1])))] if sys.argv[1] else [sys.argv[2]]
     print(load_run_config(base + sys.argv[3:]).num_supernodes)
 except (ConfigError, RunDirError) as exc:
     sys.exit(f"error: {exc}")' "$RESUME" "${CONFIG:-}" "$OVERRIDES") || exit 2
@@ -111,36 +116,40 @@ else
 fi
 [ "$LOCAL" = 1 ] || [ "$CHECK" = 1 ] || need_sbatch
 [ "$CHECK" = 0 ] || exit 0
-if [ -n "$RESUME" ]; then LAUNCH_CONFIG="--resume '$RESUME'"; else LAUNCH_CONFIG="-c '$CONFIG'"; fi
 LOG_DIR=${EUROSAT_LOG_DIR:-$PROJECT/logs}
-mkdir -p "$LOG_DIR"
+mkdir -p "$LOG_DIR" || die "cannot create the log folder $LOG_DIR"
+# Every value the job script holds is shell-quoted (printf %q): a path or run-config value with
+# spaces, quotes or \$(...) stays one literal argument and is never run as code.
+q() { printf %q "$1"; }
+if [ -n "$RESUME" ]; then LAUNCH_CONFIG="--resume $(q "$RESUME")"; else LAUNCH_CONFIG="-c $(q "$CONFIG")"; fi
+Q_LOG=$(q "$LOG_DIR/$STEM")
 
 # The job itself: exec makes the launcher the batch shell, so Slurm's SIGTERM (--signal=B:TERM)
 # reaches the process that marks the run interrupted and saves the last completed round.
 JOB_SCRIPT=$(cat <<EOF
 #!/usr/bin/env bash
 set -euo pipefail
-cd "$PROJECT"
-source "$VENV/bin/activate"
-${DATA:+export EUROSAT_DATA="$DATA"}
+cd $(q "$PROJECT")
+source $(q "$VENV/bin/activate")
+${DATA:+export EUROSAT_DATA=$(q "$DATA")}
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 JOB_ID=\${SLURM_JOB_ID:-local-\$(date +%Y%m%d-%H%M%S)}
-echo "job \$JOB_ID on \$(hostname): $PRESET, at most $ROUNDS rounds / $MINUTES min, \${SLURM_CPUS_PER_TASK:-$CPUS} CPUs, $GPUS GPUs, $ENGINE"
+echo "job \$JOB_ID on \$(hostname): "$(q "$PRESET")", at most $ROUNDS rounds / $MINUTES min, \${SLURM_CPUS_PER_TASK:-$CPUS} CPUs, $GPUS GPUs, $ENGINE"
 if [ "$ENGINE" = deployment ]; then
     # The SuperLink and the ServerApp run here, on the first node, listening on all its addresses;
     # srun starts one SuperNode per task on every node (partition = SLURM_PROCID of SLURM_NTASKS).
     HOST=\$(hostname -I 2>/dev/null | awk '{print \$1}'); HOST=\${HOST:-127.0.0.1}
     PORT=\$(python -c 'from eurosat.deployment import free_port; print(free_port("0.0.0.0"))')
     srun --nodes $NODES --ntasks-per-node $PER_NODE --cpus-per-task $CPUS $([ "$GPUS" -gt 0 ] && echo --gres=gpu:1) \\
-        --output "$LOG_DIR/$STEM-\$JOB_ID-supernode-%t.log" bash -c 'exec flower-supernode --insecure \\
+        --output $Q_LOG-"\$JOB_ID"-supernode-%t.log bash -c 'exec flower-supernode --insecure \\
             --superlink '\$HOST:\$PORT' --port \$(python -c "from eurosat.deployment import free_port; print(free_port())") \\
             --node-config "partition-id=\$SLURM_PROCID num-partitions=\$SLURM_NTASKS"' &
-    exec python -m eurosat.launch $LAUNCH_CONFIG -c "$OVERRIDES" --engine deployment --external-supernodes \\
-        --host 0.0.0.0 --port "\$PORT" --supernodes $SUPERNODES --result-json "$LOG_DIR/$STEM-\$JOB_ID.json"
+    exec python -m eurosat.launch $LAUNCH_CONFIG -c $(q "$OVERRIDES") --engine deployment --external-supernodes \\
+        --host 0.0.0.0 --port "\$PORT" --supernodes $SUPERNODES --result-json $Q_LOG-"\$JOB_ID".json
 fi
-exec python -m eurosat.launch $LAUNCH_CONFIG -c "$OVERRIDES" \\
+exec python -m eurosat.launch $LAUNCH_CONFIG -c $(q "$OVERRIDES") \\
     --cpus "\${SLURM_CPUS_PER_TASK:-$CPUS}" --gpus "$GPUS" \\
-    --result-json "$LOG_DIR/$STEM-\$JOB_ID.json"
+    --result-json $Q_LOG-"\$JOB_ID".json
 EOF
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -87,12 +88,56 @@ def test_bad_arguments_fail_before_anything_is_submitted(job_env):
     # also in --local mode, where each job would otherwise run and fail in turn.
     for script, args, needle in [("run_comparison.sh", ["--slurm-minutes", "0"], "--slurm-minutes must be a positive"),
                                  ("run_comparison.sh", ["--set", "lr=-1"], "lr"),
-                                 ("submit_all_quantization.sh", ["--cpus", "x"], "--cpus must be a whole number")]:
+                                 ("run_comparison.sh", ["--precisions", "fp32,fp32"], "names fp32 twice"),
+                                 ("run_comparison.sh", ["--output-dir", str(ROOT / "README.md")], "cannot create or write"),
+                                 ("submit_all_quantization.sh", ["--cpus", "0"], "--cpus must be a positive whole number")]:
         proc = sh(ROOT / script, "--local", "--minutes", "1", "--rounds", "1", *args, env=env)
         assert proc.returncode == 2 and needle in proc.stderr, (script, args, proc.stderr)
         assert "training" not in proc.stdout, proc.stdout
         assert not logs.exists() or not any(logs.iterdir())
     assert sh(ROOT / "submit_job.sh", "--check", "fp32", "10", "1", env=env).returncode == 0
+
+
+def test_job_values_are_quoted_never_run_and_resume_is_checked(job_env, tmp_path):
+    """Whatever a user passes reaches the launcher as one literal argument: a `--set` value holding
+    `$(...)` is not run (the job script is built but not started: `--check`, then Slurm with a
+    fake `sbatch` that only keeps the script), a job name that is not a plain word is refused,
+    and `--resume` checks the run folder (one with a quote and a space in its name) before submitting."""
+    from eurosat.config import project_defaults
+
+    env, logs, _ = job_env
+    marker = tmp_path / "ran"
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "sbatch").write_text(f"#!/bin/sh\ncat > {tmp_path / 'job.sh'}\necho 7\n")
+    (fake / "sbatch").chmod(0o755)
+    env = {**env, "PATH": f"{fake}:{os.environ['PATH']}"}
+    value = f'run-dir="$(touch {marker})"'
+    proc = sh(ROOT / "submit_job.sh", "--print-id", "--set", value, "fp32", "5", "5", env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "7", proc.stderr
+    script = (tmp_path / "job.sh").read_text()
+    # the launcher's line splits back into exactly the words the user meant (shlex: POSIX shell rules)
+    line = next(l for l in script.splitlines() if l.startswith("exec python -m eurosat.launch"))
+    words = shlex.split(line.rstrip(" \\"))
+    assert words[words.index("-c", 5) + 1] == f"num-server-rounds=5 time-limit-min=5 {value}", words
+    assert not marker.exists()
+    proc = sh(ROOT / "submit_job.sh", "--job-name", f'x"$(touch {marker})"', "fp32", "5", "5", env=env)
+    assert proc.returncode == 2 and "--job-name may hold only" in proc.stderr and not marker.exists()
+
+    run = tmp_path / "it's a run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"config": project_defaults(ROOT)}))
+    (run / "checkpoint.pt").write_bytes(b"")
+    (run / "status.json").write_text(json.dumps({"state": "completed"}))
+    proc = sh(ROOT / "submit_job.sh", "--check", "--resume", run, "5", "5", env=env)
+    assert proc.returncode == 2 and "the run is completed" in proc.stderr, proc.stderr
+    (run / "status.json").write_text(json.dumps({"state": "interrupted"}))
+    assert sh(ROOT / "submit_job.sh", "--check", "--resume", run, "5", "5", env=env).returncode == 0
+    proc = sh(ROOT / "submit_job.sh", "--resume", run, "5", "5", env=env)
+    assert proc.returncode == 0, proc.stderr
+    line = next(l for l in (tmp_path / "job.sh").read_text().splitlines() if l.startswith("exec python -m eurosat.launch"))
+    words = shlex.split(line.rstrip(" \\"))
+    assert words[words.index("--resume") + 1] == str(run), words
 
 
 def path_without_sbatch(tmp: Path) -> Path:
