@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -137,9 +138,11 @@ class RunConfig:
             raise ConfigError(f"round-timeout-s: must be >= 0 (0 = what is left of the budget), got {self.round_timeout_s}")
         if self.dirichlet_alpha <= 0:
             raise ConfigError(f"dirichlet-alpha: must be > 0, got {self.dirichlet_alpha}")
-        for key in ("num_server_rounds", "num_supernodes", "local_epochs", "batch_size", "server_eval_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key.replace('_', '-')}: must be >= 1, got {getattr(self, key)}")
+        for key, most in INT_LIMITS.items():
+            if not 1 <= getattr(self, key) <= most:
+                raise ConfigError(f"{key.replace('_', '-')}: must be in [1, {most}], got {getattr(self, key)}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed: must be in [0, 2^32 - 1] (what numpy and torch accept), got {self.seed}")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
         if self.cost_per_mb < 0:
@@ -217,15 +220,24 @@ def _choice(key: str, value: object, allowed: tuple) -> None:
         raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
 
 
+# Upper bounds of the count keys: far above any real run, low enough that a typo (1e30) is caught.
+INT_LIMITS = {"num_server_rounds": 1_000_000, "num_supernodes": 100_000, "local_epochs": 10_000,
+              "batch_size": 1_000_000, "server_eval_every": 1_000_000}
+
+
 def _coerce(key: str, value: object, kind: object) -> object:
+    """A run-config value as its field's type; a value of another kind is an error, never cast
+    (`batch-size=true` is not 1, `data=[1, 2]` is not a path)."""
     kind = kind if isinstance(kind, str) else kind.__name__
     try:
+        if isinstance(value, (list, dict, tuple)) or (isinstance(value, bool) and kind != "bool"):
+            raise TypeError
         if kind == "bool":
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false"):
-                    raise ValueError
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
                 return value.lower() == "true"
-            return bool(value)
+            raise ValueError
         if kind == "int":
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
@@ -247,12 +259,29 @@ def project_defaults(project: Path = PROJECT_DIR) -> dict[str, object]:
         return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
 
 
+_PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")  # flwr's own k=v pattern (flwr.common.config)
+
+
+def override_pairs(override: str) -> list[tuple[str, str]]:
+    """The key=value pairs of one `--run-config` string, as Flower reads them. Flower drops any text
+    that is not a pair (`num-server-rounds 5`, the rest of `'it's'`) without a word; here it is an error."""
+    pairs = _PAIR.findall(override)
+    rest = _PAIR.sub(" ", override).split()
+    if not pairs or rest:
+        what = f"cannot read {' '.join(rest)!r} in it" if pairs else "expected a .toml file or key=value pairs"
+        raise ConfigError(f"--run-config {override!r}: {what} (key=value, a value with spaces or "
+                          "an apostrophe in double quotes: key=\"it's a b\")")
+    return pairs
+
+
 def load_run_config(overrides: list[str] | None = None, project: Path = PROJECT_DIR) -> RunConfig:
     """Defaults + `--run-config` overrides (TOML files or "k=v k=v" strings), as `flwr run` merges them."""
     from flwr.common.config import parse_config_args
 
     values = project_defaults(project)
     for item in overrides or []:  # flwr takes one TOML file *or* k=v strings; merge both, in order
+        if not item.endswith(".toml"):
+            override_pairs(item)
         try:
             values.update(parse_config_args([item]))
         except Exception as exc:  # noqa: BLE001 - flwr raises several types for unreadable overrides

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -34,7 +33,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from eurosat import deployment, fab
-from eurosat.config import ENGINES, PROJECT_DIR, PROJECT_ENV, ConfigError, RunConfig, load_run_config, to_override_string
+from eurosat.config import ENGINES, PROJECT_DIR, PROJECT_ENV, ConfigError, RunConfig, load_run_config, override_pairs, to_override_string
 from eurosat.data import DataError, resolve_source
 from eurosat.datacheck import check_source
 from eurosat.paths import OutputPathError, check_output_dir, check_output_file
@@ -44,9 +43,6 @@ from eurosat.record import (BAD_INPUT_EXIT, EXIT_CODES, METRICS_FILE, STATUS_FIL
                             mark_interrupted, new_run_dir, read_status, resumable_config, write_launch_result)
 
 INPUT_ERRORS = (ConfigError, DataError, OutputPathError, RunDirError)
-_PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")  # flwr's own k=v pattern (flwr.common.config)
-
-
 class Interrupted(Exception):
     """SIGTERM/SIGINT arrived; the run is already stopped and marked."""
 
@@ -62,9 +58,7 @@ def quote_strings(override: str) -> str:
     users do not type them. TOML files and quoted values pass unchanged."""
     if override.endswith(".toml"):
         return override
-    pairs = _PAIR.findall(override)
-    if not pairs:
-        raise ConfigError(f"--run-config {override!r}: expected a .toml file or key=value pairs")
+    pairs = override_pairs(override)
     kinds = {f.name.replace("_", "-"): f.type for f in fields(RunConfig)}
 
     def value(key: str, raw: str) -> str:

@@ -41,11 +41,19 @@ def test_config_files_load():
     ("momentum=1.0", r"momentum: must be in \[0, 1\)"),
     ("min-clients-fraction=0.0", r"min-clients-fraction: must be in \(0, 1\]"),
     ("round-timeout-s=-5", r"round-timeout-s: must be >= 0"),
-    ("server-eval-every=0", r"server-eval-every: must be >= 1, got 0"),
+    ("server-eval-every=0", r"server-eval-every: must be in \[1, 1000000\], got 0"),
     ("server-eval-every=1.5", r"server-eval-every: expected int"),
     ("lr=nan", r"lr: expected a finite number, got nan"),
     ("time-limit-min=inf", r"time-limit-min: expected a finite number, got inf"),
     ("num-server-rounds=inf", r"num-server-rounds: expected int, got inf"),
+    ("batch-size=true", r"batch-size: expected int, got True"),
+    ("batch-size=1e30", r"batch-size: must be in \[1, 1000000\]"),
+    ("lr=true", r"lr: expected float, got True"),
+    ("resume=1", r"resume: expected bool, got 1"),
+    ("seed=-1", r"seed: must be in \[0, 2\^32 - 1\]"),
+    ("seed=4294967296", r"seed: must be in \[0, 2\^32 - 1\]"),
+    ("lr=0.1 num-server-rounds 5", r"cannot read 'num-server-rounds 5' in it"),
+    ("output-dir='/tmp/it's out'", r"cannot read \"s out'\" in it"),
 ])
 def test_bad_values_are_one_line_errors(override, message):
     with pytest.raises(ConfigError, match=message) as info:
