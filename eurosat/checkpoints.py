@@ -62,10 +62,14 @@ def state_dict_of(obj: Any, path: str | Path, finite: bool = True) -> dict[str, 
     """`load_state_dict` for an object already loaded from `path` (named in errors)."""
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if (not isinstance(obj, Mapping) or not obj or not all(isinstance(k, str) for k in obj)
+            or not all(isinstance(v, torch.Tensor) for v in obj.values())):
         raise CheckpointError(f"{path}: not a state dict (expected a mapping of names to tensors)")
-    if finite:
-        bad = [k for k, v in obj.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    complex_ = [k for k, v in obj.items() if v.is_complex()]
+    if complex_:
+        raise CheckpointError(f"{path}: {len(complex_)} tensor(s) are complex (first: {complex_[0]}); a model holds real numbers")
+    if finite:  # as float32, the precision every tool computes in: a float64 1e300 is Inf there
+        bad = [k for k, v in obj.items() if v.is_floating_point() and not bool(torch.isfinite(v.float()).all())]
         if bad:
             raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or Inf values (first: {bad[0]}); "
                                   "a diverged model cannot be quantized or compared")
@@ -76,6 +80,11 @@ def net_from_state(state: Mapping[str, torch.Tensor], path: str | Path) -> Net:
     """A `Net` holding `state` (from `path`, named in the error); another architecture is a
     one-line CheckpointError, not PyTorch's list of every mismatched key."""
     net = Net()
+    for name, target in net.state_dict().items():
+        given = state.get(name)
+        if isinstance(given, torch.Tensor) and target.is_floating_point() and not given.is_floating_point():
+            raise CheckpointError(f"{path}: {name} holds {str(given.dtype).removeprefix('torch.')} values; "
+                                  "a trained Net's weights are floating point")
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

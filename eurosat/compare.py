@@ -8,6 +8,7 @@ in (FP16 on a CPU is float16 storage computed in float32).
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -58,8 +59,11 @@ class CompareOptions:
 def load_fp32_net(path: Path) -> torch.nn.Module:
     """A trained FP32 `Net` from a plain state dict; anything else is a one-line CheckpointError."""
     obj = load_checkpoint(path)
-    if isinstance(obj, dict) and not isinstance(read(obj, path)[1], Fp32Config):
-        raise CheckpointError(f"{path}: is an already-quantized model file; give the FP32 checkpoint")
+    if isinstance(obj, dict):
+        state, config = read(obj, path)  # our own model_fp32.pt carries a header: read it off
+        if not isinstance(config, Fp32Config):
+            raise CheckpointError(f"{path}: is an already-quantized model file; give the FP32 checkpoint")
+        obj = state if "state_dict" not in obj else obj
     return net_from_state(state_dict_of(obj, path), path).eval()
 
 
@@ -138,12 +142,23 @@ def check_inputs(checkpoint: Path, opts: CompareOptions) -> None:
     unknown = [p for p in opts.precisions if p not in CONFIGS]
     if unknown:
         raise ValueError(f"--precisions: unknown {', '.join(unknown)}; allowed: {', '.join(CONFIGS)}")
-    for flag in ("clients", "rounds", "calibration_samples", "batch_size"):
-        if getattr(opts, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')}: must be >= 1")
-    if opts.cost_per_mb < 0:
-        raise ValueError("--cost-per-mb: must be >= 0")
-    if opts.device.startswith("cuda") and not torch.cuda.is_available():
+    repeated = sorted({p for p in opts.precisions if opts.precisions.count(p) > 1})
+    if repeated:
+        raise ValueError(f"--precisions: {', '.join(repeated)} named twice")
+    for flag, most in (("clients", 10**6), ("rounds", 10**6), ("calibration_samples", 10**6), ("batch_size", 65536)):
+        if not 1 <= getattr(opts, flag) <= most:
+            raise ValueError(f"--{flag.replace('_', '-')}: must be in [1, {most}], got {getattr(opts, flag)}")
+    if not (math.isfinite(opts.cost_per_mb) and opts.cost_per_mb >= 0):
+        raise ValueError(f"--cost-per-mb: must be a finite number >= 0, got {opts.cost_per_mb}")
+    if not 0 <= opts.seed < 2**63:
+        raise ValueError(f"--seed: must be in [0, 2^63 - 1], got {opts.seed}")
+    try:
+        device = torch.device(opts.device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {opts.device}: not a device (cpu, cuda, cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {opts.device}: only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {opts.device}: CUDA is not available")
     load_fp32_net(checkpoint)
     check_output_dir(opts.out_dir, "--out-dir")
@@ -194,7 +209,8 @@ def compare(checkpoint: Path, opts: CompareOptions) -> dict:
         "data": source.name,
         "test_data": {"source": test_source.name, "split": opts.test_split},
         "test_samples": len(testset),
-        "calibration": {"source": source.name, "split": opts.calibration_split, "samples": opts.calibration_samples}
+        "calibration": {"source": source.name, "split": opts.calibration_split, "samples": sum(len(b) for b in calibration),
+                        "samples_asked": opts.calibration_samples}
         if calibration else None,
         "device": str(device),
         "timestamp": datetime.now().astimezone().isoformat(timespec="seconds"),

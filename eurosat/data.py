@@ -197,6 +197,19 @@ def load_client_data(
     return _cached(("client", source, partition_id, num_partitions, partitioner, alpha, seed, test_fraction), build)
 
 
+def _hub_split(name: str, split: str):
+    """A split from the Hugging Face Hub; an id that does not exist, or no network (compute nodes
+    are often offline), is a one-line DataError instead of the `datasets` traceback."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(name, split=split)
+    except Exception as exc:  # noqa: BLE001 - datasets raises ConnectionError, FileNotFoundError, DatasetNotFoundError, ...
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DataError(f"data: cannot load {name!r} split '{split}' from the Hugging Face Hub ({reason}); "
+                        "offline, give a local parquet folder (`data` or $EUROSAT_DATA)") from None
+
+
 def load_split(source: Source, split: str = "test", sample: int | None = None, seed: int = 0) -> TensorData:
     """A split (server-side evaluation), decoded once per process; `sample` = a seeded random
     subset, chosen before decoding (calibration needs 1,024 images, not 21,600)."""
@@ -209,9 +222,7 @@ def load_split(source: Source, split: str = "test", sample: int | None = None, s
 
             ds = load_dataset("parquet", data_files={split: source.data_files[split]}, split=split)
         else:
-            from datasets import load_dataset
-
-            ds = load_dataset(source.name, split=split)
+            ds = _hub_split(source.name, split)
         if sample is not None and sample < len(ds):
             ds = ds.shuffle(seed=seed).select(range(sample))
         return TensorData(*decode(ds))

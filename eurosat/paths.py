@@ -6,6 +6,7 @@ so before anything could be lost half-way).
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -25,6 +26,12 @@ def check_output_dir(path: Path, flag: str) -> Path:
         raise OutputPathError(f"{flag} {path}: {existing} is a file, so the folder cannot be created")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputPathError(f"{flag} {path}: {existing} is not writable")
+    try:  # permissions are not everything (/proc, read-only mounts, immutable folders): try it
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputPathError(f"{flag} {path}: {existing} is not writable ({exc.strerror})") from None
     return path
 
 

@@ -270,17 +270,22 @@ def read(state: Any, path: Path | str) -> tuple[dict[str, Any], Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a model file (expected a mapping of names to tensors)")
     state = dict(state)
-    if state.get("format") == FORMAT:
-        method, fields = state.pop("method"), state.pop("config")
-        state.pop("format")
-    elif state.get("format") == packed_model.LEGACY_FORMAT:
-        method = "packed"
-        fields = {"weight_bits": int(state.pop("weight_bits")), "activation_bits": int(state.pop("activation_bits"))}
-        state.pop("format")
-    elif "__precision__" in state:  # PTQ files before the registry
-        method, fields = bytes(state.pop("__precision__").tolist()).decode(), {}
-    else:
-        method, fields = "fp32", {}
+    try:
+        if state.get("format") == FORMAT:
+            method, fields = state.pop("method"), dict(state.pop("config"))
+            state.pop("format")
+        elif state.get("format") == packed_model.LEGACY_FORMAT:
+            method = "packed"
+            fields = {"weight_bits": int(state.pop("weight_bits")), "activation_bits": int(state.pop("activation_bits"))}
+            state.pop("format")
+        elif "__precision__" in state:  # PTQ files before the registry
+            method, fields = bytes(state.pop("__precision__").tolist()).decode(), {}
+        else:
+            method, fields = "fp32", {}
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}: a model file with a malformed header ({state.get('format') or 'its precision tag'})") from None
+    if not isinstance(method, str):
+        raise CheckpointError(f"{path}: a model file with a malformed header (method {method!r})")
     types = {t().name: t for t in _HANDLERS}
     if method not in types:
         raise CheckpointError(f"{path}: unknown quantization method {method!r}; known: {', '.join(types)}")

@@ -128,6 +128,16 @@ BAD_INPUTS = {
     "code_running_pickle": _malicious,
     "non_finite": lambda p: torch.save({k: v.float().fill_(float("nan")) if k == "fc3.bias" else v
                                         for k, v in Net().state_dict().items()}, p),
+    # finite in float64, Inf in the float32 every tool computes in
+    "float32_overflow": lambda p: torch.save({k: v.double().fill_(1e300) if k == "conv1.weight" else v
+                                              for k, v in Net().state_dict().items()}, p),
+    "integer_weights": lambda p: torch.save({k: v.round().int() if v.is_floating_point() else v
+                                             for k, v in Net().state_dict().items()}, p),
+    "complex_weights": lambda p: torch.save({k: v.cfloat() if v.is_floating_point() else v
+                                             for k, v in Net().state_dict().items()}, p),
+    "integer_keys": lambda p: torch.save({i: v for i, v in enumerate(Net().state_dict().values())}, p),
+    "header_without_method": lambda p: torch.save({**Net().state_dict(), "format": "eurosat-quantized/1"}, p),
+    "precision_tag_out_of_range": lambda p: torch.save({**Net().state_dict(), "__precision__": torch.tensor([300])}, p),
 }
 
 
@@ -148,6 +158,25 @@ def test_bad_checkpoint_exits_2_and_writes_nothing(kind, tmp_path, small_data):
     assert sorted(p.name for p in path.parent.iterdir()) == before
     if kind == "code_running_pickle":
         assert "refused" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "meta"], "--device meta: only cpu and cuda are supported"),
+    (["--device", "foo"], "--device foo: not a device"),
+    (["--seed", str(10**20)], "--seed: must be in [0, 2^63 - 1]"),
+    (["--clients", str(10**40)], "--clients: must be in [1, 1000000]"),
+    (["--cost-per-mb", "nan"], "--cost-per-mb: must be a finite number >= 0"),
+    (["--precisions", "fp16,fp16"], "--precisions: fp16 named twice"),
+    (["--data", "no-such-org/no-such-dataset"], "cannot load 'no-such-org/no-such-dataset'"),
+])
+def test_bad_options_are_one_line_errors_before_anything_is_written(args, message, tmp_path, small_data):
+    torch.save(Net().state_dict(), tmp_path / "model.pt")
+    out = tmp_path / "out"
+    data = [] if "--data" in args else ["--data", small_data]
+    proc = in_process(script_main("compare_quantizations.py"), tmp_path / "model.pt", *data, *args, "--out-dir", out)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not out.exists()
 
 
 def test_an_untrained_baseline_gets_no_verdict(tmp_path, small_data):
