@@ -255,8 +255,17 @@ def _coerce(key: str, value: object, kind: object) -> object:
 
 def project_defaults(project: Path = PROJECT_DIR) -> dict[str, object]:
     """`[tool.flwr.app.config]` from pyproject.toml: the one source of defaults."""
-    with open(project / "pyproject.toml", "rb") as fh:
-        return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+    path = Path(project) / "pyproject.toml"
+    try:
+        with open(path, "rb") as fh:
+            table = tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
+        return dict(table)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"{path}: no [tool.flwr.app.config] table: not a Flower app of this project") from None
 
 
 _PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")  # flwr's own k=v pattern (flwr.common.config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from eurosat import plots
@@ -31,14 +32,28 @@ def _load_report(path: Path) -> dict:
     if not isinstance(report, dict) or not isinstance(report.get("precisions"), dict) or "fp32" not in report["precisions"]:
         raise ValueError(f"{path}: not a {RESULT_FILE} (no precisions.fp32)")
     for name, row in report["precisions"].items():
-        missing = [k for k in REPORT_NUMBERS if not isinstance(_get(row, k), (int, float))]
+        missing = [k for k in REPORT_NUMBERS if not isinstance(_get(row, k), (int, float)) or isinstance(_get(row, k), bool)
+                   or not math.isfinite(_get(row, k))]
         if missing:
-            raise ValueError(f"{path}: precisions.{name}: {', '.join(missing)} missing or not a number")
+            raise ValueError(f"{path}: precisions.{name}: {', '.join(missing)} missing or not a finite number")
+    if "robustness" in report and not isinstance(report["robustness"], dict):
+        raise ValueError(f"{path}: 'robustness' is not an object")
     return report
 
 
 REPORT_NUMBERS = ("accuracy", "accuracy_drop_percent", "file_size_mb", "compression_ratio",
                   "communication.total_cost", "communication.savings_percent")
+
+
+def _from_reports(paths: list[Path], draw, *args):
+    """`draw(*args)` on reports read from `paths`: a report whose fields have the wrong shape
+    (valid JSON, hand-edited or from another tool) is a one-line error naming the file(s)."""
+    try:
+        return draw(*args)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as exc:
+        names = ", ".join(str(p) for p in paths)
+        raise ValueError(f"{names}: a field of this {RESULT_FILE} has the wrong shape "
+                         f"({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
 def _get(row: object, dotted: str) -> object:
@@ -77,11 +92,11 @@ def figures(report_paths: list[Path], outputs_root: Path) -> list[tuple[str, obj
         report_paths = [newest]
     reports = [_load_report(p) for p in report_paths]
     if reports:
-        fig = plots.ptq_figure(reports)
+        fig = _from_reports(report_paths, plots.ptq_figure, reports)
         out += [("comparison_plots.png", fig, 300), ("comparison_plots_highres.png", fig, 600)]
-        robust = [r for r in reports if isinstance(r.get("robustness"), dict)]
+        robust = [(p, r) for p, r in zip(report_paths, reports) if isinstance(r.get("robustness"), dict)]
         if robust:
-            out.append(("robustness.png", plots.robustness_figure(robust[0]), 300))
+            out.append(("robustness.png", _from_reports([robust[0][0]], plots.robustness_figure, robust[0][1]), 300))
     runs = find_runs(outputs_root) if outputs_root.exists() else []
     plain = [r for r in runs if r.config.get("transport", "fp32") == "fp32" and r.config.get("weight-bits", 32) == 32]
     by_precision = latest_by(plain, lambda r: r.config.get("precision"))

@@ -9,6 +9,7 @@ warning naming the file.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from eurosat.record import FINAL_MODEL_FILE, FINISHED, METRICS_FILE, label_of, r
 
 ROUND_NUMBERS = ("round", "elapsed_seconds", "bytes_sent", "bytes_received", "cumulative_mb")
 EVALUATION_NUMBERS = ("server_test_accuracy",)  # present in the rounds the server evaluated
+SUMMARY_NUMBERS = ("fp32_model_bytes", "final_test_accuracy", "total_bytes")
+CONFIG_KINDS = {"precision": str, "transport": str, "weight-bits": int, "activation-bits": int,
+                "transport-error-feedback": bool}  # the keys the readers group and label runs by
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,15 @@ def problem(metrics: object) -> str | None:
     """Why a parsed `metrics.json` cannot be used, or None."""
     if not isinstance(metrics, dict):
         return "not a JSON object"
-    if not isinstance(metrics.get("config", {}), dict):
+    config = metrics.get("config", {})
+    if not isinstance(config, dict):
         return "'config' is not an object"
+    for key, value in config.items():  # a run's config holds plain values only
+        if isinstance(value, (list, dict)) or value is None:
+            return f"config.{key} is not a plain value"
+    for key, kind in CONFIG_KINDS.items():
+        if key in config and (not isinstance(config[key], kind) or (kind is int and isinstance(config[key], bool))):
+            return f"config.{key} is not a{'n' if kind is int else ''} {kind.__name__}"
     rounds = metrics.get("rounds", [])
     if not isinstance(rounds, list):
         return "'rounds' is not a list"
@@ -70,11 +81,19 @@ def problem(metrics: object) -> str | None:
         if not isinstance(r, dict):
             return f"rounds[{i}] is not an object"
         for key in ROUND_NUMBERS + tuple(k for k in EVALUATION_NUMBERS if k in r):
-            if not isinstance(r.get(key), Real) or isinstance(r.get(key), bool):
-                return f"rounds[{i}].{key} is missing or not a number"
-    if not isinstance(metrics.get("summary", {}), dict):
+            if not _finite_number(r.get(key)):
+                return f"rounds[{i}].{key} is missing or not a finite number"
+    summary = metrics.get("summary", {})
+    if not isinstance(summary, dict):
         return "'summary' is not an object"
+    for key in SUMMARY_NUMBERS:
+        if key in summary and not _finite_number(summary[key]):
+            return f"summary.{key} is not a number"
     return None
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def find_runs(root: Path, on_skip: Callable[[Path, str], None] | None = warn_skipped) -> list[Run]:

@@ -283,13 +283,28 @@ def test_report_tools_skip_malformed_records_and_replace_nothing_on_error(e2e_ru
     truncated.mkdir()
     (truncated / "metrics.json").write_text((run_dir / "metrics.json").read_text()[:200])
     (truncated / "status.json").write_bytes((run_dir / "status.json").read_bytes())
+    # valid JSON with values of the wrong kind where the readers group and label runs
+    for stamp, edit, field in (("00-00-03", lambda m: m["config"].update(precision=["fp32"]), "config.precision"),
+                               ("00-00-04", lambda m: m["config"].update({"weight-bits": "abc"}), "config.weight-bits"),
+                               ("00-00-05", lambda m: m["summary"].update(fp32_model_bytes=None), "summary.fp32_model_bytes"),
+                               ("00-00-06", lambda m: m["rounds"][-1].update(server_test_accuracy=float("nan")),
+                                "server_test_accuracy")):
+        odd = json.loads((run_dir / "metrics.json").read_text())
+        edit(odd)
+        (outputs / "fp32" / "2026-01-01" / stamp).mkdir()
+        (outputs / "fp32" / "2026-01-01" / stamp / "metrics.json").write_text(json.dumps(odd))
     proc = cli("analyze_results.py", outputs)
     assert proc.returncode == 0, proc.stderr
     warnings = proc.stderr.strip().splitlines()
-    assert len(warnings) == 2 and all(w.startswith("warning: ") and "skipped" in w for w in warnings), proc.stderr
+    assert len(warnings) == 6 and all(w.startswith("warning: ") and "skipped" in w for w in warnings), proc.stderr
     assert any("00-00-01" in w and "server_test_accuracy" in w for w in warnings)
     assert any("00-00-02" in w for w in warnings)
+    for stamp, field in (("00-00-03", "config.precision"), ("00-00-04", "config.weight-bits"),
+                         ("00-00-05", "summary.fp32_model_bytes"), ("00-00-06", "server_test_accuracy")):
+        assert any(stamp in w and field in w for w in warnings), (stamp, warnings)
     assert "00-00-00" in proc.stdout
+    proc = cli("create_comparison_plots.py", "--outputs", outputs, "--out", tmp_path / "figs")
+    assert "Traceback" not in proc.stderr, proc.stderr
     # a broken report: exit 2, and the figures already there are untouched
     report = tmp_path / "quantization_comparison.json"
     report.write_text(json.dumps({"precisions": {"fp32": {"accuracy": 90.0}}}))
@@ -299,6 +314,16 @@ def test_report_tools_skip_malformed_records_and_replace_nothing_on_error(e2e_ru
     assert (tmp_path / "comparison_plots.png").read_bytes() == b"old figure"
     proc = cli("create_comparison_plots.py", tmp_path, "--outputs", outputs)
     assert proc.returncode == 2 and "is a directory" in proc.stderr
+    # a report whose fields have the wrong shape (valid JSON): one line naming the file, no traceback
+    full = {name: {"accuracy": 90.0, "accuracy_drop_percent": 0.0, "file_size_mb": 1.0, "compression_ratio": 1.0,
+                   "communication": {"total_cost": 1.0, "savings_percent": 0.0}, "accuracy_drop_ci95": "wide"}
+            for name in ("fp32", "int8")}
+    for bad in ({"precisions": full}, {"precisions": {**full, "fp32": {**full["fp32"], "accuracy": float("nan")}}},
+                {"precisions": {k: {**v, "accuracy_drop_ci95": [0, 0]} for k, v in full.items()}, "robustness": {}}):
+        report.write_text(json.dumps(bad))
+        proc = cli("create_comparison_plots.py", report, "--outputs", outputs)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert str(report) in proc.stderr and (tmp_path / "comparison_plots.png").read_bytes() == b"old figure"
 
 
 def test_script_messages(tmp_path):
