@@ -96,14 +96,16 @@ STEM="$JOB_NAME-r$ROUNDS-t${MINUTES}m"
 OVERRIDES="num-server-rounds=$ROUNDS time-limit-min=$MINUTES ${SETS[*]:-}"
 SUPERNODES=$(cd "$PROJECT" && EUROSAT_DATA="$DATA" "$VENV/bin/python" -c '
 import sys
-from eurosat.config import ConfigError, load_run_config
+from pathlib import Path
+from eurosat.config import ConfigError, load_run_config, to_override_string
+from eurosat.data import DataError, resolve_source
 from eurosat.record import RunDirError, resumable_config
 try:
-    from pathlib import Path
-    from eurosat.config import to_override_string
     base = [to_override_string(resumable_config(Path(sys.argv[1])))] if sys.argv[1] else [sys.argv[2]]
-    print(load_run_config(base + sys.argv[3:]).num_supernodes)
-except (ConfigError, RunDirError) as exc:
+    cfg = load_run_config(base + sys.argv[3:])
+    resolve_source(cfg.data)  # a local data folder must exist before the job queues (compute nodes see the same)
+    print(cfg.num_supernodes)
+except (ConfigError, RunDirError, DataError) as exc:
     sys.exit(f"error: {exc}")' "$RESUME" "${CONFIG:-}" "$OVERRIDES") || exit 2
 if [ "$NODES" -gt 1 ] || [ -n "$PER_NODE" ]; then  # the Deployment Engine across nodes
     PER_NODE=${PER_NODE:-$(( (SUPERNODES + NODES - 1) / NODES ))}

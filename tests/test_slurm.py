@@ -78,10 +78,14 @@ def test_bad_arguments_fail_before_anything_is_submitted(job_env):
     for args, needle in [(["fp8", "10", "1"], "unknown precision/preset 'fp8'"),
                          (["fp32", "ten", "1"], "ROUNDS must be a positive integer"),
                          (["fp32", "10", "1.5"], "MINUTES must be a positive whole number"),
-                         (["fp32", "10"], "expected PRESET ROUNDS MINUTES")]:
+                         (["fp32", "10"], "expected PRESET ROUNDS MINUTES"),
+                         (["--data", "/nonexistent", "fp32", "10", "1"], "data folder /nonexistent does not exist")]:
         proc = sh(ROOT / "submit_job.sh", *args, env=env)
         assert proc.returncode == 2 and needle in proc.stderr, (args, proc.stderr)
         assert not logs.exists() or not any(logs.iterdir())
+    # a run-config data folder that does not exist (no $EUROSAT_DATA to win over it) fails before the job queues
+    proc = sh(ROOT / "submit_job.sh", "--set", "data='/nonexistent'", "fp32", "10", "1", env={**env, "EUROSAT_DATA": ""})
+    assert proc.returncode == 2 and "folder /nonexistent does not exist" in proc.stderr, proc.stderr
     proc = sh(ROOT / "submit_job.sh", "fp32", "10", "1", env={**env, "PATH": str(path_without_sbatch(logs.parent))})
     assert proc.returncode == 2 and "sbatch not found" in proc.stderr and "--local" in proc.stderr, proc.stderr
     # The wrappers check every job's options (handed on to submit_job.sh) before the first job starts,
