@@ -125,6 +125,11 @@ class Engine:
                               "--engine deployment")
         if self.port is not None and not 0 < self.port < 65536:
             raise ConfigError(f"--port: must be a TCP port, got {self.port}")
+        if self.name == "deployment":
+            try:  # an address this machine can listen on, or a name that resolves to one
+                socket.getaddrinfo(self.host, None, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError):
+                raise ConfigError(f"--host {self.host!r}: not an address or host name this machine can resolve") from None
         if self.certificates:
             check_certificates(self.certificates)
 

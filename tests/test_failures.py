@@ -223,7 +223,12 @@ def test_launcher_options_are_checked_up_front(small_data, tmp_path):
         (["-c", f"output-dir='{a_file}'"], "output-dir"),
         (["-c", "lr=nan"], "lr: expected a finite number"),
         (["-c", "nonsense"], "expected a .toml file or key=value pairs"),
+        (["--engine", "deployment", "--host", "bad host name"], "--host 'bad host name': not an address"),
     ]
+    broken = tmp_path / "broken-app"
+    broken.mkdir()
+    (broken / "pyproject.toml").write_text("[tool.flwr.app\n")
+    cases.append((["--project", str(broken)], "not valid TOML"))
     for args, needle in cases:
         proc = in_process(launch_main, *args, "-c", f"data='{small_data}'")
         assert proc.returncode == 2, (args, proc.stderr)
