@@ -11,7 +11,7 @@
 # Continues with the runs that succeeded and says which failed and where their logs are.
 #
 # Options:
-#   --minutes M        training minutes per job [10]      --rounds R   rounds per job [100]
+#   --minutes M        training minutes per job [10]      --rounds R   rounds per job [500]
 #   --precisions LIST  comma-separated presets [fp32,fp16,int8]
 #   --timeout MIN      give up waiting after MIN minutes [MINUTES + 30]
 #   --poll S           seconds between squeue polls [15]
@@ -25,7 +25,7 @@ PROJECT=$(cd "$(dirname "$0")" && pwd)
 source "$PROJECT/eurosat/jobs.sh"
 log() { printf '[run_comparison %(%H:%M:%S)T] %s\n' -1 "$*"; }
 
-MINUTES=10 ROUNDS=100 PRECISIONS=fp32,fp16,int8 TIMEOUT="" POLL=15 LOCAL=0 PASS=() OUT_DIR=$PROJECT/outputs
+MINUTES=10 ROUNDS=500 PRECISIONS=fp32,fp16,int8 TIMEOUT="" POLL=15 LOCAL=0 PASS=() OUT_DIR=$PROJECT/outputs
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;

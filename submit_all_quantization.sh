@@ -7,7 +7,7 @@
 # FP32 activations; 32 = plain FP32). When they have finished, tabulate them with
 #   python analyze_results.py
 # Options:
-#   --rounds R     rounds per job [100]        --minutes M   training minutes per job [10]
+#   --rounds R     rounds per job [500]        --minutes M   training minutes per job [10]
 #   --bits LIST    comma-separated widths [32,16,8,4,2,1]
 #   --local        run the jobs one after another here, without Slurm
 #   every other option (--gpu, --gpus, --partition, --account, --cpus, --mem, --venv, --data, --margin,
@@ -17,7 +17,7 @@ set -euo pipefail
 PROJECT=$(cd "$(dirname "$0")" && pwd)
 source "$PROJECT/eurosat/jobs.sh"
 
-ROUNDS=100 MINUTES=10 BITS=32,16,8,4,2,1 LOCAL=0 PASS=()
+ROUNDS=500 MINUTES=10 BITS=32,16,8,4,2,1 LOCAL=0 PASS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
