@@ -11,7 +11,8 @@
 # Continues with the runs that succeeded and says which failed and where their logs are.
 #
 # Options:
-#   --minutes M        training minutes per job [10]      --rounds R   rounds per job [500]
+#   --minutes M        training minutes per job [time-limit-min in pyproject.toml]
+#   --rounds R         rounds per job, a cap [num-server-rounds in pyproject.toml]
 #   --precisions LIST  comma-separated presets [fp32,fp16,int8]
 #   --timeout MIN      give up waiting after MIN minutes [MINUTES + 30]
 #   --poll S           seconds between squeue polls [15]
@@ -25,7 +26,7 @@ PROJECT=$(cd "$(dirname "$0")" && pwd)
 source "$PROJECT/eurosat/jobs.sh"
 log() { printf '[run_comparison %(%H:%M:%S)T] %s\n' -1 "$*"; }
 
-MINUTES=10 ROUNDS=500 PRECISIONS=fp32,fp16,int8 TIMEOUT="" POLL=15 LOCAL=0 PASS=() OUT_DIR=$PROJECT/outputs
+MINUTES="" ROUNDS="" PRECISIONS=fp32,fp16,int8 TIMEOUT="" POLL=15 LOCAL=0 PASS=() OUT_DIR=$PROJECT/outputs
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
@@ -39,6 +40,9 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+venv_python
+MINUTES=${MINUTES:-$(app_default time-limit-min)}
+ROUNDS=${ROUNDS:-$(app_default num-server-rounds)}
 positive --minutes "$MINUTES"
 positive --rounds "$ROUNDS"
 positive --poll "$POLL"
@@ -52,9 +56,6 @@ for p in "${PRESETS[@]}"; do
     [ -z "${SEEN[$p]:-}" ] || die "--precisions names $p twice"; SEEN[$p]=1
 done
 [ "$LOCAL" = 1 ] || need_sbatch
-VENV=${EUROSAT_VENV:-$PROJECT/.venv}
-for ((i = 0; i < ${#PASS[@]}; i++)); do [ "${PASS[$i]}" = --venv ] && VENV=${PASS[$((i + 1))]}; done
-PY="$VENV/bin/python"
 OUT_DIR=$(realpath -m -- "$OUT_DIR")
 [[ "$OUT_DIR" != *[\'\"\\]* ]] || die "--output-dir $OUT_DIR: quotes and backslashes in the path are not supported"
 PASS+=(--set "output-dir='$OUT_DIR'")

@@ -7,7 +7,8 @@
 # FP32 activations; 32 = plain FP32). When they have finished, tabulate them with
 #   python analyze_results.py
 # Options:
-#   --rounds R     rounds per job [500]        --minutes M   training minutes per job [10]
+#   --rounds R     rounds per job, a cap [num-server-rounds in pyproject.toml]
+#   --minutes M    training minutes per job [time-limit-min in pyproject.toml]
 #   --bits LIST    comma-separated widths [32,16,8,4,2,1]
 #   --local        run the jobs one after another here, without Slurm
 #   every other option (--gpu, --gpus, --partition, --account, --cpus, --mem, --venv, --data, --margin,
@@ -17,7 +18,7 @@ set -euo pipefail
 PROJECT=$(cd "$(dirname "$0")" && pwd)
 source "$PROJECT/eurosat/jobs.sh"
 
-ROUNDS=500 MINUTES=10 BITS=32,16,8,4,2,1 LOCAL=0 PASS=()
+ROUNDS="" MINUTES="" BITS=32,16,8,4,2,1 LOCAL=0 PASS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
@@ -30,6 +31,9 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+venv_python
+ROUNDS=${ROUNDS:-$(app_default num-server-rounds)}
+MINUTES=${MINUTES:-$(app_default time-limit-min)}
 positive --rounds "$ROUNDS"
 positive --minutes "$MINUTES"
 IFS=, read -r -a WIDTHS <<<"$BITS"

@@ -246,3 +246,27 @@ def test_deployment_job_runs_supernodes_as_srun_tasks(slurm, job_env):
     assert all(r["clients"] == 2 for r in metrics["rounds"])
     assert sorted(p.name for p in logs.glob(f"*-{job}-supernode-*.log")) == [
         f"fl-fp32-r2-t2m-{job}-supernode-0.log", f"fl-fp32-r2-t2m-{job}-supernode-1.log"]
+
+
+def test_wrapper_defaults_come_from_pyproject(tmp_path):
+    """run_comparison.sh and submit_all_quantization.sh take their rounds and minutes from
+    pyproject.toml (one source of defaults), and a missing Python environment is one line, exit 2."""
+    import sys
+
+    from eurosat.config import project_defaults
+
+    defaults = project_defaults()
+    venv = Path(sys.executable).parent.parent
+    script = f'PROJECT={shlex.quote(str(ROOT))}; PASS=(--venv {shlex.quote(str(venv))}); source eurosat/jobs.sh; ' \
+             'venv_python; echo "$(app_default num-server-rounds) $(app_default time-limit-min)"'
+    proc = sh("bash", "-c", script, env={"EUROSAT_VENV": ""})
+    minutes = defaults["time-limit-min"]
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(defaults["num-server-rounds"]),
+                                   str(int(minutes) if float(minutes).is_integer() else minutes)]
+    proc = sh("bash", "-c", script.replace(shlex.quote(str(venv)), str(tmp_path / "none")))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no Python environment" in proc.stderr, proc.stderr
+    for wrapper in ("run_comparison.sh", "submit_all_quantization.sh"):
+        proc = sh(ROOT / wrapper, "--local", "--venv", tmp_path / "none")
+        assert proc.returncode == 2 and "no Python environment" in proc.stderr and not proc.stdout, proc.stderr
+        assert "pyproject.toml" in sh(ROOT / wrapper, "--help").stdout
