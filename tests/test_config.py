@@ -7,9 +7,9 @@ from eurosat.federation import TimeBudget
 def test_defaults_come_from_pyproject():
     cfg = load_run_config()
     assert (cfg.lr, cfg.batch_size, cfg.local_epochs, cfg.fraction_train, cfg.num_supernodes, cfg.seed) == (
-        0.001, 32, 1, 0.1, 10, 42)
+        0.001, 32, 8, 0.1, 10, 42)
     assert (cfg.optimizer, cfg.lr_schedule, cfg.lr_warmup_rounds, cfg.lr_floor, cfg.augment) == (
-        "adam", "cosine", 1, 0.01, "none")
+        "adam", "cosine", 1, 0.01, "dihedral")
     assert cfg.precision == "fp32" and cfg.label == "fp32" and cfg.local_test_fraction == 0.0
     assert cfg.server_eval_every == 3
 
