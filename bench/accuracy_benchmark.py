@@ -18,7 +18,6 @@ whose run completed is not run again.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import sys
@@ -37,6 +36,7 @@ from eurosat.files import atomic_write, read_json, write_json  # noqa: E402
 from eurosat.launch import launch  # noqa: E402
 from eurosat.plots import OKABE_ITO, save, styled, subplots  # noqa: E402
 from eurosat.stats import mean_std, paired_difference  # noqa: E402
+from bench.common import bench_parser  # noqa: E402
 from eurosat.cli import fail  # noqa: E402
 
 ROWS = {
@@ -116,10 +116,7 @@ def figure(rows: list[dict], title: str):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 2)[2])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "eurosat")
+    parser = bench_parser(__doc__)
     parser.add_argument("--seeds", default="42,43,44", help="comma-separated seeds [42,43,44]")
     parser.add_argument("--rounds", type=int, default=60,
                         help="rounds per run [60: 6 epochs of the benchmark recipe, one client and one epoch a round; fp32 near 88 %%]")

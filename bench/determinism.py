@@ -13,7 +13,6 @@ status 0 when every run's model is bit-identical to the first, 1 when one differ
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 import time
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eurosat.checkpoints import load_state_dict  # noqa: E402
+from bench.common import bench_parser  # noqa: E402
 from eurosat.cli import fail  # noqa: E402
 from eurosat.files import write_json  # noqa: E402
 from eurosat.launch import launch  # noqa: E402
@@ -52,10 +52,7 @@ def differences(a: dict, b: dict) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 2)[2])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "eurosat")
+    parser = bench_parser(__doc__)
     parser.add_argument("--runs", type=int, default=2, help="how many fresh runs of the same command [2]")
     parser.add_argument("--set", default="num-server-rounds=2 time-limit-min=0 seed=43",
                         help="the run config of every run [%(default)s]; it must be round-limited")

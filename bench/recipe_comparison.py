@@ -12,7 +12,6 @@ overrides; every recipe runs on the same seeds. Prints the test accuracy per rou
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import bench_parser  # noqa: E402
 from eurosat.files import read_json, write_json  # noqa: E402
 from eurosat.launch import launch  # noqa: E402
 from eurosat.stats import mean_std  # noqa: E402
@@ -28,10 +28,7 @@ DEFAULT_RECIPES = {"default": "", "original": str(ROOT / "configs" / "original.t
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 2)[2])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "eurosat"))
+    parser = bench_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seeds", default="42", help="comma-separated [42]")
     parser.add_argument("--recipe", action="append", default=[], metavar="NAME='k=v ...'",

@@ -14,7 +14,6 @@ accuracy after every round for each eta; every eta starts from the same model an
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.common import bench_parser  # noqa: E402
 from eurosat.config import load_run_config  # noqa: E402
 from eurosat.data import load_client_data, load_split, resolve_source  # noqa: E402
 from eurosat.model import Net  # noqa: E402
@@ -63,10 +63,7 @@ def run(eta: float, clients, test, rounds: int, seed: int) -> list[float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 2)[2])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "eurosat"))
+    parser = bench_parser(__doc__)
     parser.add_argument("--etas", default="1,2,3", help="comma-separated server learning rates [1,2,3]")
     parser.add_argument("--fraction", type=float, default=0.25, help="share of each client's partition [0.25]")
     parser.add_argument("--rounds", type=int, default=5)
@@ -76,7 +73,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         etas = [float(e) for e in args.etas.split(",")]
-        source = resolve_source(args.data)
+        source = resolve_source(str(args.data))
     except ValueError as exc:
         return fail(str(exc))
     torch.set_num_threads(1)
