@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from eurosat.checkpoints import load_state_dict  # noqa: E402
 from bench.common import bench_parser  # noqa: E402
 from eurosat.cli import fail  # noqa: E402
+from eurosat.config import ConfigError, load_run_config  # noqa: E402
 from eurosat.files import write_json  # noqa: E402
 from eurosat.launch import launch  # noqa: E402
 
@@ -60,7 +61,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.runs < 2:
         return fail("--runs must be at least 2")
-    if "time-limit-min=0" not in args.set.replace(" ", ""):
+    try:
+        cfg = load_run_config([args.set])  # the launcher's own reading: every key checked before a run starts
+    except ConfigError as exc:
+        return fail(str(exc))
+    if cfg.time_limit_min != 0:
         return fail("--set must hold time-limit-min=0: a time-limited run stops where the machine's speed says")
     runs = []
     for i in range(args.runs):
