@@ -14,9 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from eurosat.cli import fail, one_line_errors
-from eurosat.paths import OutputPathError, check_output_file
-from eurosat.results_table import collect_rows, format_rows, write_csv
+from eurosat.common.cli import fail, one_line_errors
+from eurosat.common.paths import OutputPathError, check_output_file
+from eurosat.report.table import collect_rows, format_rows, write_csv
 
 
 @one_line_errors(OutputPathError)

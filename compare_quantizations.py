@@ -8,7 +8,7 @@ accuracy drops, speed and the cost of sending each version in federated training
 
 Writes model_<precision>.pt and quantization_comparison.json into --out-dir. With --corruptions,
 every precision is also evaluated on the test images under each corruption and severity
-(`robustness` in the JSON; see eurosat/corruptions.py for what each severity means).
+(`robustness` in the JSON; see eurosat/report/corruptions.py for what each severity means).
 Exit status: 0 done, 2 bad input (nothing written).
 """
 
@@ -19,12 +19,12 @@ import os
 import sys
 from pathlib import Path
 
-from eurosat.cli import one_line_errors
-from eurosat.compare import RESULT_FILE, CompareOptions, compare, format_table
-from eurosat.config import project_defaults
-from eurosat.corruptions import CORRUPTIONS, parse_corruptions, parse_severities
-from eurosat.data import DATA_ENV, DataError
-from eurosat.quantize import CONFIGS
+from eurosat.common.cli import one_line_errors
+from eurosat.report.compare import RESULT_FILE, CompareOptions, compare, format_table
+from eurosat.fl.config import project_defaults
+from eurosat.report.corruptions import CORRUPTIONS, parse_corruptions, parse_severities
+from eurosat.data.loading import DATA_ENV, DataError
+from eurosat.quant.registry import CONFIGS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -23,8 +23,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from eurosat.cli import one_line_errors
-from eurosat.report import draw_all
+from eurosat.common.cli import one_line_errors
+from eurosat.report.figures import draw_all
 
 @one_line_errors(OSError, ValueError)
 def main(argv: list[str] | None = None) -> int:

@@ -14,9 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from eurosat.cli import one_line_errors
-from eurosat.compression import format_report, measure_checkpoint
-from eurosat.recipe import ACTIVATION_BITS, WEIGHT_BITS
+from eurosat.common.cli import one_line_errors
+from eurosat.quant.compression import format_report, measure_checkpoint
+from eurosat.quant.recipe import ACTIVATION_BITS, WEIGHT_BITS
 
 
 @one_line_errors(ValueError)  # CheckpointError, OutputPathError: ValueErrors

@@ -23,7 +23,7 @@
 #   -h, --help
 set -euo pipefail
 PROJECT=$(cd "$(dirname "$0")" && pwd)
-source "$PROJECT/eurosat/jobs.sh"
+source "$PROJECT/eurosat/launch/jobs.sh"
 log() { printf '[run_comparison %(%H:%M:%S)T] %s\n' -1 "$*"; }
 
 MINUTES="" ROUNDS="" PRECISIONS=fp32,fp16,int8 TIMEOUT="" POLL=15 LOCAL=0 PASS=() OUT_DIR=$PROJECT/outputs
@@ -119,7 +119,7 @@ done
 BEST=$(cd "$PROJECT" && "$PY" -c '
 import sys
 from pathlib import Path
-from eurosat.runs import best_run, find_runs
+from eurosat.report.runs import best_run, find_runs
 run = best_run(find_runs(Path(sys.argv[1])))
 print(run.final_model if run else "")' "$OUT_DIR")
 if [ -z "$BEST" ]; then

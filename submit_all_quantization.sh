@@ -16,7 +16,7 @@
 #   -h, --help
 set -euo pipefail
 PROJECT=$(cd "$(dirname "$0")" && pwd)
-source "$PROJECT/eurosat/jobs.sh"
+source "$PROJECT/eurosat/launch/jobs.sh"
 
 ROUNDS="" MINUTES="" BITS=32,16,8,4,2,1 LOCAL=0 PASS=()
 while [ $# -gt 0 ]; do

@@ -37,7 +37,7 @@
 # The job exits non-zero (Slurm state FAILED) when the run's status.json is not "completed".
 set -euo pipefail
 PROJECT=$(cd "$(dirname "$0")" && pwd)
-source "$PROJECT/eurosat/jobs.sh"
+source "$PROJECT/eurosat/launch/jobs.sh"
 
 LOCAL=0 PRINT_ID=0 CHECK=0 JOB_NAME="" SLURM_MINUTES="" SETS=() NODES=1 PER_NODE="" RESUME=""
 PARTITION=${SLURM_PARTITION:-} ACCOUNT=${SLURM_ACCOUNT:-}
@@ -97,9 +97,9 @@ OVERRIDES="num-server-rounds=$ROUNDS time-limit-min=$MINUTES ${SETS[*]:-}"
 SUPERNODES=$(cd "$PROJECT" && EUROSAT_DATA="$DATA" "$VENV/bin/python" -c '
 import sys
 from pathlib import Path
-from eurosat.config import ConfigError, load_run_config, to_override_string
-from eurosat.data import DataError, resolve_source
-from eurosat.record import RunDirError, resumable_config
+from eurosat.fl.config import ConfigError, load_run_config, to_override_string
+from eurosat.data.loading import DataError, resolve_source
+from eurosat.fl.record import RunDirError, resumable_config
 try:
     base = [to_override_string(resumable_config(Path(sys.argv[1])))] if sys.argv[1] else [sys.argv[2]]
     cfg = load_run_config(base + sys.argv[3:])
@@ -141,10 +141,10 @@ if [ "$ENGINE" = deployment ]; then
     # The SuperLink and the ServerApp run here, on the first node, listening on all its addresses;
     # srun starts one SuperNode per task on every node (partition = SLURM_PROCID of SLURM_NTASKS).
     HOST=\$(hostname -I 2>/dev/null | awk '{print \$1}'); HOST=\${HOST:-127.0.0.1}
-    PORT=\$(python -c 'from eurosat.deployment import free_port; print(free_port("0.0.0.0"))')
+    PORT=\$(python -c 'from eurosat.launch.deployment import free_port; print(free_port("0.0.0.0"))')
     srun --nodes $NODES --ntasks-per-node $PER_NODE --cpus-per-task $CPUS $([ "$GPUS" -gt 0 ] && echo --gres=gpu:1) \\
         --output $Q_LOG-"\$JOB_ID"-supernode-%t.log bash -c 'exec flower-supernode --insecure \\
-            --superlink '\$HOST:\$PORT' --port \$(python -c "from eurosat.deployment import free_port; print(free_port())") \\
+            --superlink '\$HOST:\$PORT' --port \$(python -c "from eurosat.launch.deployment import free_port; print(free_port())") \\
             --node-config "partition-id=\$SLURM_PROCID num-partitions=\$SLURM_NTASKS"' &
     exec python -m eurosat.launch $LAUNCH_CONFIG -c $(q "$OVERRIDES") --engine deployment --external-supernodes \\
         --host 0.0.0.0 --port "\$PORT" --supernodes $SUPERNODES --result-json $Q_LOG-"\$JOB_ID".json

@@ -31,13 +31,13 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eurosat.compare import CompareOptions, compare  # noqa: E402
-from eurosat.files import atomic_write, read_json, write_json  # noqa: E402
-from eurosat.launch import launch  # noqa: E402
-from eurosat.plots import OKABE_ITO, save, styled, subplots  # noqa: E402
-from eurosat.stats import mean_std, paired_difference  # noqa: E402
+from eurosat.report.compare import CompareOptions, compare  # noqa: E402
+from eurosat.common.files import atomic_write, read_json, write_json  # noqa: E402
+from eurosat.launch.launcher import launch  # noqa: E402
+from eurosat.report.plots import OKABE_ITO, save, styled, subplots  # noqa: E402
+from eurosat.report.stats import mean_std, paired_difference  # noqa: E402
 from bench.common import bench_parser  # noqa: E402
-from eurosat.cli import fail  # noqa: E402
+from eurosat.common.cli import fail  # noqa: E402
 
 ROWS = {
     "fp32": "",

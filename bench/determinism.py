@@ -21,12 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eurosat.checkpoints import load_state_dict  # noqa: E402
+from eurosat.train.checkpoints import load_state_dict  # noqa: E402
 from bench.common import bench_parser  # noqa: E402
-from eurosat.cli import fail  # noqa: E402
-from eurosat.config import ConfigError, load_run_config  # noqa: E402
-from eurosat.files import write_json  # noqa: E402
-from eurosat.launch import launch  # noqa: E402
+from eurosat.common.cli import fail  # noqa: E402
+from eurosat.fl.config import ConfigError, load_run_config  # noqa: E402
+from eurosat.common.files import write_json  # noqa: E402
+from eurosat.launch.launcher import launch  # noqa: E402
 
 NAME = "determinism"
 

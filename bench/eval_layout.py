@@ -25,11 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eurosat.compare import load_fp32_net  # noqa: E402
-from eurosat.data import load_split, resolve_source  # noqa: E402
-from eurosat.model import FoldedNet  # noqa: E402
-from eurosat.quantize import Fp16Config, Fp32Config, Int8StaticConfig, evaluation, quantize  # noqa: E402
-from eurosat.training import evaluate  # noqa: E402
+from eurosat.report.compare import load_fp32_net  # noqa: E402
+from eurosat.data.loading import load_split, resolve_source  # noqa: E402
+from eurosat.train.model import FoldedNet  # noqa: E402
+from eurosat.quant.registry import Fp16Config, Fp32Config, Int8StaticConfig, evaluation, quantize  # noqa: E402
+from eurosat.train.loop import evaluate  # noqa: E402
 
 FORMS = {"NCHW": (torch.contiguous_format, False), "NHWC": (torch.channels_last, False),
          "NHWC folded": (torch.channels_last, True)}

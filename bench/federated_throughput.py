@@ -27,10 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eurosat.config import RunConfig, load_run_config  # noqa: E402
-from eurosat.launch import Engine, Resources, launch  # noqa: E402
-from eurosat.task import client_data  # noqa: E402
-from eurosat.training import seed_everything, train  # noqa: E402
+from eurosat.fl.config import RunConfig, load_run_config  # noqa: E402
+from eurosat.launch.launcher import Engine, Resources, launch  # noqa: E402
+from eurosat.fl.task import client_data  # noqa: E402
+from eurosat.train.loop import seed_everything, train  # noqa: E402
 
 
 def plain_throughput(cfg: RunConfig, device: torch.device) -> tuple[float, int]:

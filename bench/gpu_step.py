@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/gpu_step.py [--data ../shared/data/eurosat] [--images 4096] [--passes 3]
 
-The real local loop (`eurosat.training.train`, the default recipe) over the same real train
+The real local loop (`eurosat.train.loop.train`, the default recipe) over the same real train
 images, resident on the device as uint8: fp32, mixed precision (`precision=fp16`: float16 +
 GradScaler on CUDA, bfloat16 on a CPU) and int8 QAT, at batch 32 and 256, and a plain PyTorch
 loop (fp32, batch 32, no per-step sync) as the yardstick. Each setting runs `--passes` times in
@@ -25,10 +25,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eurosat.config import load_run_config  # noqa: E402
-from eurosat.data import load_split, resolve_source  # noqa: E402
-from eurosat.model import Net  # noqa: E402
-from eurosat.training import pick_device, train  # noqa: E402
+from eurosat.fl.config import load_run_config  # noqa: E402
+from eurosat.data.loading import load_split, resolve_source  # noqa: E402
+from eurosat.train.model import Net  # noqa: E402
+from eurosat.train.loop import pick_device, train  # noqa: E402
 
 SETTINGS = [("fp32", 32), ("fp16", 32), ("int8", 32), ("fp32", 256), ("fp16", 256)]
 

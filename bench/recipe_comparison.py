@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import bench_parser  # noqa: E402
-from eurosat.files import read_json, write_json  # noqa: E402
-from eurosat.launch import launch  # noqa: E402
-from eurosat.stats import mean_std  # noqa: E402
+from eurosat.common.files import read_json, write_json  # noqa: E402
+from eurosat.launch.launcher import launch  # noqa: E402
+from eurosat.report.stats import mean_std  # noqa: E402
 
 DEFAULT_RECIPES = {"default": "", "original": str(ROOT / "configs" / "original.toml")}
 

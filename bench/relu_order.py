@@ -3,7 +3,7 @@ side by side.
 
     .venv/bin/python bench/relu_order.py [--data ../shared/data/eurosat] [--steps 20] [--passes 5]
 
-Both orders compute the same values and gradients (`tests/test_model.py`); this shows what the
+Both orders compute the same values and gradients (`tests/train/test_model.py`); this shows what the
 order costs. Each pass runs the real local loop (`training.train`, FP32, NHWC, Adam) over the same
 `--steps` batches of 32 real train images with each order in turn, and divides the times, so a slow
 moment of a shared machine hits both alike; prints every pass and the median ratio.
@@ -23,11 +23,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eurosat.cli import fail  # noqa: E402
-from eurosat.config import load_run_config  # noqa: E402
-from eurosat.data import load_split, resolve_source  # noqa: E402
-from eurosat.model import Net  # noqa: E402
-from eurosat.training import pick_device, train  # noqa: E402
+from eurosat.common.cli import fail  # noqa: E402
+from eurosat.fl.config import load_run_config  # noqa: E402
+from eurosat.data.loading import load_split, resolve_source  # noqa: E402
+from eurosat.train.model import Net  # noqa: E402
+from eurosat.train.loop import pick_device, train  # noqa: E402
 
 
 class ReluFirstNet(Net):

@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eurosat.compare import CompareOptions, compare, format_table  # noqa: E402
-from eurosat.corruptions import CORRUPTIONS, SEVERITIES  # noqa: E402
+from eurosat.report.compare import CompareOptions, compare, format_table  # noqa: E402
+from eurosat.report.corruptions import CORRUPTIONS, SEVERITIES  # noqa: E402
 
 TARGET_S = 180.0
 

@@ -6,7 +6,7 @@
 A server step `eta` applies `eta x` the clients' mean update to the trainable parameters (FedAvg is
 eta = 1; FedExP-style extrapolation is eta > 1); BatchNorm statistics are averaged as always.
 To measure many settings cheaply this runs FedAvg in one process, the clients one after the
-other, with the package's own local loop (`eurosat.training.train`, the recipe it was measured with: Adam,
+other, with the package's own local loop (`eurosat.train.loop.train`, the recipe it was measured with: Adam,
 cosine with one warm-up round, batch 32, one local epoch, no augmentation) on `--fraction` of each client's IID partition of the
 real train split, and evaluates on a seeded `--test`-image sample of the test split. Prints the
 accuracy after every round for each eta; every eta starts from the same model and batch order.
@@ -24,12 +24,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.common import bench_parser  # noqa: E402
-from eurosat.config import load_run_config  # noqa: E402
-from eurosat.data import load_client_data, load_split, resolve_source  # noqa: E402
-from eurosat.model import Net  # noqa: E402
-from eurosat.schedule import RoundPlanner  # noqa: E402
-from eurosat.training import ComputePlan, evaluate, train  # noqa: E402
-from eurosat.cli import fail  # noqa: E402
+from eurosat.fl.config import load_run_config  # noqa: E402
+from eurosat.data.loading import load_client_data, load_split, resolve_source  # noqa: E402
+from eurosat.train.model import Net  # noqa: E402
+from eurosat.train.schedule import RoundPlanner  # noqa: E402
+from eurosat.train.loop import ComputePlan, evaluate, train  # noqa: E402
+from eurosat.common.cli import fail  # noqa: E402
 
 RECIPE = "local-epochs=1 augment='none'"  # the recipe behind the README's figures, whatever the defaults
 

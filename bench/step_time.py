@@ -25,11 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eurosat import task  # noqa: E402
-from eurosat.config import load_run_config  # noqa: E402
-from eurosat.data import load_split, resolve_source  # noqa: E402
-from eurosat.training import pick_device, train  # noqa: E402
-from eurosat.cli import fail  # noqa: E402
+from eurosat.fl import task  # noqa: E402
+from eurosat.fl.config import load_run_config  # noqa: E402
+from eurosat.data.loading import load_split, resolve_source  # noqa: E402
+from eurosat.train.loop import pick_device, train  # noqa: E402
+from eurosat.common.cli import fail  # noqa: E402
 
 DEFAULT = "fp32,fp16,int8,bits-16,bits-8,bits-4,bits-2,bits-1,w4a8,w6a6"
 

@@ -1,13 +1,10 @@
-"""Communication-efficient federated learning on EuroSAT."""
+"""Communication-efficient federated learning on EuroSAT, in rooms (each imports only those above it):
 
-import logging
-
-
-def enable_logging(level: int = logging.INFO) -> None:
-    """Show this package's progress lines (round summaries, bytes on the wire) on stderr."""
-    logger = logging.getLogger("eurosat")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(level)
+- `common`: atomic files, output paths, the one-line-error convention of every command;
+- `data`: the EuroSAT source, partitions, decoded tensors, the folder check, augmentation, download;
+- `train`: the CNN, local training and evaluation, the learning-rate schedule, safe checkpoint loading;
+- `quant`: the quantization registry (PTQ, packed N-bit files), QAT, precision recipes, sizes;
+- `fl`: the Flower ServerApp and ClientApp, the strategy, the wire (codecs, link, protocol), the run config and record;
+- `report`: the PTQ report, statistics, corruptions, figures and tables over runs;
+- `launch`: the launcher (`python -m eurosat.launch`), the Deployment Engine, process control, Slurm helpers.
+"""

@@ -1,0 +1,1 @@
+"""The Flower apps and their wire: ServerApp, ClientApp, strategy, codecs, link, protocol, run config and record."""

@@ -1,0 +1,308 @@
+"""The run configuration: one typed, validated view of `[tool.flwr.app.config]`.
+
+Defaults live only in `pyproject.toml` (and `configs/*.toml` overrides); this module checks
+them. Every check raises `ConfigError` with one line naming the key and the allowed values,
+so a bad run fails before any data is loaded or any client trains.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from eurosat.data.augment import AUGMENTATIONS
+from eurosat.data.loading import DATA_ENV, PARTITIONERS
+from eurosat.quant.recipe import PrecisionRecipe
+from eurosat.train.schedule import SCHEDULES, LrSchedule
+from eurosat.train.loop import OPTIMIZERS, LocalTraining
+from eurosat.fl.codecs import CODECS, wire_name
+
+BITS_ENV = "QUANTIZATION_BITS"
+PROJECT_ENV = "EUROSAT_PROJECT_DIR"
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+
+ENGINES = ("simulation", "deployment")  # which Flower engine ran the run (set by the launcher)
+
+
+def sample_size(nodes: int, fraction: float, minimum: int = 1) -> int:
+    """How many of `nodes` clients a round samples at `fraction` (the sampler and the launcher's
+    CPU share both use this rule)."""
+    return max(int(nodes * fraction), minimum)
+
+
+class ConfigError(ValueError):
+    """A run-config value that is out of range; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    num_server_rounds: int
+    time_limit_min: float
+    num_supernodes: int
+    precision: str
+    weight_bits: int
+    activation_bits: int
+    transport: str
+    use_quantization: bool
+    transport_error_feedback: bool
+    cost_per_mb: float
+    data: str
+    partitioner: str
+    dirichlet_alpha: float
+    fraction_train: float
+    fraction_evaluate: float
+    server_eval_every: int
+    local_test_fraction: float
+    min_clients_fraction: float
+    round_timeout_s: float
+    local_epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    weight_decay: float
+    momentum: float
+    lr_schedule: str
+    lr_warmup_rounds: int
+    lr_floor: float
+    augment: str
+    local_optimizer_state: str
+    seed: int
+    output_dir: str
+    run_dir: str
+    resume: bool
+    engine: str
+    wandb_project: str
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object], environ: Mapping[str, str] = os.environ) -> "RunConfig":
+        """Build from run-config keys (`num-server-rounds`, ...); unknown or missing keys are errors.
+
+        `$EUROSAT_DATA` and `$QUANTIZATION_BITS` in `environ` win over `data` and `weight-bits`.
+        The server resolves them once and sends the result to clients with `environ={}`.
+        """
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown run-config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        missing = sorted(set(known) - set(values))
+        if missing:
+            raise ConfigError(f"missing run-config key(s): {', '.join(missing)}")
+        kwargs = {f.name: _coerce(key, values[key], f.type) for key, f in known.items()}
+        if environ.get(DATA_ENV):
+            kwargs["data"] = environ[DATA_ENV]
+        bits = environ.get(BITS_ENV)
+        if bits:
+            kwargs["weight_bits"] = _coerce(BITS_ENV, bits, "int")
+        if kwargs["use_quantization"] and kwargs["transport"] == "fp32":
+            kwargs["transport"] = "fp16"  # the original system's single switch
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def to_mapping(self) -> dict[str, object]:
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    def validate(self) -> None:
+        if problem := self.recipe.problem():
+            raise ConfigError(problem)
+        _choice("transport", self.transport, tuple(CODECS))
+        _choice("partitioner", self.partitioner, PARTITIONERS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("lr-schedule", self.lr_schedule, SCHEDULES)
+        _choice("augment", self.augment, AUGMENTATIONS)
+        _choice("engine", self.engine, ENGINES)
+        _choice("local-optimizer-state", self.local_optimizer_state, ("reset", "keep"))
+        if self.resume and not self.run_dir:
+            raise ConfigError("resume=true needs run-dir: the folder of the run to continue")
+        if self.time_limit_min < 0:
+            raise ConfigError(f"time-limit-min: must be >= 0 (0 = no limit), got {self.time_limit_min}")
+        if not 0 < self.fraction_train <= 1:
+            raise ConfigError(f"fraction-train: must be in (0, 1], got {self.fraction_train}")
+        if not 0 <= self.fraction_evaluate <= 1:
+            raise ConfigError(f"fraction-evaluate: must be in [0, 1], got {self.fraction_evaluate}")
+        if not 0 <= self.local_test_fraction < 1:
+            raise ConfigError(f"local-test-fraction: must be in [0, 1), got {self.local_test_fraction}")
+        if self.fraction_evaluate > 0 and self.local_test_fraction == 0:
+            raise ConfigError("fraction-evaluate > 0 needs local-test-fraction > 0 (e.g. 0.2): clients evaluate "
+                              "on a held-out part of their partition")
+        if not 0 < self.min_clients_fraction <= 1:
+            raise ConfigError(f"min-clients-fraction: must be in (0, 1], got {self.min_clients_fraction}")
+        if self.round_timeout_s < 0:
+            raise ConfigError(f"round-timeout-s: must be >= 0 (0 = what is left of the budget), got {self.round_timeout_s}")
+        if self.dirichlet_alpha <= 0:
+            raise ConfigError(f"dirichlet-alpha: must be > 0, got {self.dirichlet_alpha}")
+        for key, most in INT_LIMITS.items():
+            if not 1 <= getattr(self, key) <= most:
+                raise ConfigError(f"{key.replace('_', '-')}: must be in [1, {most}], got {getattr(self, key)}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed: must be in [0, 2^32 - 1] (what numpy and torch accept), got {self.seed}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if self.cost_per_mb < 0:
+            raise ConfigError(f"cost-per-mb: must be >= 0, got {self.cost_per_mb}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight-decay: must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
+        if self.lr_warmup_rounds < 0:
+            raise ConfigError(f"lr-warmup-rounds: must be >= 0, got {self.lr_warmup_rounds}")
+        if not 0 <= self.lr_floor <= 1:
+            raise ConfigError(f"lr-floor: must be in [0, 1] (a fraction of lr), got {self.lr_floor}")
+        if self.wandb_project and importlib.util.find_spec("wandb") is None:
+            raise ConfigError(f"wandb-project={self.wandb_project!r} needs wandb: pip install wandb, "
+                              "or leave wandb-project empty")
+
+    @property
+    def clients_per_round(self) -> int:
+        """How many of `num-supernodes` clients train in a round."""
+        return sample_size(self.num_supernodes, self.fraction_train)
+
+    def lr_schedule_plan(self) -> LrSchedule:
+        return LrSchedule(self.lr_schedule, self.lr, self.lr_floor, self.lr_warmup_rounds)
+
+    def local_training(self) -> LocalTraining:
+        """The client's local recipe: the one place the training keys are read."""
+        return LocalTraining(self.local_epochs, self.batch_size, self.optimizer, self.weight_decay, self.momentum,
+                             self.augment, self.lr_schedule_plan(), self.local_optimizer_state == "keep")
+
+    @property
+    def recipe(self) -> PrecisionRecipe:
+        """What `precision` and the bit-widths mean: resolved here, consumed everywhere else."""
+        return PrecisionRecipe(self.precision, self.weight_bits, self.activation_bits)
+
+    @property
+    def label(self) -> str:
+        """Folder name under the output root: what was really trained and sent."""
+        label = self.recipe.label
+        wire = wire_name(self.transport, self.transport_error_feedback).replace("+", "-")
+        return label if self.transport == "fp32" else f"{label}-tx{wire}"
+
+    @property
+    def time_limit_s(self) -> float | None:
+        return self.time_limit_min * 60 if self.time_limit_min > 0 else None
+
+    def output_root(self) -> Path:
+        """Relative `output-dir` is taken against the project, not the SuperLink's cwd."""
+        root = Path(self.output_dir).expanduser()
+        if root.is_absolute():
+            return root
+        base = Path(os.environ.get(PROJECT_ENV) or _installed_project_dir() or Path.cwd())
+        return (base / root).resolve()
+
+
+def _installed_project_dir() -> Path | None:
+    """The checkout this package was pip-installed from (editable), if any.
+
+    `flwr run` executes a copy of the app under $FLWR_HOME/apps, so `__file__` is not the
+    project; the editable install still records where the project lives.
+    """
+    if (PROJECT_DIR / "pyproject.toml").is_file() and "apps" not in PROJECT_DIR.parts[-2:]:
+        return PROJECT_DIR
+    try:
+        import json
+        from importlib.metadata import distribution
+
+        url = json.loads(distribution("eurosat").read_text("direct_url.json") or "{}").get("url", "")
+    except Exception:  # noqa: BLE001 - no installed distribution: fall back to cwd
+        return None
+    return Path(url.removeprefix("file://")) if url.startswith("file://") else None
+
+
+def _choice(key: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+# Upper bounds of the count keys: far above any real run, low enough that a typo (1e30) is caught.
+INT_LIMITS = {"num_server_rounds": 1_000_000, "num_supernodes": 100_000, "local_epochs": 10_000,
+              "batch_size": 1_000_000, "server_eval_every": 1_000_000}
+
+
+def _coerce(key: str, value: object, kind: object) -> object:
+    """A run-config value as its field's type; a value of another kind is an error, never cast
+    (`batch-size=true` is not 1, `data=[1, 2]` is not a path)."""
+    kind = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if isinstance(value, (list, dict, tuple)) or (isinstance(value, bool) and kind != "bool"):
+            raise TypeError
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            number = float(value)
+        else:
+            return str(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{key}: expected {kind}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    return number
+
+
+def project_defaults(project: Path = PROJECT_DIR) -> dict[str, object]:
+    """`[tool.flwr.app.config]` from pyproject.toml: the one source of defaults."""
+    path = Path(project) / "pyproject.toml"
+    try:
+        with open(path, "rb") as fh:
+            table = tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
+        return dict(table)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"{path}: no [tool.flwr.app.config] table: not a Flower app of this project") from None
+
+
+_PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")  # flwr's own k=v pattern (flwr.common.config)
+
+
+def override_pairs(override: str) -> list[tuple[str, str]]:
+    """The key=value pairs of one `--run-config` string, as Flower reads them. Flower drops any text
+    that is not a pair (`num-server-rounds 5`, the rest of `'it's'`) without a word; here it is an error."""
+    pairs = _PAIR.findall(override)
+    rest = _PAIR.sub(" ", override).split()
+    if not pairs or rest:
+        what = f"cannot read {' '.join(rest)!r} in it" if pairs else "expected a .toml file or key=value pairs"
+        raise ConfigError(f"--run-config {override!r}: {what} (key=value, a value with spaces or "
+                          "an apostrophe in double quotes: key=\"it's a b\")")
+    return pairs
+
+
+def load_run_config(overrides: list[str] | None = None, project: Path = PROJECT_DIR) -> RunConfig:
+    """Defaults + `--run-config` overrides (TOML files or "k=v k=v" strings), as `flwr run` merges them."""
+    from flwr.common.config import parse_config_args
+
+    values = project_defaults(project)
+    for item in overrides or []:  # flwr takes one TOML file *or* k=v strings; merge both, in order
+        if not item.endswith(".toml"):
+            override_pairs(item)
+        try:
+            values.update(parse_config_args([item]))
+        except Exception as exc:  # noqa: BLE001 - flwr raises several types for unreadable overrides
+            raise ConfigError(f"--run-config {item!r}: {getattr(exc, 'message', exc)}") from None
+    return RunConfig.from_mapping(values)
+
+
+def to_override_string(values: Mapping[str, object]) -> str:
+    """Render run-config values as one `flwr run --run-config` "k=v k=v" string."""
+    import json
+
+    def render(v: object) -> str:
+        return ("true" if v else "false") if isinstance(v, bool) else json.dumps(v)
+
+    return " ".join(f"{k}={render(v)}" for k, v in values.items())

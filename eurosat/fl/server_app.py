@@ -1,0 +1,71 @@
+"""ServerApp: validate the run config, run budgeted FedAvg, save the model and the metrics.
+
+The run folder's `status.json` says how the run ended: `flwr run` exits 0 even when this app
+raises, so callers must trust the marker, never the exit code.
+"""
+
+import platform
+
+import flwr
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from eurosat.common.cli import enable_logging
+from eurosat.fl import task, tracking
+from eurosat.fl.config import RunConfig
+from eurosat.fl.strategy import BudgetedFedAvg, TimeBudget
+from eurosat.fl.record import RunRecorder, new_run_dir
+from eurosat.train.loop import seed_everything
+from eurosat.fl.state import raw_nbytes, to_numpy
+from eurosat.fl.codecs import get_codec
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    enable_logging()
+    budget = TimeBudget(None)  # started now: data loading counts against the wall clock
+    cfg = RunConfig.from_mapping(context.run_config)  # one-line ConfigError before any work
+    budget.limit_s, budget.eval_every = cfg.time_limit_s, cfg.server_eval_every
+    run_dir = new_run_dir(cfg.output_root(), cfg.label, cfg.run_dir, resume=cfg.resume)
+    print(f"eurosat: writing results to {run_dir}", flush=True)
+    extra = {"versions": {"flwr": flwr.__version__, "torch": torch.__version__, "python": platform.python_version()}}
+    tracker = tracking.start(cfg.wandb_project, run_dir, cfg.to_mapping(), group=cfg.label)
+    seed_everything(cfg.seed)
+    if cfg.resume:  # the same folder, from the last completed round; the budget starts anew
+        recorder, done, checkpoint = RunRecorder.resume(run_dir, cfg.to_mapping(), extra, tracker)
+        state, position = to_numpy(checkpoint), recorder.data["rounds"][-1]["lr_span"][1]
+        print(f"eurosat: resuming after round {done} (attempt {recorder.attempt})", flush=True)
+    else:
+        recorder = RunRecorder(run_dir, cfg.to_mapping(), extra, tracker)
+        done, position, state = 0, None, to_numpy(task.make_model(cfg).state_dict())
+    try:
+        strategy = BudgetedFedAvg(
+            get_codec(cfg.transport), cfg.transport_error_feedback, cfg.lr_schedule_plan(),
+            min_clients_fraction=cfg.min_clients_fraction, round_timeout_s=cfg.round_timeout_s,
+            cost_per_mb=cfg.cost_per_mb, expected_nodes=cfg.num_supernodes, seed=cfg.seed,
+            fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
+            min_train_nodes=1, min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0, min_available_nodes=1,
+        )
+        outcome = strategy.run(grid, state, cfg.num_server_rounds, budget, cfg.to_mapping(),
+                               evaluate_fn=task.server_evaluator(cfg), on_round=recorder.add_round,
+                               first_round=done + 1, schedule_position=position)
+        artifacts = task.save_artifacts(cfg, run_dir, outcome.state)
+        recorder.finish(
+            task.final_state_dict(cfg, outcome.state),
+            state="completed_with_failures" if outcome.client_failures else "completed",
+            rounds_completed=outcome.rounds_completed,
+            stop_reason=outcome.stop_reason,
+            time_limit_reached=outcome.time_limit_reached,
+            client_failures=outcome.client_failures,
+            engine=cfg.engine,
+            fp32_model_bytes=raw_nbytes(outcome.state),
+            **artifacts,
+        )
+        print(f"eurosat: finished ({outcome.stop_reason}) after {outcome.rounds_completed} rounds; "
+              f"results in {run_dir}", flush=True)
+    except BaseException as exc:
+        recorder.fail(exc)
+        raise

@@ -1,0 +1,405 @@
+"""FedAvg with a wall-clock budget, a learning-rate schedule placed within it, per-round
+bookkeeping of every client asked, and quantized transport.
+
+Flower's `Strategy.start` is a plain loop with no early-stop hook, and raising out of it loses
+the result, so `BudgetedFedAvg.run` drives the rounds itself while reusing FedAvg's node
+sampling and message building. Clients upload *deltas* against the model they received; the
+server decodes them to float32, averages, and applies them to its float32 global model. What
+travels in which format, and what each end remembers, is `link.py`'s business; what else the
+messages say is `protocol.py`'s.
+
+With `fraction-train` < 1 each round trains a sample of the clients, drawn by partition with the
+run seed and the round number (a roll call before the first round learns which node holds which
+partition), so a repeated run trains the same partitions in the same rounds; Flower's own
+sampling draws from node IDs, which are random in every run.
+
+A round is accepted when at least `min-clients-fraction` of the clients asked answered; the
+round record names every client that failed and why. Fewer answers end the run with the first
+client's root cause.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from eurosat.fl.config import sample_size
+from eurosat.fl.link import LINK, ServerLink
+from eurosat.fl.protocol import ARRAYS, CONFIG, EvalReport, Instruction, TrainReport, partition_of, reply_error, weighted
+from eurosat.train.schedule import LrSchedule, RoundPlanner
+from eurosat.fl.state import State, add, contiguous, weighted_mean
+from eurosat.fl.codecs import CODECS, Codec
+
+log = logging.getLogger(__name__)
+MB = 1024 * 1024
+FP32 = CODECS["fp32"]
+NO_LIMIT_TIMEOUT_S = 3600.0  # Flower's own per-round reply timeout, for runs without a budget
+FIRST_ROUND_MIN_S = 600.0  # the first round always runs: a cold start, or emulated bf16 on a CPU, takes time
+# A node that has not said which partition it holds within this long (a cold start takes ~30 s) is
+# sampled as of unknown partition (last, by node ID) and asked again next round: a hung node must
+# not hold every round's roll call for the round's whole timeout before the training even starts.
+ROLL_CALL_MAX_S = 120.0
+
+
+
+class RoundEnd(NamedTuple):
+    """How a round ended (`TimeBudget.finish_round`): its training seconds, the server's
+    evaluation ({} when none was due) and the seconds it took, and whether the run stops here."""
+    seconds: float
+    evaluation: Mapping[str, float]
+    eval_seconds: float | None
+    last: bool
+
+
+class TimeBudget:
+    """Stop when the time spent plus the longest round seen so far, plus one server evaluation (the
+    last round's, which always happens), would pass the limit.
+
+    The first round always runs: nothing is known of a round's length before one has been timed.
+    It also pays for start-up (Ray actors, each process decoding its data), so once later rounds
+    have been timed, "the longest round" is the longest of those. Rounds are timed without the
+    server's evaluation, which runs every `eval_every` rounds and is timed apart (`finish_round`).
+    The clock is injectable for tests.
+    """
+
+    def __init__(self, limit_s: float | None, clock: Callable[[], float] = time.monotonic, eval_every: int = 1):
+        self.limit_s = limit_s
+        self.clock = clock
+        self.eval_every = eval_every
+        self.started = clock()
+        self.rounds: list[float] = []
+        self.evaluations: list[float] = []
+        self.first_round: int | None = None  # the first round this process runs (a resumed run's too)
+        self.current_round = 0
+        self._round_started: float | None = None
+
+    @property
+    def longest_round(self) -> float:
+        later = self.rounds[1:]
+        return max(later or self.rounds or [0.0])
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def start_round(self, rnd: int) -> None:
+        self._round_started = self.clock()
+        self.current_round = rnd
+        if self.first_round is None:
+            self.first_round = rnd
+
+    def due(self, rnd: int) -> bool:
+        """Whether the server evaluates after round `rnd` in any case (the last round: always)."""
+        return rnd == self.first_round or rnd % self.eval_every == 0
+
+    def end_round(self) -> float:
+        seconds = self.clock() - self._round_started
+        self.rounds.append(seconds)
+        return seconds
+
+    def finish_round(self, num_rounds: int, evaluate: Callable[[], Mapping[str, float]]) -> RoundEnd:
+        """End the round's training clock, run the server's evaluation if it is due (the first
+        round, every `eval_every`-th, and the last, so the final model is always evaluated), and
+        say whether this is the last round."""
+        seconds = self.end_round()
+        result = self._timed(evaluate) if self.due(self.current_round) else {}
+        last = self.current_round == num_rounds or not self.allows_another_round()
+        if last and not result:
+            result = self._timed(evaluate)
+        return RoundEnd(seconds, result, self.evaluations[-1] if result else None, last)
+
+    def _timed(self, evaluate: Callable[[], Mapping[str, float]]) -> Mapping[str, float]:
+        started = self.clock()
+        result = evaluate()
+        self.evaluations.append(self.clock() - started)
+        return result
+
+    @property
+    def evaluation(self) -> float:
+        return max(self.evaluations or [0.0])
+
+    def allows_another_round(self) -> bool:
+        """Another round, and the evaluation that ends the run after it, fit in what is left."""
+        return self.limit_s is None or self.elapsed() + self.longest_round + self.evaluation <= self.limit_s
+
+    def rounds_that_fit(self, cap: int) -> int:
+        """How many rounds, the current one included, the stop rule will allow, at most `cap`: the
+        schedule's estimate. Each costs the longest round, plus an evaluation where one is due;
+        the last one always ends with an evaluation."""
+        if self.limit_s is None or self.longest_round <= 0:
+            return cap
+        left, spent, fit = self.limit_s - self.elapsed(), 0.0, 0
+        for rnd in range(self.current_round, self.current_round + cap):
+            due = self.due(rnd)
+            spent += self.longest_round + (self.evaluation if due else 0.0)
+            if spent + (0.0 if due else self.evaluation) > left:
+                break
+            fit += 1
+        return fit
+
+    def remaining(self) -> float | None:
+        return None if self.limit_s is None else self.limit_s - self.elapsed()
+
+
+class ClientsFailed(RuntimeError):
+    """Too few clients answered a round; the message leads with a client's root cause."""
+
+
+@dataclass
+class RoundStats:
+    sent_bytes: int = 0
+    messages_sent: int = 0
+    received_bytes: int = 0
+    clients: int = 0
+    compute: tuple[str, ...] = ()
+    fp32_record_bytes: int = 0  # one model as fp32 transport would send it
+    partitions: tuple[int, ...] = ()  # the partitions whose updates were aggregated
+    failures: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    state: State
+    rounds_completed: int
+    stop_reason: str
+    time_limit_reached: bool
+    client_failures: int = 0
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """The replies of one send-and-receive, and who was asked but did not answer properly."""
+
+    asked: int
+    replies: list[Message]
+    failures: list[dict]
+
+
+def aggregate_updates(codec: Codec, base: State, records: list[ArrayRecord], weights: list[float]) -> State:
+    """base + example-weighted mean of the decoded (float32) deltas: codes are never averaged."""
+    return add(base, weighted_mean([codec.decode(r) for r in records], weights))
+
+
+class BudgetedFedAvg(FedAvg):
+    def __init__(self, codec: Codec, error_feedback: bool = False, schedule: LrSchedule = LrSchedule(),
+                 min_clients_fraction: float = 1.0, round_timeout_s: float = 0.0, cost_per_mb: float = 0.0,
+                 expected_nodes: int = 1, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed  # draws the sampled partitions of each round
+        self.expected_nodes = expected_nodes  # the federation's size: round 1 waits for it
+        self.codec = codec
+        self.link = ServerLink(codec, error_feedback)
+        self.schedule = schedule
+        self.min_clients_fraction = min_clients_fraction
+        self.round_timeout_s = round_timeout_s
+        self.cost_per_mb = cost_per_mb
+        self.global_state: State | None = None
+        self.stats = RoundStats()
+        self.partitions: dict[int, int] = {}  # node id -> partition, learnt from its replies
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Send the global model in the transport format (with error feedback: each node's update
+        to its replica); remember the float32 base the deltas will be added to."""
+        self.global_state = {k: v.numpy() for k, v in arrays.items()}
+        fp32 = FP32.encode(self.global_state, quiet=True).count_bytes()
+        self.stats = RoundStats(fp32_record_bytes=fp32)
+        connected = list(grid.get_node_ids())
+        nodes = self.sample(connected, server_round, self.fraction_train, self.min_train_nodes)
+        log.info("round %d: training %d of %d clients", server_round, len(nodes), len(connected))
+        return self._encoded(nodes, config, MessageType.TRAIN, self.global_state)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Evaluation messages carry the model in the transport format too, and count as traffic."""
+        nodes = self.sample(list(grid.get_node_ids()), server_round, self.fraction_evaluate, self.min_evaluate_nodes)
+        return self._encoded(nodes, config, MessageType.EVALUATE, {k: v.numpy() for k, v in arrays.items()})
+
+    def sample(self, connected: Iterable[int], server_round: int, fraction: float, minimum: int) -> list[int]:
+        """`fraction` of the connected nodes (at least `minimum`), drawn by partition with the run
+        seed and `server_round`. Nodes of unknown partition (they never answered the roll call)
+        come last, by node ID."""
+        nodes = sorted(connected, key=lambda n: (self.partitions.get(n, math.inf), n))
+        size = sample_size(len(nodes), fraction, minimum)
+        if size >= len(nodes):
+            return nodes
+        return random.Random(self.seed * 1_000_003 + server_round).sample(nodes, size)
+
+    def roll_call(self, grid: Grid, timeout: float) -> None:
+        """Ask the nodes whose partition is unknown which one they hold (only needed to sample)."""
+        unknown = [n for n in grid.get_node_ids() if n not in self.partitions]
+        if not unknown or (self.fraction_train >= 1 and self.fraction_evaluate in (0, 1)):
+            return
+        messages = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n) for n in unknown]
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            if not reply.has_error():
+                self.partitions[reply.metadata.src_node_id] = partition_of(reply)
+
+    def _encoded(self, nodes: list[int], config: ConfigRecord, message_type: str, state: State) -> list[Message]:
+        """One message per node with the model (or each node's update) encoded, and the config."""
+        config = ConfigRecord({**config})
+        out: list[Message] = []
+        for group, arrays, link in self.link.encode(state, nodes):
+            content = RecordDict({ARRAYS: arrays, CONFIG: config, **({LINK: link} if link is not None else {})})
+            out += [Message(content=content, message_type=message_type, dst_node_id=n) for n in group]
+            self.stats.sent_bytes += arrays.count_bytes() * len(group)
+            self.stats.messages_sent += len(group)
+        return out
+
+    def _timeout(self, budget: TimeBudget) -> float:
+        """`round-timeout-s`, else what is left of the budget, so a hung client never holds the run
+        past it. The first round, which always runs (start-up included: Ray or the SuperNodes'
+        ClientApp processes, data decoding), may take the whole budget of its own, and at least
+        FIRST_ROUND_MIN_S whatever `round-timeout-s` says, since nobody can tell a cold start's
+        length in advance; later rounds start only with at least their length left (the stop rule)."""
+        first = budget.longest_round <= 0
+        if self.round_timeout_s > 0:
+            return max(self.round_timeout_s, FIRST_ROUND_MIN_S) if first else self.round_timeout_s
+        if budget.limit_s is None:
+            return NO_LIMIT_TIMEOUT_S
+        return max(budget.limit_s, FIRST_ROUND_MIN_S) if first else budget.remaining()
+
+    def _exchange(self, grid: Grid, messages: list[Message], timeout: float) -> Exchange:
+        """Send and wait; record who failed and why; the link forgets the replicas of those nodes."""
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        by_node = {m.metadata.src_node_id: m for m in replies}
+        good, failures = [], []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            reply = by_node.get(node)
+            if reply is not None and not reply.has_error():
+                good.append(reply)
+                continue
+            error = reply_error(reply) if reply is not None else f"no reply within {timeout:.0f} s"
+            failures.append({"node": node, "partition": self.partitions.get(node), "error": error})
+            log.warning("client on node %s (partition %s) failed: %s", node, self.partitions.get(node), error)
+        self.link.forget([f["node"] for f in failures])
+        return Exchange(len(messages), good, failures)
+
+    def _await_nodes(self, grid: Grid, budget: TimeBudget) -> None:
+        """Before the first round, wait (at most the first round's timeout) for the federation to
+        form: on the Deployment Engine SuperNodes connect one by one. Starting with fewer than
+        `min-clients-fraction` of them is an error naming how many came."""
+        needed = max(1, math.ceil(self.min_clients_fraction * self.expected_nodes - 1e-9))
+        deadline = time.monotonic() + self._timeout(budget)
+        while (connected := len(list(grid.get_node_ids()))) < self.expected_nodes and time.monotonic() < deadline:
+            log.info("waiting for nodes: %d of %d connected", connected, self.expected_nodes)
+            time.sleep(2)
+        if connected < needed:
+            raise ClientsFailed(f"only {connected} of {self.expected_nodes} nodes connected within "
+                                f"{self._timeout(budget):.0f} s (min-clients-fraction {self.min_clients_fraction:g})")
+
+    def _accept(self, server_round: int, phase: str, exchange: Exchange) -> None:
+        answered = len(exchange.replies)
+        needed = max(1, math.ceil(self.min_clients_fraction * exchange.asked - 1e-9))
+        if answered < needed:
+            first = exchange.failures[0]["error"] if exchange.failures else "no client was asked"
+            raise ClientsFailed(f"round {server_round} {phase}: {answered} of {exchange.asked} clients answered "
+                                f"(min-clients-fraction {self.min_clients_fraction:g} needs {needed}); {first}")
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord, dict[str, float]]:
+        """Decode every delta to float32, weight by examples, apply to the float32 base."""
+        reports = [(TrainReport.from_content(m.content), m) for m in replies]
+        # Partition order, not arrival order: float sums depend on their order, and a repeated run
+        # with the same seed must give the same model bit for bit.
+        reports.sort(key=lambda pair: pair[0].partition)
+        self.partitions.update({m.metadata.src_node_id: r.partition for r, m in reports})
+        contents = [m.content for _, m in reports]
+        self.stats.clients = len(reports)
+        self.stats.partitions = tuple(r.partition for r, _ in reports)
+        self.stats.compute = tuple(sorted({r.compute for r, _ in reports}))
+        self.stats.received_bytes = sum(c[ARRAYS].count_bytes() for c in contents)
+        weights = [float(r.num_examples) for r, _ in reports]
+        new_state = aggregate_updates(self.codec, self.global_state, [c[ARRAYS] for c in contents], weights)
+        only = [r for r, _ in reports]
+        metrics = weighted(only, ("train_loss", "train_accuracy"))
+        metrics.update(train_images=sum(r.train_images for r in only), train_seconds=sum(r.train_seconds for r in only),
+                       lr_last=only[0].lr_last)
+        return ArrayRecord({k: _array(v) for k, v in new_state.items()}), metrics
+
+    def run(
+        self,
+        grid: Grid,
+        state: State,
+        num_rounds: int,
+        budget: TimeBudget,
+        run_config: Mapping[str, object],
+        evaluate_fn: Callable[[State], Mapping[str, float]],
+        on_round: Callable[[dict, State], None],
+        first_round: int = 1,
+        schedule_position: float | None = None,
+    ) -> Outcome:
+        """Rounds `first_round`..`num_rounds`, or until the budget ends; `on_round` persists each
+        finished round. A resumed run passes the round and the schedule position it stopped at."""
+        arrays = ArrayRecord({k: _array(v) for k, v in state.items()})
+        planner = RoundPlanner(self.schedule, num_rounds, budget.rounds_that_fit, schedule_position)
+        cumulative = cumulative_fp32 = failures_total = 0
+        if first_round > num_rounds:
+            return Outcome(state, num_rounds, "num_server_rounds", False)
+        self._await_nodes(grid, budget)
+        for rnd in range(first_round, num_rounds + 1):
+            budget.start_round(rnd)
+            train_started = budget.clock()
+            self.roll_call(grid, min(self._timeout(budget), ROLL_CALL_MAX_S))
+            instruction = Instruction(rnd, planner.span(rnd))
+            config = ConfigRecord({**run_config, **instruction.to_config()})
+            exchange = self._exchange(grid, self.configure_train(rnd, arrays, config, grid), self._timeout(budget))
+            self._accept(rnd, "train", exchange)
+            arrays, train_metrics = self.aggregate_train(rnd, exchange.replies)
+            failures = [dict(f, phase="train") for f in exchange.failures]
+            train_phase = budget.clock() - train_started
+            client_eval: dict[str, float] = {}
+            if self.fraction_evaluate > 0:
+                evaluation = self._exchange(grid, self.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid),
+                                            self._timeout(budget))
+                self._accept(rnd, "evaluate", evaluation)
+                reports = [EvalReport.from_content(m.content) for m in evaluation.replies]
+                client_eval = {f"client_eval_{k}": v for k, v in weighted(reports, ("loss", "accuracy")).items()}
+                failures += [dict(f, phase="evaluate") for f in evaluation.failures]
+            state = {k: v.numpy() for k, v in arrays.items()}
+            end = budget.finish_round(num_rounds, lambda: evaluate_fn(state))
+            server = end.evaluation
+            wire = self.stats.sent_bytes + self.stats.received_bytes
+            cumulative += wire
+            fp32_equivalent = self.stats.fp32_record_bytes * (self.stats.clients + self.stats.messages_sent)
+            cumulative_fp32 += fp32_equivalent
+            failures_total += len(failures)
+            record = {
+                "round": rnd,
+                **({"server_test_loss": server["loss"], "server_test_accuracy": server["accuracy"]} if server else {}),
+                **{f"client_{k}": v for k, v in train_metrics.items()},
+                **client_eval,
+                "lr_span": [instruction.span.start, instruction.span.stop],
+                "clients_asked": exchange.asked,
+                "clients": self.stats.clients,
+                "partitions": list(self.stats.partitions),
+                "client_failures": failures,
+                "client_compute": list(self.stats.compute),
+                "round_seconds": round(end.seconds + (end.eval_seconds or 0.0), 3),
+                **({"server_eval_seconds": round(end.eval_seconds, 3)} if end.eval_seconds is not None else {}),
+                "train_phase_seconds": round(train_phase, 3),
+                "elapsed_seconds": round(budget.elapsed(), 3),
+                "bytes_sent": self.stats.sent_bytes,
+                "bytes_received": self.stats.received_bytes,
+                "cumulative_mb": cumulative / MB,
+                "cumulative_cost": cumulative / MB * self.cost_per_mb,
+                "fp32_equivalent_bytes": fp32_equivalent,
+                "bytes_ratio_to_fp32": wire / fp32_equivalent,
+            }
+            log.info("round %d: %s, lr %.2e at the end, %.1f s, %.2f MB on the wire%s", rnd,
+                     f"test acc {server['accuracy']:.4f}" if server else "not evaluated", train_metrics["lr_last"],
+                     record["round_seconds"], wire / MB, f", {len(failures)} client failure(s)" if failures else "")
+            on_round(record, state)
+            if end.last and rnd < num_rounds:
+                return Outcome(state, rnd, "time_limit", True, failures_total)
+        return Outcome(state, num_rounds, "num_server_rounds", False, failures_total)
+
+
+def _array(value) -> Array:
+    return Array(contiguous(value))

@@ -1,0 +1,124 @@
+"""What a client and the server do with the model: the glue between the Flower apps and the
+package (model, data, training loop, precision, transport). Keeps both apps a few lines long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from eurosat.fl.config import RunConfig
+from eurosat.data.loading import TensorData, load_client_data, load_split, resolve_source
+from eurosat.quant.compression import compression_report
+from eurosat.quant.registry import Fp16Config, Int8StaticConfig, PackedConfig, quantize, save
+from eurosat.quant.qat import fp32_state
+from eurosat.quant.recipe import FP16_MODEL, INT8_MODEL, PACKED
+from eurosat.fl.protocol import EvalReport, Instruction, TrainReport
+from eurosat.fl.record import save_run_file
+from eurosat.train.loop import evaluate, pick_device, train
+from eurosat.fl.state import State, subtract, to_numpy
+
+
+def make_model(cfg: RunConfig) -> nn.Module:
+    return cfg.recipe.make_model()
+
+
+def load_state(model: nn.Module, state: Mapping[str, np.ndarray]) -> nn.Module:
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    return model
+
+
+def local_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """A batch-order seed of its own for each client and round: reproducible, never repeating."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
+
+
+def client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> tuple[TensorData, TensorData]:
+    """This client's (train, local test) data under the run's partitioning."""
+    return load_client_data(resolve_source(cfg.data), partition_id, num_partitions, cfg.partitioner,
+                            cfg.dirichlet_alpha, cfg.seed, cfg.local_test_fraction)
+
+
+_ON_DEVICE: dict[tuple[int, str], TensorData] = {}
+
+
+def on_device(data: TensorData, device: torch.device) -> TensorData:
+    """`data` moved to `device` once per process (uint8: normalisation and augmentation run there)."""
+    if device.type == "cpu":
+        return data
+    key = (id(data), str(device))
+    if key not in _ON_DEVICE:
+        _ON_DEVICE[key] = data.to(device)
+    return _ON_DEVICE[key]
+
+
+def client_update(
+    cfg: RunConfig, received: State, partition_id: int, num_partitions: int,
+    instruction: Instruction = Instruction(1), optimizer_state: dict | None = None,
+) -> tuple[State, TrainReport]:
+    """Train locally from `received`; return the delta to upload (trained minus received) and the report.
+    `optimizer_state`: the node's kept optimizer state, updated in place (see memory.py)."""
+    plan = cfg.recipe.compute_plan(pick_device())
+    trainset = on_device(client_data(cfg, partition_id, num_partitions)[0], plan.device)
+    model = load_state(make_model(cfg), received)
+    metrics = train(model, trainset, cfg.local_training(), plan,
+                    seed=local_seed(cfg.seed, instruction.server_round, partition_id), span=instruction.span,
+                    optimizer_state=optimizer_state)
+    report = TrainReport(partition=partition_id, num_examples=len(trainset),
+                         compute=f"{plan.compute_dtype}@{plan.device}x{torch.get_num_threads()}", **metrics)
+    return subtract(to_numpy(model.state_dict()), received), report
+
+
+def client_evaluate(cfg: RunConfig, received: State, partition_id: int, num_partitions: int) -> EvalReport:
+    _, testset = client_data(cfg, partition_id, num_partitions)
+    result = evaluate(load_state(make_model(cfg), received), testset, device=pick_device())
+    return EvalReport(partition_id, len(testset), result["loss"], result["accuracy"])
+
+
+def server_evaluator(cfg: RunConfig) -> Callable[[State], dict[str, float]]:
+    """Evaluate the global model on the whole `test` split (decoded once; on a GPU: kept there,
+    evaluated in large batches)."""
+    device = pick_device()
+    testset = on_device(load_split(resolve_source(cfg.data), "test"), device)
+    batch_size = 1024 if device.type == "cuda" else 256
+
+    def evaluate_global(state: State) -> dict[str, float]:
+        result = evaluate(load_state(make_model(cfg), state), testset, batch_size, device=device)
+        return {"loss": result["loss"], "accuracy": result["accuracy"]}
+
+    return evaluate_global
+
+
+def final_state_dict(cfg: RunConfig, state: State) -> dict[str, torch.Tensor]:
+    """The FP32 `Net` state dict saved as `final_model.pt` (QAT: the latent weights)."""
+    return fp32_state(load_state(make_model(cfg), state))
+
+
+def save_artifacts(cfg: RunConfig, run_dir: Path, state: State) -> dict[str, object]:
+    """Files beyond `final_model.pt` that show what the precision really stored (the recipe's
+    exports); returns summary fields. The fp32 latent weights always."""
+    model = load_state(make_model(cfg), state).eval()
+    fp32_file = save_run_file(run_dir, "final_model_fp32.pt", fp32_state(model))
+    extra: dict[str, object] = {}
+    exports = cfg.recipe.exports
+    if PACKED in exports:
+        bits, abits = cfg.recipe.bits
+        packed = save(model, PackedConfig(bits, abits), run_dir / f"final_model_{bits}bit.pt")
+        report = compression_report(model, packed, fp32_file)
+        save_run_file(run_dir, "compression_metrics.json", report)
+        extra.update(compression_ratio=report["compression_ratio"], packed_model=packed.name)
+    if INT8_MODEL in exports:
+        source = resolve_source(cfg.data)
+        calibration = [x for x, _ in load_split(source, "train", sample=1024, seed=cfg.seed).batches(64)]
+        int8 = quantize(model, Int8StaticConfig(), calibration)
+        save(int8, Int8StaticConfig(), run_dir / "model_int8.pt")
+        result = evaluate(int8, load_split(source, "test"), device="cpu")
+        extra.update(int8_model="model_int8.pt", int8_model_test_accuracy=result["accuracy"])
+    if FP16_MODEL in exports:
+        save(quantize(model, Fp16Config()), Fp16Config(), run_dir / "model_fp16.pt")
+        extra.update(fp16_model="model_fp16.pt")
+    return extra

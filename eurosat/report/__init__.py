@@ -1,0 +1,1 @@
+"""Reports over results on disk: the PTQ report, statistics, corruptions, figures and tables."""

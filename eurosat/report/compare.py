@@ -1,0 +1,262 @@
+"""Post-training quantization report: FP32 vs FP16 vs INT8 (and the seed's dynamic INT8).
+
+For each precision: quantize, save, reload the file (so what is evaluated is what is on
+disk), evaluate on the whole test split, and measure the file, the speed and the cost of
+sending it in federated training. Honest labels: `compute_dtype` says what the arithmetic ran
+in (FP16 on a CPU is float16 storage computed in float32).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from eurosat.report.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from eurosat.report.cost import communication_cost, savings
+from eurosat.data.loading import TensorData, load_split, resolve_source
+from eurosat.quant.registry import CONFIGS, Evaluation, Fp32Config, read, evaluation, is_fully_quantized, load, needs_calibration, quantize, save
+from eurosat.train.checkpoints import CheckpointError, load_checkpoint, net_from_state, state_dict_of
+from eurosat.data.check import check_source
+from eurosat.common.files import write_json
+from eurosat.common.paths import check_output_dir
+from eurosat.report.stats import Interval, paired_accuracy_difference
+from eurosat.train.loop import evaluate
+from eurosat.report.verdict import NOT_MEANINGFUL, baseline_problems, judge
+
+MB = 1024 * 1024
+RESULT_FILE = "quantization_comparison.json"
+ROBUSTNESS_MARGIN = 0.5  # points: INT8 may lose at most this much more than FP16 under corruption
+CLASS_NAMES = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
+               "PermanentCrop", "Residential", "River", "SeaLake"]
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    data: str
+    out_dir: Path
+    clients: int = 10
+    rounds: int = 10
+    cost_per_mb: float = 5.0
+    calibration_samples: int = 1024
+    calibration_split: str = "train"
+    device: str = "cpu"
+    batch_size: int = 256
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    test_data: str | None = None  # another folder to evaluate on (calibration stays on `data`)
+    test_split: str = "test"
+    corruptions: tuple[str, ...] = ()
+    severities: tuple[int, ...] = SEVERITIES
+    seed: int = 0  # corruption noise
+
+
+def load_fp32_net(path: Path) -> torch.nn.Module:
+    """A trained FP32 `Net` from a plain state dict; anything else is a one-line CheckpointError."""
+    obj = load_checkpoint(path)
+    if isinstance(obj, dict):
+        state, config = read(obj, path)  # our own model_fp32.pt carries a header: read it off
+        if not isinstance(config, Fp32Config):
+            raise CheckpointError(f"{path}: is an already-quantized model file; give the FP32 checkpoint")
+        obj = state if "state_dict" not in obj else obj
+    return net_from_state(state_dict_of(obj, path), path).eval()
+
+
+def _calibration(source, split: str, n: int, batch_size: int) -> list[torch.Tensor]:
+    images = load_split(source, split, sample=n, seed=0)
+    return [x for x, _ in images.batches(batch_size)]
+
+
+def _score(loaded: Evaluation, testset: TensorData, batch_size: int, progress: str | None = None) -> dict:
+    return evaluate(loaded.model, testset, batch_size, loaded.device, loaded.input_dtype, progress=progress)
+
+
+def _clean_result(loaded: Evaluation, testset: TensorData, batch_size: int, precision: str) -> dict:
+    warm = next(testset.batches(batch_size, device=loaded.device))[0].to(loaded.input_dtype)
+    with torch.no_grad():
+        loaded.model(warm)  # first-call set-up is not inference speed
+    result = _score(loaded, testset, batch_size, progress=f"evaluating {precision}")
+    confusion = torch.tensor(result["confusion_matrix"])
+    per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1)).tolist()
+    return {
+        "accuracy": 100.0 * result["accuracy"],
+        "test_loss": result["loss"],
+        "per_class_accuracy": dict(zip(CLASS_NAMES, [100.0 * a for a in per_class])),
+        "confusion_matrix": result["confusion_matrix"],
+        "throughput_images_per_s": result["num_examples"] / result["seconds"],
+        "latency_ms_per_batch": 1000.0 * result["seconds"] / result["batches"],
+        "batch_size": batch_size,
+        "device": str(loaded.device),
+        "compute_dtype": loaded.compute,
+        "fully_quantized": is_fully_quantized(loaded.model) if loaded.compute.startswith("int8") else None,
+        "_correct": result["correct"],
+    }
+
+
+def robustness(models: dict[str, Evaluation], testset: TensorData, clean: dict[str, float], opts: CompareOptions) -> dict:
+    """Accuracy of every precision under every corruption and severity. Each corrupted image set is
+    made once and evaluated by every precision."""
+    results: dict[str, dict] = {name: {} for name in models}
+    total = len(opts.corruptions) * len(opts.severities)
+    done = 0
+    for corruption in opts.corruptions:
+        for name in models:
+            results[name][corruption] = {}
+        for severity in opts.severities:
+            images = TensorData(corrupt(testset.images, corruption, severity, opts.seed), testset.labels)
+            accuracy = {name: 100.0 * _score(loaded, images, opts.batch_size)["accuracy"] for name, loaded in models.items()}
+            for name, acc in accuracy.items():
+                results[name][corruption][str(severity)] = {
+                    "accuracy": acc, "drop_vs_clean": clean[name] - acc, "drop_vs_fp32": accuracy["fp32"] - acc}
+            done += 1
+            print(f"  robustness {done}/{total}: {corruption} severity {severity}: "
+                  + ", ".join(f"{n} {a:.1f}%" for n, a in accuracy.items()), flush=True)
+    summary: dict[str, dict] = {"mean_corruption_accuracy": {}, "mean_drop_vs_clean": {}, "worst": {}}
+    for name, by_corruption in results.items():
+        cells = [(c, int(s), v) for c, by_sev in by_corruption.items() for s, v in by_sev.items()]
+        summary["mean_corruption_accuracy"][name] = sum(v["accuracy"] for *_, v in cells) / len(cells)
+        summary["mean_drop_vs_clean"][name] = sum(v["drop_vs_clean"] for *_, v in cells) / len(cells)
+        c, s, v = min(cells, key=lambda cell: cell[2]["accuracy"])
+        summary["worst"][name] = {"corruption": c, "severity": s, "accuracy": v["accuracy"]}
+    per_corruption = {c: sum(results["fp32"][c][str(s)]["accuracy"] for s in opts.severities) / len(opts.severities)
+                      for c in opts.corruptions}
+    summary["worst_corruption_fp32"] = min(per_corruption, key=per_corruption.get)
+    if "int8" in results and "fp16" in results:
+        i8, f16 = summary["mean_drop_vs_clean"]["int8"], summary["mean_drop_vs_clean"]["fp16"]
+        holds = i8 <= f16 + ROBUSTNESS_MARGIN
+        summary["int8_within_fp16_plus_margin"] = holds
+        summary["verdict"] = (f"INT8 {'holds up' if holds else 'does not hold up'} under corruption: mean drop "
+                              f"{i8:+.2f} points vs FP16's {f16:+.2f} (allowed: FP16's + {ROBUSTNESS_MARGIN})")
+    return {"corruptions": {c: {"parameter": CORRUPTIONS[c].parameter, "levels": list(CORRUPTIONS[c].levels)}
+                            for c in opts.corruptions},
+            "severities": list(opts.severities), "seed": opts.seed, "results": results, "summary": summary}
+
+
+def check_inputs(checkpoint: Path, opts: CompareOptions) -> None:
+    """Everything that can be wrong with the input, before any work: one-line errors, nothing written."""
+    unknown = [p for p in opts.precisions if p not in CONFIGS]
+    if unknown:
+        raise ValueError(f"--precisions: unknown {', '.join(unknown)}; allowed: {', '.join(CONFIGS)}")
+    repeated = sorted({p for p in opts.precisions if opts.precisions.count(p) > 1})
+    if repeated:
+        raise ValueError(f"--precisions: {', '.join(repeated)} named twice")
+    for flag, most in (("clients", 10**6), ("rounds", 10**6), ("calibration_samples", 10**6), ("batch_size", 65536)):
+        if not 1 <= getattr(opts, flag) <= most:
+            raise ValueError(f"--{flag.replace('_', '-')}: must be in [1, {most}], got {getattr(opts, flag)}")
+    if not (math.isfinite(opts.cost_per_mb) and opts.cost_per_mb >= 0):
+        raise ValueError(f"--cost-per-mb: must be a finite number >= 0, got {opts.cost_per_mb}")
+    if not 0 <= opts.seed < 2**63:
+        raise ValueError(f"--seed: must be in [0, 2^63 - 1], got {opts.seed}")
+    try:
+        device = torch.device(opts.device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {opts.device}: not a device (cpu, cuda, cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {opts.device}: only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {opts.device}: CUDA is not available")
+    load_fp32_net(checkpoint)
+    check_output_dir(opts.out_dir, "--out-dir")
+    check_source(resolve_source(opts.data, splits=(opts.calibration_split,)))
+    check_source(resolve_source(opts.test_data or opts.data, splits=(opts.test_split,)))
+
+
+def compare(checkpoint: Path, opts: CompareOptions) -> dict:
+    """Run the whole comparison; write model files and the JSON into `opts.out_dir`."""
+    check_inputs(checkpoint, opts)  # bad input fails here, before anything is written
+    net = load_fp32_net(checkpoint)
+    precisions = ["fp32"] + [p for p in opts.precisions if p != "fp32"]  # fp32 is the baseline
+    source = resolve_source(opts.data, splits=(opts.calibration_split,))
+    test_source = resolve_source(opts.test_data or opts.data, splits=(opts.test_split,))
+    device = torch.device(opts.device)
+    started = time.perf_counter()
+    testset = load_split(test_source, opts.test_split)
+    calibration = (_calibration(source, opts.calibration_split, opts.calibration_samples, 64)
+                   if any(needs_calibration(CONFIGS[p]) for p in precisions) else None)
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    models: dict[str, Evaluation] = {}
+    for name in precisions:
+        config = CONFIGS[name]
+        path = opts.out_dir / f"model_{name}.pt"
+        save(quantize(net, config, calibration), config, path)
+        size = os.path.getsize(path)
+        model, stored = load(path)  # what is evaluated is what is on disk
+        assert stored == config, (stored, config)
+        models[name] = evaluation(model, stored, device)
+        results[name] = {"file": path.name, "file_size_bytes": size, "file_size_mb": size / MB,
+                         **_clean_result(models[name], testset, opts.batch_size, name)}
+        print(f"  {name}: {results[name]['accuracy']:.2f}% accuracy, {size / MB:.3f} MB", flush=True)
+    base = results["fp32"]
+    base_cost = communication_cost(base["file_size_bytes"], opts.clients, opts.rounds, opts.cost_per_mb)
+    for r in results.values():
+        r["accuracy_drop_percent"] = base["accuracy"] - r["accuracy"]  # percentage points, as in the seed
+        # FP32's accuracy minus this one's, image by image: the drop and its 95% interval
+        r["accuracy_drop_ci95"] = paired_accuracy_difference(base["_correct"], r["_correct"]).as_dict()
+        r["compression_ratio"] = base["file_size_bytes"] / r["file_size_bytes"]
+        r["size_reduction_percent"] = 100.0 * (1 - r["file_size_bytes"] / base["file_size_bytes"])
+        cost = communication_cost(r["file_size_bytes"], opts.clients, opts.rounds, opts.cost_per_mb)
+        r["communication"] = {**cost.as_dict(), **savings(cost, base_cost)}
+    for r in results.values():
+        del r["_correct"]
+    report = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "data": source.name,
+        "test_data": {"source": test_source.name, "split": opts.test_split},
+        "test_samples": len(testset),
+        "calibration": {"source": source.name, "split": opts.calibration_split, "samples": sum(len(b) for b in calibration),
+                        "samples_asked": opts.calibration_samples}
+        if calibration else None,
+        "device": str(device),
+        "timestamp": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "versions": {"torch": torch.__version__, "python": platform.python_version(),
+                     "quantized_engine": torch.backends.quantized.engine},
+        "communication_settings": {"clients": opts.clients, "rounds": opts.rounds, "cost_per_mb": opts.cost_per_mb,
+                                   "formula": "file MB x 2 (down+up) x clients x rounds x cost per MB"},
+        "precisions": results,
+    }
+    if "int8" in results:
+        i8 = results["int8"]
+        drop = Interval(**{k: i8["accuracy_drop_ci95"][k] for k in ("estimate", "low", "high", "n")})
+        report["verdict"], report["verdict_reasons"] = judge(drop, i8["compression_ratio"],
+                                                             i8["communication"]["savings_percent"],
+                                                             base["confusion_matrix"])
+    if opts.corruptions:
+        report["robustness"] = robustness(models, testset, {n: r["accuracy"] for n, r in results.items()}, opts)
+        problems = baseline_problems(base["confusion_matrix"])
+        if problems and "verdict" in report["robustness"]["summary"]:
+            report["robustness"]["summary"]["verdict"] = f"{NOT_MEANINGFUL}: baseline not trained ({'; '.join(problems)})"
+    report["seconds"] = time.perf_counter() - started
+    write_json(opts.out_dir / RESULT_FILE, report)
+    return report
+
+
+def format_table(report: dict) -> str:
+    lines = [f"{'Precision':<13}{'Accuracy':>9}{'Drop [95% interval]':>24}{'Size (MB)':>11}{'Compression':>13}"
+             f"{'img/s':>9}{'Cost ($)':>10}{'Saved':>8}  compute"]
+    for name, r in report["precisions"].items():
+        ci = r["accuracy_drop_ci95"]
+        drop = f"{ci['estimate']:+.2f} [{ci['low']:+.2f}, {ci['high']:+.2f}]"
+        lines.append(f"{name:<13}{r['accuracy']:>8.2f}%{drop:>24}{r['file_size_mb']:>11.3f}"
+                     f"{r['compression_ratio']:>12.2f}x{r['throughput_images_per_s']:>9.0f}"
+                     f"{r['communication']['total_cost']:>10.2f}{r['communication']['savings_percent']:>7.1f}%"
+                     f"  {r['compute_dtype']}")
+    lines.append(f"(drop = FP32 accuracy minus this precision's, in points, on the same {report['test_samples']} "
+                 "images; paired bootstrap 95% interval)")
+    if "verdict" in report:
+        reasons = report.get("verdict_reasons") or []
+        lines.append(f"INT8 verdict: {report['verdict']}" + (f" ({'; '.join(reasons)})" if reasons else ""))
+    if "robustness" in report:
+        summary = report["robustness"]["summary"]
+        lines.append("Under corruption (mean over corruptions and severities): " + ", ".join(
+            f"{n} {a:.2f}% (drop {summary['mean_drop_vs_clean'][n]:+.2f})"
+            for n, a in summary["mean_corruption_accuracy"].items()))
+        lines.append(f"Worst corruption for FP32: {summary['worst_corruption_fp32']}")
+        if "verdict" in summary:
+            lines.append(summary["verdict"])
+    return "\n".join(lines)

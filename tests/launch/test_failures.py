@@ -1,0 +1,347 @@
+"""Nothing lost, every failure named: real launches and real CLI calls on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import ROOT, cli, in_process, launch, run_dir_of
+
+from eurosat.data.loading import federated_dataset, resolve_source
+from eurosat.launch.launcher import main as launch_main
+from eurosat.train.model import Net
+
+ROOT_USER = os.geteuid() == 0
+
+
+def _launcher(args: list[str], result: Path, log=subprocess.PIPE) -> subprocess.Popen:
+    """A launcher in the background; `log`: where its output goes (a pipe must be drained)."""
+    return subprocess.Popen([sys.executable, "-m", "eurosat.launch.launcher", *args, "--result-json", str(result)], cwd=ROOT,
+                            text=True, stdout=log, stderr=subprocess.STDOUT if log is not subprocess.PIPE else log)
+
+
+def _rewrite(src: Path, dst: Path, change) -> Path:
+    """Copy a parquet split with `change(rows)` applied to its rows (list of dicts)."""
+    rows = pq.read_table(src).to_pylist()
+    change(rows)
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(src)), dst)
+    return dst
+
+
+def _copy_slice(small_data: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test", "validation"):
+        (dst / f"{split}.parquet").write_bytes((small_data / f"{split}.parquet").read_bytes())
+    return dst
+
+
+@pytest.mark.slow
+def test_two_launches_in_the_same_second_keep_apart_and_kill_9_stops_only_its_own(tiny_data, tmp_path):
+    """Side by side, the same recipe: their own folders (same second: the -2 suffix) and, sampling
+    2 of 4 clients a round, the same partitions and the same results round by round (node IDs are
+    random in every run; the sample is drawn by partition with the seed; a constant learning rate,
+    so the round count changes nothing). Then `kill -9` of the long run's launcher: its watchdog
+    takes that federation down, closes the run as interrupted with its model, and the other run
+    completes untouched."""
+    common = (f"num-supernodes=4 fraction-train=0.5 local-epochs=1 lr-schedule='constant' server-eval-every=1 "
+              f"time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path}'")
+    results = [tmp_path / "short.json", tmp_path / "long.json"]
+    logs = [open(tmp_path / "short.log", "w"), open(tmp_path / "long.log", "w")]
+    short, long_ = (_launcher(["-c", f"num-server-rounds={n} {common}"], r, log)
+                    for n, r, log in zip((2, 200), results, logs))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (results[1].exists() and
+                                               (Path(json.loads(results[1].read_text())["run_dir"]) / "checkpoint.pt").exists()):
+        time.sleep(1)
+    live = json.loads(results[1].read_text())  # written when the run starts: run folder, FLWR_HOME
+    killed, home = Path(live["run_dir"]), live["flwr_home"]
+    assert live["state"] == "running" and (killed / "checkpoint.pt").exists(), "no round completed in time"
+    assert _processes_with(f"FLWR_HOME={home}"), "the federation should be running"
+    os.kill(long_.pid, signal.SIGKILL)
+    long_.wait()
+    # the watchdog notices within a poll and then takes at most `stop_run`'s 60 s (SIGTERM, 10 s of
+    # grace, SIGKILL until quiet): allow that and a margin for a loaded machine
+    deadline = time.monotonic() + 90
+    while _processes_with(f"FLWR_HOME={home}") and time.monotonic() < deadline:
+        time.sleep(1)
+    survivors = {p: _cmdline(p) for p in _processes_with(f"FLWR_HOME={home}")}
+    assert not survivors, f"processes of the run survived the launcher: {survivors}"
+    for _ in range(30):  # the watchdog closes the run just after stopping it (the ServerApp, losing
+        # its clients, may record "failed" first; the watchdog's "interrupted" replaces it), then
+        # removes the temporary FLWR_HOME
+        if json.loads((killed / "status.json").read_text())["state"] == "interrupted" and not Path(home).exists():
+            break
+        time.sleep(1)
+    status = json.loads((killed / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["stop_reason"] == "launcher killed"
+    Net().load_state_dict(torch.load(killed / "final_model.pt", weights_only=True))  # the files survive
+    assert not Path(home).exists()
+
+    assert short.wait(timeout=600) == 0, (tmp_path / "short.log").read_text()[-2000:]
+    for log in logs:
+        log.close()
+    done = Path(json.loads(results[0].read_text())["run_dir"])
+    assert done != killed and done.parent == killed.parent  # same second, own folders (-2 suffix)
+    assert json.loads((done / "status.json").read_text())["state"] == "completed"
+    assert json.loads((done / "metrics.json").read_text())["run_dir"] == str(done)
+    rounds = [json.loads((d / "metrics.json").read_text())["rounds"] for d in (done, killed)]
+    assert len(rounds[0]) == 2 and len(rounds[1]) >= 1
+    for a, b in zip(*rounds):  # every round both completed: the same clients, the same model
+        assert a["partitions"] == b["partitions"] and len(a["partitions"]) == 2
+        assert (a["server_test_loss"], a["client_train_loss"]) == (b["server_test_loss"], b["client_train_loss"])
+
+
+def test_an_explicit_run_dir_that_holds_a_run_is_refused(e2e_run):
+    _, run_dir = e2e_run
+    proc = launch(["-c", f"run-dir='{run_dir}'"], timeout=120)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_client_that_fails_is_recorded_and_named(tiny_data, tmp_path):
+    """One training row of partition 0 is not an image. With min-clients-fraction=0.5 the round is
+    accepted with the other client; the run ends completed_with_failures (exit 3), and the round
+    names the partition and the root cause."""
+    data = _copy_slice(tiny_data, tmp_path / "data")
+    from datasets import Image as ImageFeature
+
+    part0 = federated_dataset(resolve_source(str(data)), "iid", 2, 0.5, 42).load_partition(0, "train")
+    victim = part0.cast_column("image", ImageFeature(decode=False))[0]["image"]["path"]
+
+    def spoil(rows):
+        for row in rows:
+            if row["image"]["path"] == victim:
+                row["image"] = {"bytes": b"these bytes are not a JPEG", "path": victim}
+
+    _rewrite(tiny_data / "train.parquet", data / "train.parquet", spoil)
+    proc = launch(["--skip-data-check", "-c", f"num-server-rounds=1 num-supernodes=2 fraction-train=1.0 local-epochs=1 "
+                   f"min-clients-fraction=0.5 data='{data}' output-dir='{tmp_path / 'out'}'"])
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run_dir = run_dir_of(proc)
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed_with_failures"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (round1,) = metrics["rounds"]
+    assert round1["clients_asked"] == 2 and round1["clients"] == 1
+    (failure,) = round1["client_failures"]
+    assert failure["phase"] == "train" and failure["error"].startswith("partition 0: UnidentifiedImageError")
+    assert metrics["summary"]["client_failures"] == 1 and metrics["summary"]["rounds_with_client_failures"] == 1
+    assert "1 client failure(s)" in proc.stderr
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "(gone)"
+
+
+def _processes_with(needle: str) -> list[int]:
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle.encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return [p for p in found if p != os.getpid()]
+
+
+def test_bad_data_is_refused_before_anything_starts(small_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("EUROSAT_CACHE", str(tmp_path / "cache"))
+    cases = {
+        "zero_byte": (lambda d: (d / "train.parquet").write_bytes(b""), "train.parquet: not a readable parquet"),
+        "truncated": (lambda d: (d / "test.parquet").write_bytes((small_data / "test.parquet").read_bytes()[:3000]),
+                      "test.parquet: not a readable parquet"),
+        "wrong_columns": (lambda d: pq.write_table(pa.table({"unrelated": [1, 2]}), d / "test.parquet"),
+                          "test.parquet: no column image, label"),
+        "label_12": (lambda d: _rewrite(small_data / "test.parquet", d / "test.parquet",
+                                        lambda rows: rows[7].update(label=12)), "test.parquet: row 7: label 12"),
+        "bad_image": (lambda d: _rewrite(small_data / "train.parquet", d / "train.parquet",
+                                         lambda rows: rows[3].update(image={"bytes": b"xx", "path": "x.jpg"})),
+                      "train.parquet: row 3: image does not decode"),
+    }
+    for kind, (spoil, needle) in cases.items():
+        data = _copy_slice(small_data, tmp_path / kind)
+        spoil(data)
+        proc = in_process(launch_main, "-c", f"data='{data}' output-dir='{tmp_path / 'out'}'")
+        assert proc.returncode == 2, (kind, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (kind, proc.stderr)
+    assert not (tmp_path / "out").exists()  # nothing started, no run folder
+    # a mistyped relative path is a missing folder, never a Hub id
+    (tmp_path / "data").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "eurosat.launch.launcher", "-c", "data='data/eurosat'"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and "data/eurosat does not exist" in proc.stderr, proc.stderr
+
+
+def test_data_check_is_cached_per_file(small_data, tmp_path, monkeypatch):
+    from eurosat.data.check import cache_dir, check_source
+
+    monkeypatch.setenv("EUROSAT_CACHE", str(tmp_path))
+    source = resolve_source(str(small_data))
+    check_source(source, progress=False)
+    assert len(list(cache_dir().glob("*.json"))) == 3  # train, test, validation
+    started = time.perf_counter()
+    check_source(source, progress=False)
+    assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize("cpus, overrides, requested, expected", [
+    (2, [], None, 2),                                        # the default job: one client a round, all the CPUs
+    (2, ["fraction-train=0.2"], None, 1),                    # 2 of 10 clients a round on 2 CPUs: one each
+    (16, ["fraction-train=0.2"], None, 8),                   # the same on a 16-CPU node: 8 threads each
+    (16, ["fraction-train=1.0"], None, 1),                   # every client every round
+    (16, ["num-supernodes=3 fraction-train=0.5"], None, 16),  # int(1.5) = 1 client a round
+    (16, [], 3, 3),                                          # --client-cpus wins
+])
+def test_the_clients_of_a_round_share_the_cpus(cpus, overrides, requested, expected):
+    from eurosat.fl.config import load_run_config
+    from eurosat.launch.launcher import Resources
+
+    cfg = load_run_config(overrides)
+    assert Resources(cpus=cpus, client_cpus=requested).for_run(cfg) == (cpus, expected, 0.0)
+    assert Resources(cpus=cpus, gpus=1.0).for_run(load_run_config(["fraction-train=1.0"]))[2] == 0.1
+
+
+def test_launcher_options_are_checked_up_front(small_data, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = [
+        (["--cpus", "-1"], "--cpus: must be >= 1"),
+        (["--client-gpus", "-0.5"], "--client-gpus: must be >= 0"),
+        (["--flwr-home", str(a_file)], "--flwr-home"),
+        (["--project", str(tmp_path / "missing")], "not a Flower app folder"),
+        (["-c", f"output-dir='{a_file}'"], "output-dir"),
+        (["-c", "lr=nan"], "lr: expected a finite number"),
+        (["-c", "nonsense"], "expected a .toml file or key=value pairs"),
+        (["--engine", "deployment", "--host", "bad host name"], "--host 'bad host name': not an address"),
+    ]
+    broken = tmp_path / "broken-app"
+    broken.mkdir()
+    (broken / "pyproject.toml").write_text("[tool.flwr.app\n")
+    cases.append((["--project", str(broken)], "not valid TOML"))
+    for args, needle in cases:
+        proc = in_process(launch_main, *args, "-c", f"data='{small_data}'")
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (args, proc.stderr)
+
+
+@pytest.mark.skipif(ROOT_USER, reason="root writes into read-only folders: permissions cannot be tested as root")
+def test_unwritable_output_folders_are_refused(small_data, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        proc = launch(["-c", f"data='{small_data}' output-dir='{locked / 'out'}'"], timeout=120)
+        assert proc.returncode == 2 and "is not writable" in proc.stderr, proc.stderr
+        proc = cli("analyze_results.py", small_data, "--csv", locked / "t.csv")
+        assert proc.returncode == 2 and "is not writable" in proc.stderr, proc.stderr
+    finally:
+        locked.chmod(0o700)
+
+
+def test_tools_check_output_paths_before_work(e2e_run, small_data, tmp_path):
+    _, run_dir = e2e_run
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for script, args, needle in [
+        ("compare_quantizations.py", [run_dir / "final_model.pt", "--data", small_data, "--out-dir", a_file],
+         "--out-dir"),
+        ("compare_quantizations.py", [run_dir / "final_model.pt", "--data", small_data, "--out-dir", a_file / "sub"],
+         "--out-dir"),
+        ("measure_compression.py", ["--checkpoint", run_dir / "final_model.pt", "--weight_bits", "4", "--out", tmp_path],
+         "--out"),
+        ("analyze_results.py", [run_dir.parents[2], "--csv", tmp_path], "--csv"),
+        ("create_comparison_plots.py", ["--outputs", run_dir.parents[2], "--out", a_file], "--out"),
+    ]:
+        proc = cli(script, *args)
+        assert proc.returncode == 2, (script, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (script, proc.stderr)
+    assert a_file.read_text() == "x"
+
+
+def test_report_tools_skip_malformed_records_and_replace_nothing_on_error(e2e_run, tmp_path):
+    _, run_dir = e2e_run
+    outputs = tmp_path / "outputs"
+    good = outputs / "fp32" / "2026-01-01" / "00-00-00"
+    good.parent.mkdir(parents=True)
+    good.mkdir()
+    for name in ("metrics.json", "status.json"):
+        (good / name).write_bytes((run_dir / name).read_bytes())
+    wrong_types = outputs / "fp32" / "2026-01-01" / "00-00-01"
+    wrong_types.mkdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["rounds"][0]["server_test_accuracy"] = "high"
+    (wrong_types / "metrics.json").write_text(json.dumps(metrics))
+    truncated = outputs / "fp32" / "2026-01-01" / "00-00-02"
+    truncated.mkdir()
+    (truncated / "metrics.json").write_text((run_dir / "metrics.json").read_text()[:200])
+    (truncated / "status.json").write_bytes((run_dir / "status.json").read_bytes())
+    # valid JSON with values of the wrong kind where the readers group and label runs
+    for stamp, edit, field in (("00-00-03", lambda m: m["config"].update(precision=["fp32"]), "config.precision"),
+                               ("00-00-04", lambda m: m["config"].update({"weight-bits": "abc"}), "config.weight-bits"),
+                               ("00-00-05", lambda m: m["summary"].update(fp32_model_bytes=None), "summary.fp32_model_bytes"),
+                               ("00-00-06", lambda m: m["rounds"][-1].update(server_test_accuracy=float("nan")),
+                                "server_test_accuracy")):
+        odd = json.loads((run_dir / "metrics.json").read_text())
+        edit(odd)
+        (outputs / "fp32" / "2026-01-01" / stamp).mkdir()
+        (outputs / "fp32" / "2026-01-01" / stamp / "metrics.json").write_text(json.dumps(odd))
+    proc = cli("analyze_results.py", outputs)
+    assert proc.returncode == 0, proc.stderr
+    warnings = proc.stderr.strip().splitlines()
+    assert len(warnings) == 6 and all(w.startswith("warning: ") and "skipped" in w for w in warnings), proc.stderr
+    assert any("00-00-01" in w and "server_test_accuracy" in w for w in warnings)
+    assert any("00-00-02" in w for w in warnings)
+    for stamp, field in (("00-00-03", "config.precision"), ("00-00-04", "config.weight-bits"),
+                         ("00-00-05", "summary.fp32_model_bytes"), ("00-00-06", "server_test_accuracy")):
+        assert any(stamp in w and field in w for w in warnings), (stamp, warnings)
+    assert "00-00-00" in proc.stdout
+    proc = cli("create_comparison_plots.py", "--outputs", outputs, "--out", tmp_path / "figs")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    # a broken report: exit 2, and the figures already there are untouched
+    report = tmp_path / "quantization_comparison.json"
+    report.write_text(json.dumps({"precisions": {"fp32": {"accuracy": 90.0}}}))
+    (tmp_path / "comparison_plots.png").write_bytes(b"old figure")
+    proc = cli("create_comparison_plots.py", report, "--outputs", outputs)
+    assert proc.returncode == 2 and "accuracy_drop_percent" in proc.stderr, proc.stderr
+    assert (tmp_path / "comparison_plots.png").read_bytes() == b"old figure"
+    proc = cli("create_comparison_plots.py", tmp_path, "--outputs", outputs)
+    assert proc.returncode == 2 and "is a directory" in proc.stderr
+    # a report whose fields have the wrong shape (valid JSON): one line naming the file, no traceback
+    full = {name: {"accuracy": 90.0, "accuracy_drop_percent": 0.0, "file_size_mb": 1.0, "compression_ratio": 1.0,
+                   "communication": {"total_cost": 1.0, "savings_percent": 0.0}, "accuracy_drop_ci95": "wide"}
+            for name in ("fp32", "int8")}
+    for bad in ({"precisions": full}, {"precisions": {**full, "fp32": {**full["fp32"], "accuracy": float("nan")}}},
+                {"precisions": {k: {**v, "accuracy_drop_ci95": [0, 0]} for k, v in full.items()}, "robustness": {}}):
+        report.write_text(json.dumps(bad))
+        proc = cli("create_comparison_plots.py", report, "--outputs", outputs)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert str(report) in proc.stderr and (tmp_path / "comparison_plots.png").read_bytes() == b"old figure"
+
+
+def test_script_messages(tmp_path):
+    proc = subprocess.run([str(ROOT / "submit_job.sh"), "fp32", "1", "-5"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "MINUTES must be a positive whole number" in proc.stderr, proc.stderr
+    proc = subprocess.run([str(ROOT / "setup.sh"), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "set -euo" not in proc.stdout and "setup.sh" in proc.stdout
+
+
+def test_unquoted_string_values_are_quoted_for_flower():
+    from eurosat.launch.launcher import quote_strings
+
+    assert quote_strings("precision=fp16 lr=0.01 data=/x/y") == 'precision="fp16" lr=0.01 data="/x/y"'
+    assert quote_strings("data='/a b'") == "data='/a b'"
