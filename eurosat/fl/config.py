@@ -17,15 +17,25 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from eurosat.data.augment import AUGMENTATIONS
-from eurosat.data.loading import DATA_ENV, PARTITIONERS
+from eurosat.data.loading import DATA_ENV, HUB_DATASET, PARTITIONERS
 from eurosat.quant.recipe import PrecisionRecipe
 from eurosat.train.schedule import SCHEDULES, LrSchedule
 from eurosat.train.loop import OPTIMIZERS, LocalTraining
 from eurosat.fl.codecs import CODECS, wire_name
 
-BITS_ENV = "QUANTIZATION_BITS"
 PROJECT_ENV = "EUROSAT_PROJECT_DIR"
 PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+
+# Keys and variables of earlier versions: each is a one-line error that says what to write instead.
+REMOVED_KEYS = {"use-quantization": "transport=\"fp16\" (the updates travel as float16)"}
+REMOVED_ENV = {"QUANTIZATION_BITS": "-c weight-bits=N (the run config is the one way to set a bit-width)"}
+
+
+def check_environment(environ: Mapping[str, str] = os.environ) -> None:
+    """A variable an earlier version read is an error, not silently ignored."""
+    for name in sorted(set(environ) & set(REMOVED_ENV)):
+        raise ConfigError(f"${name} is no longer read; unset it and use {REMOVED_ENV[name]}")
 
 
 ENGINES = ("simulation", "deployment")  # which Flower engine ran the run (set by the launcher)
@@ -50,7 +60,6 @@ class RunConfig:
     weight_bits: int
     activation_bits: int
     transport: str
-    use_quantization: bool
     transport_error_feedback: bool
     cost_per_mb: float
     data: str
@@ -84,10 +93,17 @@ class RunConfig:
     def from_mapping(cls, values: Mapping[str, object], environ: Mapping[str, str] = os.environ) -> "RunConfig":
         """Build from run-config keys (`num-server-rounds`, ...); unknown or missing keys are errors.
 
-        `$EUROSAT_DATA` and `$QUANTIZATION_BITS` in `environ` win over `data` and `weight-bits`.
-        The server resolves them once and sends the result to clients with `environ={}`.
+        Precedence, the one rule: the run config (`-c`, a preset, pyproject.toml) wins; `$EUROSAT_DATA`
+        fills in `data` only where the run config leaves it at the default (the Hub's name), since
+        plain `flwr run` cannot tell a typed default from an untyped one. The server resolves it once
+        and sends the result to clients with `environ={}`.
         """
         known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        check_environment(environ)
+        values = dict(values)
+        for key in sorted(set(values) & set(REMOVED_KEYS)):
+            if values.pop(key) not in (False, "false"):  # a run folder of an earlier version holds `false`
+                raise ConfigError(f"{key}: no longer a run-config key; write {REMOVED_KEYS[key]} instead")
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ConfigError(f"unknown run-config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -95,13 +111,8 @@ class RunConfig:
         if missing:
             raise ConfigError(f"missing run-config key(s): {', '.join(missing)}")
         kwargs = {f.name: _coerce(key, values[key], f.type) for key, f in known.items()}
-        if environ.get(DATA_ENV):
+        if environ.get(DATA_ENV) and kwargs["data"] == HUB_DATASET:
             kwargs["data"] = environ[DATA_ENV]
-        bits = environ.get(BITS_ENV)
-        if bits:
-            kwargs["weight_bits"] = _coerce(BITS_ENV, bits, "int")
-        if kwargs["use_quantization"] and kwargs["transport"] == "fp32":
-            kwargs["transport"] = "fp16"  # the original system's single switch
         cfg = cls(**kwargs)
         cfg.validate()
         return cfg

@@ -10,7 +10,7 @@ from PIL import Image
 from conftest import cli, in_process, launch, run_dir_of
 from flwr.app import RecordDict
 
-from eurosat.fl.config import load_run_config
+from eurosat.fl.config import ConfigError, load_run_config
 from eurosat.fl.strategy import aggregate_updates
 from eurosat.launch.launcher import main as launch_main
 from eurosat.train.model import Net
@@ -133,9 +133,13 @@ def test_a_node_that_lost_its_replica_is_told_and_gets_the_whole_model_next(stat
     assert set(server.replicas) == {server.held[3]}  # replicas no node holds are dropped
 
 
-def test_use_quantization_is_fp16_transport():
-    cfg = load_run_config(["use-quantization=true"])
-    assert cfg.transport == "fp16" and cfg.label == "fp32-txfp16"
+def test_removed_switches_say_what_to_write_instead(monkeypatch):
+    with pytest.raises(ConfigError, match=r'^use-quantization: no longer a run-config key; write transport="fp16"'):
+        load_run_config(["use-quantization=true"])
+    assert load_run_config(["use-quantization=false"]).transport == "fp32"  # as run folders of earlier versions hold it
+    monkeypatch.setenv("QUANTIZATION_BITS", "4")
+    with pytest.raises(ConfigError, match=r"^\$QUANTIZATION_BITS is no longer read; unset it and use -c weight-bits=N"):
+        load_run_config([])
 
 
 def test_error_feedback_runs_get_a_label_of_their_own():
