@@ -82,7 +82,7 @@ def launch(args: list[str], timeout: float = 600, env: dict | None = None) -> su
     os.unlink(result)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "eurosat.launch.launcher", *args, "--result-json", result], cwd=ROOT, capture_output=True,
+            [sys.executable, "-m", "eurosat.launch", *args, "--result-json", result], cwd=ROOT, capture_output=True,
             text=True, timeout=timeout, env={**os.environ, **(env or {})},
         )
         proc.result = json.loads(Path(result).read_text()) if Path(result).exists() else {}
