@@ -1,15 +1,17 @@
-"""Wire codecs: how model arrays travel between the server and the clients.
+"""Wire codecs: how model arrays travel between the server and the clients, one registry.
 
-A codec is a small config object (`Codec(name, bits)`) whose `encode` and `decode` sit side by
-side, and every encode logs the bytes before and after. Rules for each tensor:
+A codec is one entry in `CODECS`: its tensor encoder and decoder sit side by side, and every
+`encode` logs the bytes before and after. Adding a codec means one `register(...)` here plus its
+tests; the run config (`transport`), the reports and the figures read the registry. Rules shared by
+every codec (the base class):
 - integer buffers (`num_batches_tracked`) travel unchanged;
+- decoding always yields float32 (or the original integer dtype), so aggregation never averages
+  codes or scales and the global model never drifts into a low-precision dtype.
+The entries:
 - `fp32`: float32; `fp16`: float16;
 - `int8`/`int4`: weight tensors (ndim >= 2) as symmetric per-output-channel codes plus one
   float32 scale per channel, `int4` packed two codes per byte; small tensors (biases,
   BatchNorm) stay float32: they are under 0.5% of the bytes and sensitive to rounding.
-
-Decoding always yields float32 (or the original integer dtype), so aggregation never averages
-codes or scales and the global model never drifts into a low-precision dtype.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ log = logging.getLogger(__name__)
 SCALE, SHAPE = "::scale", "::shape"
 
 
-@dataclass(frozen=True)
 class Codec:
+    """One wire format. Subclasses say how one float tensor travels (`encode_tensor`) and comes back
+    (`decode_tensor`); the whole-state loop, the integer buffers and the byte log are shared."""
+
     name: str
-    bits: int
+    bits: int  # bits per weight value on the wire, before scales and headers (32 = lossless)
 
     @property
     def lossy(self) -> bool:
@@ -42,7 +46,9 @@ class Codec:
         """`quiet`: a reference or residual encoding that is not sent, so not logged as traffic."""
         record = ArrayRecord()
         for key, value in state.items():
-            for name, array in self._encode_one(key, np.asarray(value)):
+            x = np.asarray(value)
+            parts = self.encode_tensor(key, x) if np.issubdtype(x.dtype, np.floating) else [(key, x)]
+            for name, array in parts:
                 record[name] = Array(contiguous(array))
         if not quiet:
             log.info("transport %s: encoded %d B -> %d B", self.name, raw_nbytes(state), record.count_bytes())
@@ -52,13 +58,46 @@ class Codec:
         arrays = {k: v.numpy() for k, v in record.items()}
         return {k: self._decode_one(k, arrays) for k in arrays if "::" not in k}
 
-    def _encode_one(self, key: str, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
-        if not np.issubdtype(x.dtype, np.floating):
-            return [(key, x)]
-        if self.bits == 32:
-            return [(key, x.astype(np.float32))]
-        if self.bits == 16:
-            return [(key, x.astype(np.float16))]
+    def _decode_one(self, key: str, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        x = arrays[key]
+        if not np.issubdtype(x.dtype, np.floating) and key + SCALE not in arrays:
+            return x  # an integer buffer
+        return self.decode_tensor(key, arrays).astype(np.float32)
+
+    def encode_tensor(self, key: str, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        raise NotImplementedError
+
+    def decode_tensor(self, key: str, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class FloatCodec(Codec):
+    """Every float tensor cast to one float dtype."""
+
+    name: str
+    dtype: type
+
+    @property
+    def bits(self) -> int:
+        return np.dtype(self.dtype).itemsize * 8
+
+    def encode_tensor(self, key: str, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        return [(key, x.astype(self.dtype))]
+
+    def decode_tensor(self, key: str, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        return arrays[key]
+
+
+@dataclass(frozen=True)
+class IntCodec(Codec):
+    """Weight tensors as symmetric per-output-channel integer codes and a float32 scale per channel;
+    under 8 bits the codes are packed, several to a byte, with the tensor's shape beside them."""
+
+    name: str
+    bits: int
+
+    def encode_tensor(self, key: str, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
         if x.ndim < 2:
             return [(key, x.astype(np.float32))]
         codes, scale = quantize(x, self.bits)
@@ -68,17 +107,31 @@ class Codec:
         return [(key, pack_bits(unsigned, self.bits)), (key + SCALE, scale),
                 (key + SHAPE, np.asarray(x.shape, dtype=np.int32))]
 
-    def _decode_one(self, key: str, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    def decode_tensor(self, key: str, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         x = arrays[key]
         if key + SCALE not in arrays:
-            return x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x
+            return x  # a small tensor sent as float32
         if key + SHAPE in arrays:
             shape = tuple(int(d) for d in arrays[key + SHAPE])
             x = unpack_bits(x, self.bits, shape).astype(np.int16) - qmax(self.bits)
         return dequantize(x, arrays[key + SCALE])
 
 
-CODECS: dict[str, Codec] = {c.name: c for c in (Codec("fp32", 32), Codec("fp16", 16), Codec("int8", 8), Codec("int4", 4))}
+CODECS: dict[str, Codec] = {}
+
+
+def register(codec: Codec) -> Codec:
+    """Add a codec to the registry; its name is the `transport` value that selects it."""
+    if codec.name in CODECS:
+        raise ValueError(f"codec {codec.name!r} is already registered")
+    CODECS[codec.name] = codec
+    return codec
+
+
+register(FloatCodec("fp32", np.float32))
+register(FloatCodec("fp16", np.float16))
+register(IntCodec("int8", 8))
+register(IntCodec("int4", 4))
 
 
 def wire_name(transport: str, error_feedback: bool) -> str:

@@ -98,27 +98,42 @@ def final_state_dict(cfg: RunConfig, state: State) -> dict[str, torch.Tensor]:
     return fp32_state(load_state(make_model(cfg), state))
 
 
+def _export_packed(cfg: RunConfig, run_dir: Path, model: nn.Module, fp32_file: Path) -> dict[str, object]:
+    """The packed N-bit file of a QAT run, with its exact sizes."""
+    bits, abits = cfg.recipe.bits
+    packed = save(model, PackedConfig(bits, abits), run_dir / f"final_model_{bits}bit.pt")
+    report = compression_report(model, packed, fp32_file)
+    save_run_file(run_dir, "compression_metrics.json", report)
+    return {"compression_ratio": report["compression_ratio"], "packed_model": packed.name}
+
+
+def _export_int8(cfg: RunConfig, run_dir: Path, model: nn.Module, fp32_file: Path) -> dict[str, object]:
+    """The real INT8 model (calibrated on 1,024 training images) and its test accuracy."""
+    source = resolve_source(cfg.data)
+    calibration = [x for x, _ in load_split(source, "train", sample=1024, seed=cfg.seed).batches(64)]
+    int8 = quantize(model, Int8StaticConfig(), calibration)
+    save(int8, Int8StaticConfig(), run_dir / "model_int8.pt")
+    result = evaluate(int8, load_split(source, "test"), device="cpu")
+    return {"int8_model": "model_int8.pt", "int8_model_test_accuracy": result["accuracy"]}
+
+
+def _export_fp16(cfg: RunConfig, run_dir: Path, model: nn.Module, fp32_file: Path) -> dict[str, object]:
+    """A float16 copy of the final weights."""
+    save(quantize(model, Fp16Config()), Fp16Config(), run_dir / "model_fp16.pt")
+    return {"fp16_model": "model_fp16.pt"}
+
+
+# The exports a precision recipe may ask for after training (`PrecisionRecipe.exports`): one entry each.
+EXPORTERS: dict[str, Callable[[RunConfig, Path, nn.Module, Path], dict[str, object]]] = {
+    PACKED: _export_packed, INT8_MODEL: _export_int8, FP16_MODEL: _export_fp16}
+
+
 def save_artifacts(cfg: RunConfig, run_dir: Path, state: State) -> dict[str, object]:
     """Files beyond `final_model.pt` that show what the precision really stored (the recipe's
-    exports); returns summary fields. The fp32 latent weights always."""
+    exports, through `EXPORTERS`); returns summary fields. The fp32 latent weights always."""
     model = load_state(make_model(cfg), state).eval()
     fp32_file = save_run_file(run_dir, "final_model_fp32.pt", fp32_state(model))
     extra: dict[str, object] = {}
-    exports = cfg.recipe.exports
-    if PACKED in exports:
-        bits, abits = cfg.recipe.bits
-        packed = save(model, PackedConfig(bits, abits), run_dir / f"final_model_{bits}bit.pt")
-        report = compression_report(model, packed, fp32_file)
-        save_run_file(run_dir, "compression_metrics.json", report)
-        extra.update(compression_ratio=report["compression_ratio"], packed_model=packed.name)
-    if INT8_MODEL in exports:
-        source = resolve_source(cfg.data)
-        calibration = [x for x, _ in load_split(source, "train", sample=1024, seed=cfg.seed).batches(64)]
-        int8 = quantize(model, Int8StaticConfig(), calibration)
-        save(int8, Int8StaticConfig(), run_dir / "model_int8.pt")
-        result = evaluate(int8, load_split(source, "test"), device="cpu")
-        extra.update(int8_model="model_int8.pt", int8_model_test_accuracy=result["accuracy"])
-    if FP16_MODEL in exports:
-        save(quantize(model, Fp16Config()), Fp16Config(), run_dir / "model_fp16.pt")
-        extra.update(fp16_model="model_fp16.pt")
+    for name in cfg.recipe.exports:
+        extra.update(EXPORTERS[name](cfg, run_dir, model, fp32_file))
     return extra

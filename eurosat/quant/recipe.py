@@ -26,7 +26,7 @@ from eurosat.train.loop import ComputePlan
 PRECISIONS = ("fp32", "fp16", "int8")
 WEIGHT_BITS = (32, 16, 8, 6, 4, 2, 1)
 ACTIVATION_BITS = (32, 16, 8, 6, 4)
-# exports a recipe may ask for after training (see task.save_artifacts)
+# exports a recipe may ask for after training (each one an entry of fl/task.py's EXPORTERS)
 PACKED, INT8_MODEL, FP16_MODEL = "packed", "int8_model", "fp16_model"
 
 

@@ -206,3 +206,26 @@ def test_wire_and_training_use_the_same_codes(state):
                 wire_codes, wire_scale = quantize(v, bits)
                 codes, scale = weight_codes(torch.from_numpy(v), bits)
                 assert np.array_equal(wire_codes, codes.numpy()) and np.array_equal(wire_scale, scale.numpy()), k
+
+
+def test_a_codec_is_one_registry_entry(monkeypatch):
+    """What adding a codec takes: one entry; the run config, its label and the link pick it up."""
+    from eurosat.fl.codecs import CODECS, IntCodec, register
+
+    monkeypatch.setitem(CODECS, "int6", IntCodec("int6", 6))
+    cfg = load_run_config(['transport="int6" transport-error-feedback=true'])
+    assert cfg.transport == "int6" and cfg.label == "fp32-txint6-ef"
+    state = to_numpy(Net().state_dict())
+    codec = get_codec("int6")
+    record = codec.encode(state)
+    back = codec.decode(record)
+    for key, value in state.items():
+        if value.ndim >= 2:  # within half a step of each channel's scale
+            step = np.abs(value).reshape(len(value), -1).max(axis=1) / 31
+            assert (np.abs(back[key] - value).reshape(len(value), -1).max(axis=1) <= step / 2 + 1e-7).all(), key
+    assert record.count_bytes() < 0.2 * get_codec("fp32").encode(state).count_bytes()
+    with pytest.raises(ValueError, match="already registered"):
+        register(IntCodec("int8", 8))
+    monkeypatch.delitem(CODECS, "int6")
+    with pytest.raises(ConfigError, match="transport: unknown value 'int6'"):
+        load_run_config(['transport="int6"'])
