@@ -26,9 +26,36 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # Expectations that depend on the device read it: the suite passes on GPU nodes too.
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # what training in this process uses
 FP16_COMPUTE = "float16" if DEVICE == "cuda" else "bfloat16"  # what precision=fp16 really computes in
+# What a launched run's clients get: the launcher grants no GPU unless asked (`--gpus 0` by default),
+# so Ray hides CUDA from them even on a GPU node.
+LAUNCHED_DEVICE, LAUNCHED_FP16_COMPUTE = "cpu", "bfloat16"
 SHARED_DATA = ROOT.parent / "shared" / "data" / "eurosat"
+# Variables of the calling shell that would change what the suite tests (a data folder, a cache, a
+# removed switch): the suite runs without them, so it is the same on every machine.
+HOST_VARIABLES = ("QUANTIZATION_BITS", "WANDB_MODE", "WANDB_DIR", "FLWR_HOME")
+
+
+def pytest_configure(config):
+    """Hermetic: no EUROSAT_* or removed variable from the calling shell, and a private cache."""
+    for name in [n for n in os.environ if n.startswith("EUROSAT_") or n in HOST_VARIABLES]:
+        if not name.startswith("EUROSAT_TEST_"):  # the suite's own opt-ins stay
+            del os.environ[name]
+    os.environ["EUROSAT_CACHE"] = config._eurosat_cache = tempfile.mkdtemp(prefix="eurosat-test-cache-")
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    shutil.rmtree(getattr(config, "_eurosat_cache", ""), ignore_errors=True)
+
+
+def pytest_report_header(config):
+    data = (f"real EuroSAT slices from {SHARED_DATA}" if SHARED_DATA.exists() else
+            f"GENERATED images (label = brightness; {SHARED_DATA} is missing): learning checks are against "
+            "that easy task, not EuroSAT")
+    return [f"eurosat data: {data}", f"eurosat device: in-process {DEVICE}, launched clients {LAUNCHED_DEVICE}"]
 SLICE = {"train": 1200, "test": 300, "validation": 200}
 TINY = {"train": 300, "test": 100, "validation": 100}  # for runs that test plumbing, not learning
 
@@ -139,7 +166,8 @@ SLOW_FIXTURES = {"e2e_run", "qat_runs", "comparison", "slurm"}  # each is a real
 
 
 def pytest_collection_modifyitems(config, items):
-    """A test that uses a real run's fixture is slow like the run; the others mark themselves."""
+    """A test that uses a real run's fixture is slow like the run, and a long test is slow too (so
+    the fast tier, -m "not slow", never starts Flower); the others mark themselves."""
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("long"):
             item.add_marker(pytest.mark.slow)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEVICE, cli, in_process, launch, run_dir_of
+from conftest import LAUNCHED_DEVICE, cli, in_process, launch, run_dir_of
 
 from eurosat.launch.launcher import main as launch_main
 from eurosat.train.model import Net
@@ -21,7 +21,7 @@ def test_end_to_end_run_writes_results(e2e_run):
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
     for r in metrics["rounds"]:
         assert r["clients"] == 3 and r["bytes_sent"] > 3 * 1.7e6 and r["bytes_received"] > 3 * 1.7e6
-        assert [c.split("x")[0] for c in r["client_compute"]] == [f"float32@{DEVICE}"]
+        assert [c.split("x")[0] for c in r["client_compute"]] == [f"float32@{LAUNCHED_DEVICE}"]
         assert {"server_test_loss", "client_train_loss", "client_train_accuracy", "round_seconds", "elapsed_seconds"} <= set(r)
     summary = metrics["summary"]
     assert summary["status"] == "completed" and summary["rounds_completed"] == 2
