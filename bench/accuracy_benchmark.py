@@ -13,7 +13,10 @@ and given a Student-t 95% interval. A difference is real only when its interval 
 
 Writes `accuracy_benchmark.json`, `.csv` and `accuracy_benchmark.png` (mean and every seed per row)
 into --out, after every run, so an interrupted benchmark resumes where it stopped: a (row, seed)
-whose run completed is not run again.
+whose run completed is not run again. Every run records its provenance (commit, a SHA-256 of the
+code, the resolved run config, the final model's SHA-256, the machine); a folder holds the runs of
+one code only (resuming with other code is refused), and a row is paired with fp32 only where the
+two runs' configs differ in nothing but the row's own keys.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from eurosat.common.files import atomic_write, read_json, write_json  # noqa: E4
 from eurosat.launch.launcher import launch  # noqa: E402
 from eurosat.report.plots import OKABE_ITO, save, styled, subplots  # noqa: E402
 from eurosat.report.stats import mean_std, paired_difference  # noqa: E402
-from bench.common import bench_parser  # noqa: E402
+from bench.common import bench_parser, code_fingerprint, file_sha256, machine  # noqa: E402
+from eurosat.fl.config import override_pairs  # noqa: E402
 from eurosat.common.cli import fail  # noqa: E402
 
 ROWS = {
@@ -75,8 +79,36 @@ def make_slice(src: Path, dst: Path, fraction: float) -> Path:
     return dst
 
 
-def summarize(results: dict[str, dict[str, float]], seeds: list[int]) -> list[dict]:
-    """Per row: mean, std, and the difference to fp32 paired by seed (seeds both rows have)."""
+# Keys that name a run rather than decide what it trains.
+RUN_KEYS = ("run-dir", "output-dir", "resume")
+
+
+class ProvenanceError(ValueError):
+    """Two runs that must not be compared: other code, or configs that differ beyond a row's keys."""
+
+
+def row_keys(name: str) -> set[str]:
+    return {key for key, _ in override_pairs(ROWS[name])} if ROWS.get(name) else set()
+
+
+def check_pairable(name: str, seed: int, provenance: dict[str, dict]) -> None:
+    """A row's run and fp32's run of the same seed: same code, same config but for the row's keys."""
+    mine, base = provenance.get(f"{name}@{seed}"), provenance.get(f"fp32@{seed}")
+    if name == "ptq-int8" or mine is None or base is None:
+        return
+    if mine["code_sha256"] != base["code_sha256"]:
+        raise ProvenanceError(f"{name}@{seed} ran at {mine['commit']}, fp32@{seed} at {base['commit']}: not paired")
+    ignore = row_keys(name) | set(RUN_KEYS)
+    differ = sorted(k for k in set(mine["config"]) | set(base["config"])
+                    if k not in ignore and mine["config"].get(k) != base["config"].get(k))
+    if differ:
+        raise ProvenanceError(f"{name}@{seed} and fp32@{seed} differ in {', '.join(differ)}: not paired")
+
+
+def summarize(results: dict[str, dict[str, float]], seeds: list[int],
+              provenance: dict[str, dict] | None = None) -> list[dict]:
+    """Per row: mean, std, and the difference to fp32 paired by seed (seeds both rows have, whose
+    runs are pairable: see `check_pairable`)."""
     rows = []
     base = results.get("fp32", {})
     for name, by_seed in results.items():
@@ -86,6 +118,8 @@ def summarize(results: dict[str, dict[str, float]], seeds: list[int]) -> list[di
         mean, std = mean_std(accs)
         row = {"row": name, "seeds": len(accs), "mean": mean, "std": std, "per_seed": {s: by_seed[s] for s in by_seed}}
         paired = [s for s in seeds if str(s) in by_seed and str(s) in base]
+        for s in paired:
+            check_pairable(name, s, provenance or {})
         if name != "fp32" and len(paired) >= 2:
             diff = paired_difference([by_seed[str(s)] for s in paired], [base[str(s)] for s in paired])
             row.update(diff_vs_fp32=diff.estimate, diff_low=diff.low, diff_high=diff.high, real=diff.excludes_zero)
@@ -137,16 +171,23 @@ def main() -> int:
     state_path = args.out / f"{NAME}.json"
     state = read_json(state_path) if state_path.exists() else {}
     protocol = {"rounds": args.rounds, "fraction": args.fraction, "set": args.set, "clients": 10,
-                "data": str(args.data.resolve())}
+                "data": str(args.data.resolve()), "recipe": RECIPE}
     if state and state.get("protocol") != protocol:
         return fail(f"{state_path} holds another protocol {state.get('protocol')}; use another --out")
+    code = code_fingerprint()
+    if state.get("results") and state.get("code", {}).get("code_sha256") != code["code_sha256"]:
+        held = state.get("code", {}).get("commit", "code of unknown provenance")
+        return fail(f"{state_path} holds runs of {held}, this is {code['commit']}: runs of different code are "
+                    "never paired; use another --out")
     state.setdefault("protocol", protocol)
+    state.setdefault("code", code)
     results: dict[str, dict[str, float]] = state.setdefault("results", {})
     runs: dict[str, str] = state.setdefault("runs", {})
+    provenance: dict[str, dict] = state.setdefault("provenance", {})
     data = make_slice(args.data.resolve(), args.out / "data", args.fraction)
 
     def persist() -> list[dict]:
-        rows = summarize(results, seeds)
+        rows = summarize(results, seeds, provenance)
         state["summary"] = rows
         write_json(state_path, state)
         buf = io.StringIO()
@@ -180,12 +221,22 @@ def main() -> int:
                 if code != 0:
                     print(f"error: {key}: run did not complete (exit {code}); see {run_dir}", file=sys.stderr)
                     return 1
-                accuracy = 100 * read_json(run_dir / "metrics.json")["summary"]["final_test_accuracy"]
+                metrics = read_json(run_dir / "metrics.json")
+                accuracy = 100 * metrics["summary"]["final_test_accuracy"]
                 runs[key] = str(run_dir)
+                provenance[key] = {**code, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+                                   "config": {k: v for k, v in metrics["config"].items() if k not in RUN_KEYS},
+                                   "final_model_sha256": file_sha256(run_dir / "final_model.pt")}
             results.setdefault(name, {})[str(seed)] = accuracy
-            persist()
+            try:
+                persist()
+            except ProvenanceError as exc:
+                return fail(str(exc))
             print(f"== {key}: {accuracy:.2f}% ({time.perf_counter() - started:.0f} s)", flush=True)
-    rows = persist()
+    try:
+        rows = persist()
+    except ProvenanceError as exc:
+        return fail(str(exc))
     print(f"\n# {args.rounds} rounds, 10 clients, {args.fraction:.0%} of the train split, full test split, "
           f"seeds {args.seeds}\n")
     print(format_rows(rows))

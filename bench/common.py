@@ -17,3 +17,49 @@ def bench_parser(doc: str) -> argparse.ArgumentParser:
                                      epilog=doc.split("\n\n", 2)[2])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="real EuroSAT parquet folder [%(default)s]")
     return parser
+
+
+def code_fingerprint(root: Path = ROOT) -> dict[str, str]:
+    """What code a benchmark row ran: the commit (`-dirty` if the tree differs from it) and a SHA-256
+    over the files that decide training (the package, pyproject.toml's defaults, the presets), so two
+    rows are comparable only when both match."""
+    import hashlib
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30).stdout.strip()
+        except OSError:
+            return ""
+
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("eurosat/**/*.py"), root / "pyproject.toml", *root.glob("configs/*.toml")]):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "eurosat", "pyproject.toml", "configs"))
+    return {"commit": (git("rev-parse", "--short=12", "HEAD") or "unknown") + ("-dirty" if dirty else ""),
+            "code_sha256": digest.hexdigest()}
+
+
+def machine() -> dict[str, object]:
+    """What the arithmetic may depend on: torch, its threads and the CPU's vector instructions."""
+    import platform
+
+    import torch
+
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        flags = set()
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16")
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+            "cpu_flags": [f for f in wanted if f in flags]}
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

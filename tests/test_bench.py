@@ -1,0 +1,44 @@
+"""The accuracy benchmark's provenance: a folder holds one code's runs, and a row pairs with fp32 only
+where the two runs' configs differ in nothing but the row's own keys."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+from bench.accuracy_benchmark import ProvenanceError, summarize  # noqa: E402
+from bench.common import code_fingerprint  # noqa: E402
+
+
+def _prov(commit="abc", code="c0de", **config):
+    base = {"seed": 42, "transport": "fp32", "lr": 0.001, "local-epochs": 1}
+    return {"commit": commit, "code_sha256": code, "config": {**base, **config}}
+
+
+def test_rows_pair_only_with_runs_of_the_same_code_and_config():
+    results = {"fp32": {"42": 88.4, "43": 88.5}, "tx-int8": {"42": 88.3, "43": 88.2}}
+    provenance = {"fp32@42": _prov(), "fp32@43": _prov(seed=43),
+                  "tx-int8@42": _prov(transport="int8"), "tx-int8@43": _prov(seed=43, transport="int8")}
+    [_, row] = summarize(results, [42, 43], provenance)
+    assert row["diff_vs_fp32"] == pytest.approx(-0.2)  # the row's own key (transport) may differ
+    with pytest.raises(ProvenanceError, match="tx-int8@43 ran at def, fp32@43 at abc: not paired"):
+        summarize(results, [42, 43], {**provenance, "tx-int8@43": _prov("def", "other", seed=43, transport="int8")})
+    with pytest.raises(ProvenanceError, match="tx-int8@42 and fp32@42 differ in local-epochs: not paired"):
+        summarize(results, [42, 43], {**provenance, "tx-int8@42": _prov(transport="int8", **{"local-epochs": 8})})
+
+
+def test_a_folder_of_other_code_is_refused_before_anything_runs(tmp_path):
+    state = {"protocol": {"rounds": 60, "fraction": 1.0, "set": "", "clients": 10,
+                          "data": str((ROOT.parent / "shared" / "data" / "eurosat").resolve()),
+                          "recipe": "local-epochs=1 augment='none'"},
+             "code": {"commit": "0213074", "code_sha256": "0" * 64}, "results": {"fp32": {"42": 88.44}}}
+    (tmp_path / "accuracy_benchmark.json").write_text(json.dumps(state))
+    proc = subprocess.run([sys.executable, "bench/accuracy_benchmark.py", "--only", "fp32", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (f"error: {tmp_path / 'accuracy_benchmark.json'} holds runs of 0213074, this is "
+                                   f"{code_fingerprint()['commit']}: runs of different code are never paired; use another --out")
+    assert not (tmp_path / "runs").exists()
