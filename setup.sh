@@ -14,7 +14,7 @@ case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# 
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-command -v "$PYTHON" >/dev/null || { echo "error: $PYTHON not found (set PYTHON=/path/to/python3.10+)" >&2; exit 1; }
+command -v "$PYTHON" >/dev/null || { echo "error: $PYTHON not found (set PYTHON=/path/to/python3.11+)" >&2; exit 1; }
 
 if [ ! -x "$VENV/bin/python" ]; then
     if "$PYTHON" -c 'import torch' 2>/dev/null; then

@@ -1,7 +1,13 @@
 """ServerApp: validate the run config, run budgeted FedAvg, save the model and the metrics.
 
 The run folder's `status.json` says how the run ended: `flwr run` exits 0 even when this app
-raises, so callers must trust the marker, never the exit code.
+raises, so callers must trust the marker, never the exit code. A failure is also one line in
+the log (`eurosat: run failed: ...`), above Flower's traceback.
+
+Before any data is loaded the strategy checks the federation (`BudgetedFedAvg.await_nodes`): in
+simulation a size other than `num-supernodes` fails at once with a line naming both numbers
+(plain `flwr run .` simulates Flower's default of 2 SuperNodes unless told
+`--federation-config num-supernodes=N`); on the Deployment Engine it waits for the SuperNodes.
 """
 
 import platform
@@ -49,6 +55,8 @@ def main(grid: Grid, context: Context) -> None:
             fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
             min_train_nodes=1, min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0, min_available_nodes=1,
         )
+        if done < cfg.num_server_rounds:  # the federation first: a mismatch fails in seconds, before any data loads
+            strategy.await_nodes(grid, budget)
         outcome = strategy.run(grid, state, cfg.num_server_rounds, budget, cfg.to_mapping(),
                                evaluate_fn=task.server_evaluator(cfg), on_round=recorder.add_round,
                                first_round=done + 1, schedule_position=position)
@@ -68,4 +76,5 @@ def main(grid: Grid, context: Context) -> None:
               f"results in {run_dir}", flush=True)
     except BaseException as exc:
         recorder.fail(exc)
+        print(f"eurosat: run failed: {type(exc).__name__}: {exc}; status in {run_dir}", flush=True)
         raise

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ FIRST_ROUND_MIN_S = 600.0  # the first round always runs: a cold start, or emula
 # sampled as of unknown partition (last, by node ID) and asked again next round: a hung node must
 # not hold every round's roll call for the round's whole timeout before the training even starts.
 ROLL_CALL_MAX_S = 120.0
+# Simulation: the nodes are registered in one burst right after the ServerApp starts; their count
+# is read once it has not changed for this long (bounded by the second figure).
+SIMULATED_NODES_SETTLE_S = 1.0
+SIMULATED_NODES_MAX_S = 60.0
 
 
 
@@ -153,6 +158,39 @@ class ClientsFailed(RuntimeError):
     """Too few clients answered a round; the message leads with a client's root cause."""
 
 
+class FederationMismatch(RuntimeError):
+    """The simulated federation's size is not the run config's `num-supernodes`; one line that
+    names both numbers and the two ways to make them agree."""
+
+
+def is_simulation(grid: Grid) -> bool:
+    """Whether `grid` is the Simulation Engine's (Flower's `InMemoryGrid`, used by nothing else).
+    Read from the Grid, not from the `engine` key: a plain `flwr run` leaves that at its default
+    whichever federation it submits to. Looked up in `sys.modules`: a Deployment Engine ServerApp
+    never imported the module, and need not spend a second importing it to learn that."""
+    module = sys.modules.get("flwr.superlink.grid.inmemory_grid")
+    return module is not None and isinstance(grid, module.InMemoryGrid)
+
+
+def settled_node_count(grid: Grid, settle_s: float = SIMULATED_NODES_SETTLE_S,
+                       limit_s: float = SIMULATED_NODES_MAX_S, clock: Callable[[], float] = time.monotonic,
+                       sleep: Callable[[float], None] = time.sleep) -> int:
+    """The number of nodes once it has stayed the same, and above 0, for `settle_s` (or whatever
+    it is after `limit_s`): the Simulation Engine registers its nodes in one loop on another
+    thread, started with the ServerApp, so an early read could catch it halfway."""
+    deadline = clock() + limit_s
+    count, since = -1, clock()
+    while True:
+        now_count, now = len(list(grid.get_node_ids())), clock()
+        if now_count != count:
+            count, since = now_count, now
+        elif count > 0 and now - since >= settle_s:
+            return count
+        if now >= deadline:
+            return count
+        sleep(0.1)
+
+
 @dataclass
 class RoundStats:
     sent_bytes: int = 0
@@ -204,6 +242,7 @@ class BudgetedFedAvg(FedAvg):
         self.global_state: State | None = None
         self.stats = RoundStats()
         self.partitions: dict[int, int] = {}  # node id -> partition, learnt from its replies
+        self._nodes_checked = False  # await_nodes has passed
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Send the global model in the transport format (with error feedback: each node's update
@@ -282,18 +321,41 @@ class BudgetedFedAvg(FedAvg):
         self.link.forget([f["node"] for f in failures])
         return Exchange(len(messages), good, failures)
 
-    def _await_nodes(self, grid: Grid, budget: TimeBudget) -> None:
-        """Before the first round, wait (at most the first round's timeout) for the federation to
-        form: on the Deployment Engine SuperNodes connect one by one. Starting with fewer than
-        `min-clients-fraction` of them is an error naming how many came."""
+    def await_nodes(self, grid: Grid, budget: TimeBudget) -> None:
+        """Before the first round, make sure the federation is the one the run config describes.
+
+        Simulation (`flwr run` on a local or `--simulation` SuperLink: the Grid is Flower's
+        InMemoryGrid): every simulated node exists from the start, registered in one burst while
+        the ServerApp starts, so the count is read once it has settled (about a second), and one
+        that differs from `num-supernodes` is a `FederationMismatch` naming both numbers and what
+        to write: waiting could never change it. Deployment: SuperNodes connect one by one, so
+        wait (at most the first round's timeout) for `num-supernodes` of them; starting with fewer
+        than `min-clients-fraction` of them is an error naming how many came. Runs once; `run`
+        calls it too."""
+        if self._nodes_checked:
+            return
+        if is_simulation(grid):
+            connected = settled_node_count(grid)
+            if connected != self.expected_nodes:
+                raise FederationMismatch(
+                    f"the simulated federation has {connected} SuperNodes but num-supernodes is "
+                    f"{self.expected_nodes}: run with -c num-supernodes={connected}, or simulate "
+                    f"{self.expected_nodes} with --federation-config num-supernodes={self.expected_nodes}")
+            log.info("simulation: %d SuperNodes, as num-supernodes says", connected)
+            self._nodes_checked = True
+            return
         needed = max(1, math.ceil(self.min_clients_fraction * self.expected_nodes - 1e-9))
         deadline = time.monotonic() + self._timeout(budget)
+        last_logged: tuple[int, float] | None = None
         while (connected := len(list(grid.get_node_ids()))) < self.expected_nodes and time.monotonic() < deadline:
-            log.info("waiting for nodes: %d of %d connected", connected, self.expected_nodes)
+            if last_logged is None or last_logged[0] != connected or time.monotonic() - last_logged[1] >= 30:
+                log.info("waiting for nodes: %d of %d connected", connected, self.expected_nodes)
+                last_logged = (connected, time.monotonic())
             time.sleep(2)
         if connected < needed:
             raise ClientsFailed(f"only {connected} of {self.expected_nodes} nodes connected within "
                                 f"{self._timeout(budget):.0f} s (min-clients-fraction {self.min_clients_fraction:g})")
+        self._nodes_checked = True
 
     def _accept(self, server_round: int, phase: str, exchange: Exchange) -> None:
         answered = len(exchange.replies)
@@ -342,7 +404,7 @@ class BudgetedFedAvg(FedAvg):
         cumulative = cumulative_fp32 = failures_total = 0
         if first_round > num_rounds:
             return Outcome(state, num_rounds, "num_server_rounds", False)
-        self._await_nodes(grid, budget)
+        self.await_nodes(grid, budget)
         for rnd in range(first_round, num_rounds + 1):
             budget.start_round(rnd)
             train_started = budget.clock()
