@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""Quantize a trained FP32 EuroSAT model to FP16 and INT8, evaluate each, and report sizes,
-accuracy drops, speed and the cost of sending each version in federated training.
+"""Quantize a trained FP32 EuroSAT model (to FP16 and INT8, or the --precisions named), evaluate
+each, and report sizes, accuracy drops, speed and the cost of sending each version in federated training.
 
     python compare_quantizations.py outputs/fp32/2025-11-15/14-30-00/final_model.pt
     python compare_quantizations.py MODEL --test-data /data/eurosat-winter --test-split test
     python compare_quantizations.py MODEL --corruptions all --severity 1..5
 
-Writes model_<precision>.pt and quantization_comparison.json into --out-dir. With --corruptions,
-every precision is also evaluated on the test images under each corruption and severity
-(`robustness` in the JSON; see eurosat/report/corruptions.py for what each severity means).
+Writes model_<precision>.pt and quantization_comparison.json into --out-dir. The cost of sending
+each version: where the checkpoint sits in a run folder (its metrics.json beside it), the bytes
+that run really sent, measured for the transport it used, and for the other precisions a
+what-if (its traffic scaled by each file's bytes); elsewhere, or with --clients/--rounds, a
+what-if of clients x rounds. With --corruptions, every precision is also evaluated on the test
+images under each corruption and severity (`robustness` in the JSON; see
+eurosat/report/corruptions.py for what each severity means).
 Exit status: 0 done, 2 bad input (nothing written).
 """
 
@@ -20,11 +24,19 @@ import sys
 from pathlib import Path
 
 from eurosat.common.cli import one_line_errors
-from eurosat.report.compare import RESULT_FILE, CompareOptions, compare, format_table
+from eurosat.report.compare import DEFAULT_PRECISIONS, RESULT_FILE, CompareOptions, compare, format_table
+from eurosat.report.cost import WHAT_IF_CLIENTS, WHAT_IF_ROUNDS
 from eurosat.fl.config import project_defaults
 from eurosat.report.corruptions import CORRUPTIONS, parse_corruptions, parse_severities
 from eurosat.data.loading import DATA_ENV, DataError
 from eurosat.quant.registry import CONFIGS
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown, except None: those options say in their help what they fall back to."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,21 +44,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     defaults = project_defaults()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=_Help)
     parser.add_argument("checkpoint", type=Path, help="FP32 Net state dict (final_model.pt, or the original final_model_fp32.pt)")
     parser.add_argument("--data", default=os.environ.get(DATA_ENV) or defaults["data"],
                         help=f"hub id or local parquet folder (${DATA_ENV} wins over the run-config default)")
     parser.add_argument("--out-dir", type=Path, help="output folder [the checkpoint's folder]")
-    parser.add_argument("--clients", type=int, default=10, help="clients, for the communication cost")
-    parser.add_argument("--rounds", type=int, default=10, help="rounds, for the communication cost")
-    parser.add_argument("--cost-per-mb", type=float, default=float(defaults["cost-per-mb"]), help="dollars per MB sent")
+    parser.add_argument("--clients", type=int, help=f"clients, for a what-if communication cost (clients x rounds "
+                        f"instead of the checkpoint's run) [{WHAT_IF_CLIENTS}]")
+    parser.add_argument("--rounds", type=int, help=f"rounds, for a what-if communication cost [{WHAT_IF_ROUNDS}]")
+    parser.add_argument("--cost-per-mb", type=float, help="dollars per MB sent [the run's own cost-per-mb, else the "
+                        f"run-config default {float(defaults['cost-per-mb']):g}]")
     parser.add_argument("--calibration-samples", type=int, default=1024, help="INT8 calibration images")
     parser.add_argument("--calibration-split", choices=["train", "validation"], default="train",
                         help="split the calibration images come from (never test)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="device for FP32/FP16 evaluation (INT8 kernels run on the CPU)")
     parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
-    parser.add_argument("--precisions", default="fp32,fp16,int8",
+    parser.add_argument("--precisions", default=",".join(DEFAULT_PRECISIONS),
                         help=f"comma-separated, from: {', '.join(CONFIGS)} (fp32 is always the baseline)")
     parser.add_argument("--test-data", help="evaluate on this folder's split instead (same parquet layout); "
                         "calibration still comes from --data")

@@ -3,7 +3,13 @@
 For each precision: quantize, save, reload the file (so what is evaluated is what is on
 disk), evaluate on the whole test split, and measure the file, the speed and the cost of
 sending it in federated training. Honest labels: `compute_dtype` says what the arithmetic ran
-in (FP16 on a CPU is float16 storage computed in float32).
+in (FP16 on a CPU is float16 storage computed in float32); a speed ratio is only taken between
+precisions that ran on the same device; a cost is `measured` only where it is the bytes a run
+really sent (the checkpoint's run folder), and a `what-if` otherwise (see cost.py).
+
+The precisions are the registry's (eurosat/quant/registry.py `CONFIGS`); the one analysis
+tied to a name is the INT8 verdict (verdict.py's thresholds, and INT8 against FP16 under
+corruption), made where `int8` was compared.
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from eurosat.report.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from eurosat.report.cost import communication_cost, savings
+from eurosat.report.cost import (MEASURED, WHAT_IF_CLIENTS, WHAT_IF_ROUNDS, Cost, RunTraffic, communication_cost,
+                                  read_run_traffic, reference, run_cost, savings)
+from eurosat.fl.config import project_defaults
 from eurosat.data.loading import TensorData, load_split, resolve_source
 from eurosat.quant.registry import CONFIGS, Evaluation, Fp32Config, read, evaluation, is_fully_quantized, load, needs_calibration, quantize, save
 from eurosat.train.checkpoints import CheckpointError, load_checkpoint, net_from_state, state_dict_of
@@ -32,6 +41,9 @@ from eurosat.report.verdict import NOT_MEANINGFUL, baseline_problems, judge
 
 MB = 1024 * 1024
 RESULT_FILE = "quantization_comparison.json"
+DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")  # what --precisions compares unless told; any of CONFIGS may be named
+JUDGED = "int8"  # the precision verdict.py's thresholds were written for
+ROBUSTNESS_REFERENCE = "fp16"  # under corruption, JUDGED is held against this one's drop
 ROBUSTNESS_MARGIN = 0.5  # points: INT8 may lose at most this much more than FP16 under corruption
 CLASS_NAMES = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
                "PermanentCrop", "Residential", "River", "SeaLake"]
@@ -41,14 +53,14 @@ CLASS_NAMES = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Indus
 class CompareOptions:
     data: str
     out_dir: Path
-    clients: int = 10
-    rounds: int = 10
-    cost_per_mb: float = 5.0
+    clients: int | None = None  # with `rounds`: a what-if cost; both None: the checkpoint's run, else 10 x 10
+    rounds: int | None = None
+    cost_per_mb: float | None = None  # None: the run's own cost-per-mb, else the project default
     calibration_samples: int = 1024
     calibration_split: str = "train"
     device: str = "cpu"
     batch_size: int = 256
-    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    precisions: tuple[str, ...] = DEFAULT_PRECISIONS
     test_data: str | None = None  # another folder to evaluate on (calibration stays on `data`)
     test_split: str = "test"
     corruptions: tuple[str, ...] = ()
@@ -83,8 +95,13 @@ def _clean_result(loaded: Evaluation, testset: TensorData, batch_size: int, prec
     result = _score(loaded, testset, batch_size, progress=f"evaluating {precision}")
     confusion = torch.tensor(result["confusion_matrix"])
     per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1)).tolist()
+    correct = np.asarray(result["correct"], dtype=bool)
+    # this precision's own accuracy with its 95% interval: the bootstrap of stats.py against "none right"
+    accuracy_ci = paired_accuracy_difference(correct, np.zeros_like(correct)).as_dict()
+    del accuracy_ci["excludes_zero"]
     return {
         "accuracy": 100.0 * result["accuracy"],
+        "accuracy_ci95": accuracy_ci,
         "test_loss": result["loss"],
         "per_class_accuracy": dict(zip(CLASS_NAMES, [100.0 * a for a in per_class])),
         "confusion_matrix": result["confusion_matrix"],
@@ -126,15 +143,86 @@ def robustness(models: dict[str, Evaluation], testset: TensorData, clean: dict[s
     per_corruption = {c: sum(results["fp32"][c][str(s)]["accuracy"] for s in opts.severities) / len(opts.severities)
                       for c in opts.corruptions}
     summary["worst_corruption_fp32"] = min(per_corruption, key=per_corruption.get)
-    if "int8" in results and "fp16" in results:
-        i8, f16 = summary["mean_drop_vs_clean"]["int8"], summary["mean_drop_vs_clean"]["fp16"]
+    if JUDGED in results and ROBUSTNESS_REFERENCE in results:  # the INT8-specific check, as the verdict
+        i8, f16 = summary["mean_drop_vs_clean"][JUDGED], summary["mean_drop_vs_clean"][ROBUSTNESS_REFERENCE]
         holds = i8 <= f16 + ROBUSTNESS_MARGIN
-        summary["int8_within_fp16_plus_margin"] = holds
+        summary[f"{JUDGED}_within_{ROBUSTNESS_REFERENCE}_plus_margin"] = holds
         summary["verdict"] = (f"INT8 {'holds up' if holds else 'does not hold up'} under corruption: mean drop "
                               f"{i8:+.2f} points vs FP16's {f16:+.2f} (allowed: FP16's + {ROBUSTNESS_MARGIN})")
     return {"corruptions": {c: {"parameter": CORRUPTIONS[c].parameter, "levels": list(CORRUPTIONS[c].levels)}
                             for c in opts.corruptions},
             "severities": list(opts.severities), "seed": opts.seed, "results": results, "summary": summary}
+
+
+@dataclass(frozen=True)
+class CostPlan:
+    """Where the communication cost comes from: the checkpoint's run, or a what-if."""
+
+    traffic: RunTraffic | None  # the training run whose folder holds the checkpoint, if any
+    use_run: bool  # price the run's own traffic (else clients x rounds)
+    clients: int | None  # the what-if's (None with use_run)
+    rounds: int | None
+    cost_per_mb: float
+    cost_per_mb_from: str  # "--cost-per-mb", "run config" or "project default"
+
+
+def cost_plan(checkpoint: Path, opts: CompareOptions, precisions: list[str] | tuple[str, ...]) -> CostPlan:
+    """The run beside the checkpoint (a folder with its `metrics.json`) is priced unless --clients or
+    --rounds ask for a what-if; an unusable run record is a one-line ValueError then, never a guess."""
+    what_if = opts.clients is not None or opts.rounds is not None
+    folder = Path(checkpoint).resolve().parent
+    try:
+        traffic = read_run_traffic(folder)
+    except ValueError:
+        if not what_if:
+            raise
+        traffic = None  # a what-if was asked for: the broken record is not needed
+    use_run = traffic is not None and not what_if
+    if use_run:
+        reference(traffic, precisions)  # its traffic can be re-priced per precision, or a one-line error
+    if opts.cost_per_mb is not None:
+        price, source = opts.cost_per_mb, "--cost-per-mb"
+    elif traffic is not None and traffic.cost_per_mb is not None:
+        price, source = traffic.cost_per_mb, "run config"
+    else:
+        price, source = float(project_defaults()["cost-per-mb"]), "project default"
+    clients = None if use_run else opts.clients if opts.clients is not None else WHAT_IF_CLIENTS
+    rounds = None if use_run else opts.rounds if opts.rounds is not None else WHAT_IF_ROUNDS
+    return CostPlan(traffic, use_run, clients, rounds, price, source)
+
+
+def _costs(plan: CostPlan, sizes: dict[str, int]) -> tuple[dict[str, Cost], dict | None]:
+    """Each precision's cost, and (with a run) the traffic every what-if scales from."""
+    if not plan.use_run:
+        return {n: communication_cost(b, plan.clients, plan.rounds, plan.cost_per_mb) for n, b in sizes.items()}, None
+    ref_bytes, ref_name = reference(plan.traffic, list(sizes))
+    costs = {n: run_cost(n, b, plan.traffic, ref_bytes, ref_name, sizes[ref_name], plan.cost_per_mb)
+             for n, b in sizes.items()}
+    return costs, {"precision": ref_name, "bytes": ref_bytes}
+
+
+def device_names(devices: set[str]) -> dict[str, str]:
+    """What each device string of the report is, for the speed figures: 'NVIDIA H200', or the CPU's
+    model and the threads torch computed with."""
+    names = {}
+    for name in sorted(devices):
+        device = torch.device(name)
+        if device.type == "cuda":
+            names[name] = torch.cuda.get_device_name(device)
+        else:
+            names[name] = f"{_cpu_model()}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}"
+    return names
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
 
 
 def check_inputs(checkpoint: Path, opts: CompareOptions) -> None:
@@ -146,9 +234,10 @@ def check_inputs(checkpoint: Path, opts: CompareOptions) -> None:
     if repeated:
         raise ValueError(f"--precisions: {', '.join(repeated)} named twice")
     for flag, most in (("clients", 10**6), ("rounds", 10**6), ("calibration_samples", 10**6), ("batch_size", 65536)):
-        if not 1 <= getattr(opts, flag) <= most:
-            raise ValueError(f"--{flag.replace('_', '-')}: must be in [1, {most}], got {getattr(opts, flag)}")
-    if not (math.isfinite(opts.cost_per_mb) and opts.cost_per_mb >= 0):
+        value = getattr(opts, flag)
+        if value is not None and not 1 <= value <= most:
+            raise ValueError(f"--{flag.replace('_', '-')}: must be in [1, {most}], got {value}")
+    if opts.cost_per_mb is not None and not (math.isfinite(opts.cost_per_mb) and opts.cost_per_mb >= 0):
         raise ValueError(f"--cost-per-mb: must be a finite number >= 0, got {opts.cost_per_mb}")
     if not 0 <= opts.seed < 2**63:
         raise ValueError(f"--seed: must be in [0, 2^63 - 1], got {opts.seed}")
@@ -161,16 +250,22 @@ def check_inputs(checkpoint: Path, opts: CompareOptions) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {opts.device}: CUDA is not available")
     load_fp32_net(checkpoint)
+    cost_plan(checkpoint, opts, _precisions(opts))
     check_output_dir(opts.out_dir, "--out-dir")
     check_source(resolve_source(opts.data, splits=(opts.calibration_split,)))
     check_source(resolve_source(opts.test_data or opts.data, splits=(opts.test_split,)))
+
+
+def _precisions(opts: CompareOptions) -> list[str]:
+    return ["fp32"] + [p for p in opts.precisions if p != "fp32"]  # fp32 is the baseline
 
 
 def compare(checkpoint: Path, opts: CompareOptions) -> dict:
     """Run the whole comparison; write model files and the JSON into `opts.out_dir`."""
     check_inputs(checkpoint, opts)  # bad input fails here, before anything is written
     net = load_fp32_net(checkpoint)
-    precisions = ["fp32"] + [p for p in opts.precisions if p != "fp32"]  # fp32 is the baseline
+    precisions = _precisions(opts)
+    plan = cost_plan(checkpoint, opts, precisions)
     source = resolve_source(opts.data, splits=(opts.calibration_split,))
     test_source = resolve_source(opts.test_data or opts.data, splits=(opts.test_split,))
     device = torch.device(opts.device)
@@ -193,15 +288,17 @@ def compare(checkpoint: Path, opts: CompareOptions) -> dict:
                          **_clean_result(models[name], testset, opts.batch_size, name)}
         print(f"  {name}: {results[name]['accuracy']:.2f}% accuracy, {size / MB:.3f} MB", flush=True)
     base = results["fp32"]
-    base_cost = communication_cost(base["file_size_bytes"], opts.clients, opts.rounds, opts.cost_per_mb)
-    for r in results.values():
+    costs, reference_traffic = _costs(plan, {n: r["file_size_bytes"] for n, r in results.items()})
+    for name, r in results.items():
         r["accuracy_drop_percent"] = base["accuracy"] - r["accuracy"]  # percentage points, as in the seed
         # FP32's accuracy minus this one's, image by image: the drop and its 95% interval
         r["accuracy_drop_ci95"] = paired_accuracy_difference(base["_correct"], r["_correct"]).as_dict()
         r["compression_ratio"] = base["file_size_bytes"] / r["file_size_bytes"]
         r["size_reduction_percent"] = 100.0 * (1 - r["file_size_bytes"] / base["file_size_bytes"])
-        cost = communication_cost(r["file_size_bytes"], opts.clients, opts.rounds, opts.cost_per_mb)
-        r["communication"] = {**cost.as_dict(), **savings(cost, base_cost)}
+        # a speed ratio only between runs on the same device (INT8 kernels run on the CPU)
+        r["throughput_ratio_to_fp32"] = (r["throughput_images_per_s"] / base["throughput_images_per_s"]
+                                         if r["device"] == base["device"] else None)
+        r["communication"] = {**costs[name].as_dict(), **savings(costs[name], costs["fp32"])}
     for r in results.values():
         del r["_correct"]
     report = {
@@ -213,18 +310,29 @@ def compare(checkpoint: Path, opts: CompareOptions) -> dict:
                         "samples_asked": opts.calibration_samples}
         if calibration else None,
         "device": str(device),
+        "device_names": device_names({r["device"] for r in results.values()}),
         "timestamp": datetime.now().astimezone().isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "python": platform.python_version(),
                      "quantized_engine": torch.backends.quantized.engine},
-        "communication_settings": {"clients": opts.clients, "rounds": opts.rounds, "cost_per_mb": opts.cost_per_mb,
-                                   "formula": "file MB x 2 (down+up) x clients x rounds x cost per MB"},
+        "communication_settings": {
+            "source": "run" if plan.use_run else "what-if",
+            "clients": plan.clients, "rounds": plan.rounds,
+            "cost_per_mb": plan.cost_per_mb, "cost_per_mb_from": plan.cost_per_mb_from,
+            "formula": (f"measured: the bytes the run sent (its metrics.json), for {plan.traffic.transport}, the "
+                        f"transport it used; what-if for the others: the run's traffic in "
+                        f"{reference_traffic['precision']} x this file's bytes / the {reference_traffic['precision']} "
+                        "file's; MB x cost per MB") if plan.use_run else
+                       "what-if: file MB x 2 (down+up) x clients x rounds x cost per MB",
+            "run": plan.traffic.as_dict() if plan.traffic else None,
+            "reference": reference_traffic,
+        },
         "precisions": results,
     }
-    if "int8" in results:
-        i8 = results["int8"]
-        drop = Interval(**{k: i8["accuracy_drop_ci95"][k] for k in ("estimate", "low", "high", "n")})
-        report["verdict"], report["verdict_reasons"] = judge(drop, i8["compression_ratio"],
-                                                             i8["communication"]["savings_percent"],
+    if JUDGED in results:
+        judged = results[JUDGED]
+        drop = Interval(**{k: judged["accuracy_drop_ci95"][k] for k in ("estimate", "low", "high", "n")})
+        report["verdict"], report["verdict_reasons"] = judge(drop, judged["compression_ratio"],
+                                                             judged["communication"]["savings_percent"],
                                                              base["confusion_matrix"])
     if opts.corruptions:
         report["robustness"] = robustness(models, testset, {n: r["accuracy"] for n, r in results.items()}, opts)
@@ -238,16 +346,28 @@ def compare(checkpoint: Path, opts: CompareOptions) -> dict:
 
 def format_table(report: dict) -> str:
     lines = [f"{'Precision':<13}{'Accuracy':>9}{'Drop [95% interval]':>24}{'Size (MB)':>11}{'Compression':>13}"
-             f"{'img/s':>9}{'Cost ($)':>10}{'Saved':>8}  compute"]
+             f"{'img/s':>9}{'x fp32':>8}{'Cost ($)':>10}{'Saved':>8}  compute"]
     for name, r in report["precisions"].items():
         ci = r["accuracy_drop_ci95"]
         drop = f"{ci['estimate']:+.2f} [{ci['low']:+.2f}, {ci['high']:+.2f}]"
+        ratio = r.get("throughput_ratio_to_fp32")
+        speed = f"{ratio:.2f}x" if ratio is not None else "-"
+        measured = "*" if r["communication"].get("source") == MEASURED else " "
         lines.append(f"{name:<13}{r['accuracy']:>8.2f}%{drop:>24}{r['file_size_mb']:>11.3f}"
-                     f"{r['compression_ratio']:>12.2f}x{r['throughput_images_per_s']:>9.0f}"
-                     f"{r['communication']['total_cost']:>10.2f}{r['communication']['savings_percent']:>7.1f}%"
-                     f"  {r['compute_dtype']}")
+                     f"{r['compression_ratio']:>12.2f}x{r['throughput_images_per_s']:>9.0f}{speed:>8}"
+                     f"{r['communication']['total_cost']:>9.2f}{measured}{r['communication']['savings_percent']:>7.1f}%"
+                     f"  {r['compute_dtype']} on {r['device']}")
     lines.append(f"(drop = FP32 accuracy minus this precision's, in points, on the same {report['test_samples']} "
-                 "images; paired bootstrap 95% interval)")
+                 "images; paired bootstrap 95% interval; x fp32 = speed against FP32 on the same device, - where "
+                 "they ran on different devices)")
+    settings = report.get("communication_settings", {})
+    labels: dict[str, list[str]] = {}
+    for name, r in report["precisions"].items():
+        labels.setdefault(r["communication"].get("label", ""), []).append(name)
+    price = f"${settings.get('cost_per_mb'):g}/MB ({settings.get('cost_per_mb_from', '')})"
+    for label, names in labels.items():
+        star = "* " if any(report["precisions"][n]["communication"].get("source") == MEASURED for n in names) else ""
+        lines.append(f"cost {star}{', '.join(names)}: {label}, at {price}")
     if "verdict" in report:
         reasons = report.get("verdict_reasons") or []
         lines.append(f"INT8 verdict: {report['verdict']}" + (f" ({'; '.join(reasons)})" if reasons else ""))

@@ -1,4 +1,10 @@
-"""Which results go into which figure: picks reports and runs from disk for `plots.py`."""
+"""Which results go into which figure: picks reports and runs from disk for `plots.py`.
+
+The order of precisions and transports is the registries' (eurosat/quant/registry.py `CONFIGS`
+for the PTQ report, eurosat/quant/recipe.py `PRECISIONS` for training runs, eurosat/fl/codecs.py
+`CODECS` for the wire); a precision or codec found in the results but in no registry (a newer
+report, an older run) is drawn after the known ones, never dropped.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,10 @@ from pathlib import Path
 from eurosat.report import plots
 from eurosat.report.compare import RESULT_FILE
 from eurosat.common.paths import check_output_dir
+from eurosat.fl.codecs import CODECS, wire_name
 from eurosat.fl.record import FINISHED
+from eurosat.quant.recipe import PRECISIONS
+from eurosat.quant.registry import CONFIGS
 from eurosat.report.runs import Run, find_runs, latest_by, warn_skipped
 
 COMPRESSION_FILE = "compression_metrics.json"
@@ -81,8 +90,14 @@ def bit_sweep_rows(runs: list[Run]) -> list[dict]:
     return list(rows.values())
 
 
-def _groups(by: dict[object, list[Run]], order: list, name) -> list[tuple[str, list[dict]]]:
-    return [(name(k, by[k]), [r.metrics for r in by[k]]) for k in order if k in by]
+def _groups(by: dict[str, list[Run]], known: list[str], name) -> list[tuple[str, list[dict]]]:
+    """One group per key found, the registry's (`known`) first in its order, any other after."""
+    return [(name(k, by[k]), [r.metrics for r in by[k]]) for k in plots.ordered(by, known)]
+
+
+def transport_order() -> list[str]:
+    """Every codec of the registry, each without and then with error feedback."""
+    return list(dict.fromkeys(wire_name(t, ef) for t in CODECS for ef in (False, True)))
 
 
 def figures(report_paths: list[Path], outputs_root: Path) -> list[tuple[str, object, int]]:
@@ -92,25 +107,24 @@ def figures(report_paths: list[Path], outputs_root: Path) -> list[tuple[str, obj
         report_paths = [newest]
     reports = [_load_report(p) for p in report_paths]
     if reports:
-        fig = _from_reports(report_paths, plots.ptq_figure, reports)
+        fig = _from_reports(report_paths, plots.ptq_figure, reports, list(CONFIGS))
         out += [("comparison_plots.png", fig, 300), ("comparison_plots_highres.png", fig, 600)]
         robust = [(p, r) for p, r in zip(report_paths, reports) if isinstance(r.get("robustness"), dict)]
         if robust:
             out.append(("robustness.png", _from_reports([robust[0][0]], plots.robustness_figure, robust[0][1]), 300))
     runs = find_runs(outputs_root) if outputs_root.exists() else []
     plain = [r for r in runs if r.config.get("transport", "fp32") == "fp32" and r.config.get("weight-bits", 32) == 32]
-    by_precision = latest_by(plain, lambda r: r.config.get("precision"))
+    by_precision = latest_by(plain, lambda r: str(r.config.get("precision", "fp32")))
     if len(by_precision) >= 2:
-        groups = _groups(by_precision, ["fp32", "fp16", "int8"],
+        groups = _groups(by_precision, list(PRECISIONS),
                          lambda p, g: p if len(g) > 1 else f"{p} ({g[0].path.name})")
         out.append(("training_comparison.png", plots.curves_figure(
             groups, "elapsed_seconds", "wall-clock time (min)",
             "Training precision: how far each gets in the same time budget"), 300))
-    fp32_training = [r for r in runs if r.config.get("precision") == "fp32" and r.config.get("weight-bits", 32) == 32]
+    fp32_training = [r for r in runs if r.config.get("precision", "fp32") == "fp32" and r.config.get("weight-bits", 32) == 32]
     by_transport = latest_by(fp32_training, lambda r: r.transport)
     if len(by_transport) >= 2:
-        order = [f"{t}{ef}" for t in ("fp32", "fp16", "int8", "int4") for ef in ("", "+ef")]
-        groups = _groups(by_transport, order, lambda t, _: f"{t.replace('+ef', ' + error feedback')} on the wire")
+        groups = _groups(by_transport, transport_order(), lambda t, _: f"{t.replace('+ef', ' + error feedback')} on the wire")
         out.append(("transport_comparison.png", plots.curves_figure(
             groups, "cumulative_mb", "data transmitted (MB)", "Quantized transport: accuracy per megabyte sent"), 300))
     rows = bit_sweep_rows(runs)

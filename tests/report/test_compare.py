@@ -191,6 +191,11 @@ def test_an_untrained_baseline_gets_no_verdict(tmp_path, small_data):
     assert report["verdict"] == "not meaningful: baseline not trained"
     assert any("near chance" in r or "collapsed" in r for r in report["verdict_reasons"])
     assert "INT8 verdict: not meaningful" in proc.stdout
+    # no run folder around the checkpoint: every cost is the seed's what-if, and says so
+    assert report["communication_settings"]["source"] == "what-if" and report["communication_settings"]["run"] is None
+    for r in report["precisions"].values():
+        assert r["communication"]["source"] == "what-if" and r["communication"]["label"] == "what-if: 10 clients x 10 rounds"
+    assert "what-if: 10 clients x 10 rounds" in proc.stdout
 
 
 def test_robustness_sweep_writes_its_fields_and_figure(comparison, small_data, tmp_path):
