@@ -19,6 +19,7 @@ Exit status: 0 done, 2 bad input (nothing written).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from eurosat.report.cost import WHAT_IF_CLIENTS, WHAT_IF_ROUNDS
 from eurosat.fl.config import project_defaults
 from eurosat.report.corruptions import CORRUPTIONS, parse_corruptions, parse_severities
 from eurosat.data.loading import DATA_ENV, DataError
+from eurosat.fl.record import METRICS_FILE
 from eurosat.quant.registry import CONFIGS
 
 
@@ -46,8 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=_Help)
     parser.add_argument("checkpoint", type=Path, help="FP32 Net state dict (final_model.pt, or the original final_model_fp32.pt)")
-    parser.add_argument("--data", default=os.environ.get(DATA_ENV) or defaults["data"],
-                        help=f"hub id or local parquet folder (${DATA_ENV} wins over the run-config default)")
+    parser.add_argument("--data", help="hub id or local parquet folder [the data the checkpoint's run trained on, "
+                        f"where it sits in a run folder; else ${DATA_ENV}; else {defaults['data']}]")
     parser.add_argument("--out-dir", type=Path, help="output folder [the checkpoint's folder]")
     parser.add_argument("--clients", type=int, help=f"clients, for a what-if communication cost (clients x rounds "
                         f"instead of the checkpoint's run) [{WHAT_IF_CLIENTS}]")
@@ -72,11 +74,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def run_data(checkpoint: Path) -> str | None:
+    """The `data` of the run whose folder holds `checkpoint` (its metrics.json), if any: the report
+    evaluates on what the model was trained against, on an offline node too."""
+    try:
+        config = json.loads((checkpoint.resolve().parent / METRICS_FILE).read_text()).get("config", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    data = config.get("data") if isinstance(config, dict) else None
+    return data if isinstance(data, str) and data else None
+
+
 @one_line_errors(DataError, ValueError)  # CheckpointError, OutputPathError: ValueErrors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     opts = CompareOptions(
-        args.data, args.out_dir or args.checkpoint.resolve().parent, args.clients, args.rounds, args.cost_per_mb,
+        args.data or run_data(args.checkpoint) or os.environ.get(DATA_ENV) or str(project_defaults()["data"]), args.out_dir or args.checkpoint.resolve().parent, args.clients, args.rounds, args.cost_per_mb,
         args.calibration_samples, args.calibration_split, args.device, args.batch_size,
         tuple(p.strip() for p in args.precisions.split(",") if p.strip()), args.test_data, args.test_split,
         parse_corruptions(args.corruptions) if args.corruptions else (), parse_severities(args.severity), args.seed)

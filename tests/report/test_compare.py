@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import DEVICE, cli, in_process, script_main
+from conftest import DEVICE, ROOT, cli, in_process, script_main
 from PIL import Image
 
 from eurosat.train.model import Net
@@ -289,3 +289,20 @@ def test_training_curves_skip_rounds_the_server_did_not_evaluate(tmp_path):
     (name, figure, dpi), = [f for f in figures([], tmp_path) if f[0] == "training_comparison.png"]
     lines = figure.axes[1].get_lines()
     assert [list(line.get_xdata()) for line in lines] == [[1, 3, 6, 7]] * 2  # fp32 (mean of 2 seeds), fp16
+
+
+def test_the_report_evaluates_on_the_data_its_run_trained_on(tmp_path, monkeypatch):
+    """A checkpoint in a run folder needs no --data: the run's own `data` is used (on an offline node
+    the Hub's default would fail); an explicit --data wins, and $EUROSAT_DATA only fills in."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cq", ROOT / "compare_quantizations.py")
+    cq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cq)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"config": {"data": "/data/eurosat"}, "rounds": []}))
+    assert cq.run_data(run / "final_model.pt") == "/data/eurosat"
+    assert cq.run_data(tmp_path / "elsewhere.pt") is None
+    (run / "metrics.json").write_text("{not json")
+    assert cq.run_data(run / "final_model.pt") is None
