@@ -32,6 +32,11 @@ FP16_COMPUTE = "float16" if DEVICE == "cuda" else "bfloat16"  # what precision=f
 # so Ray hides CUDA from them even on a GPU node.
 LAUNCHED_DEVICE, LAUNCHED_FP16_COMPUTE = "cpu", "bfloat16"
 SHARED_DATA = ROOT.parent / "shared" / "data" / "eurosat"
+REAL_DATA = SHARED_DATA.exists()
+# "It learnt", stated for each kind of data. Real EuroSAT: a 2-round model on the slice must clearly
+# beat chance (10 %). Generated images (label = brightness, only where the real data is missing) are
+# an easy task: one epoch on 1,200 of them reaches ~70 %, so the bar is higher and says less.
+LEARNED_ACCURACY = 0.15 if REAL_DATA else 0.5
 # Variables of the calling shell that would change what the suite tests (a data folder, a cache, a
 # removed switch): the suite runs without them, so it is the same on every machine.
 HOST_VARIABLES = ("QUANTIZATION_BITS", "WANDB_MODE", "WANDB_DIR", "FLWR_HOME")
@@ -52,10 +57,11 @@ def pytest_unconfigure(config):
 
 
 def pytest_report_header(config):
-    data = (f"real EuroSAT slices from {SHARED_DATA}" if SHARED_DATA.exists() else
+    data = (f"real EuroSAT slices from {SHARED_DATA}" if REAL_DATA else
             f"GENERATED images (label = brightness; {SHARED_DATA} is missing): learning checks are against "
             "that easy task, not EuroSAT")
-    return [f"eurosat data: {data}", f"eurosat device: in-process {DEVICE}, launched clients {LAUNCHED_DEVICE}"]
+    return [f"eurosat data: {data}; a model has learnt at test accuracy > {LEARNED_ACCURACY}",
+            f"eurosat device: in-process {DEVICE}, launched clients {LAUNCHED_DEVICE}"]
 SLICE = {"train": 1200, "test": 300, "validation": 200}
 TINY = {"train": 300, "test": 100, "validation": 100}  # for runs that test plumbing, not learning
 
