@@ -63,7 +63,7 @@ class ComputePlan:
         """Mixed precision: float16 autocast on CUDA; bfloat16 on a CPU (float16 is slow or missing there)."""
         if device.type != "cuda" and not cpu_has_bf16():
             log.warning("precision=fp16 on a CPU runs bfloat16 autocast; this CPU has no bf16 instructions "
-                        "(avx512_bf16/amx_bf16), so it is emulated and much slower than fp32 (see README)")
+                        "(avx512_bf16/amx_bf16), so it is emulated and much slower than fp32 (see docs/benchmarks.md)")
         return cls(device, torch.float16 if device.type == "cuda" else torch.bfloat16)
 
     @property

@@ -35,7 +35,7 @@ class Net(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # ReLU after max-pooling: the same values and gradients as pool(relu(.)) (ReLU is
         # monotone, so it commutes with max) on a quarter of the elements, a few per cent faster training
-        # steps on a CPU (README "Time per training step").
+        # steps on a CPU (docs/benchmarks.md).
         x = F.relu(self.pool(self.bn1(self.conv1(x))))
         x = F.relu(self.pool(self.bn2(self.conv2(x))))
         x = F.relu(self.pool(self.bn3(self.conv3(x))))
