@@ -92,25 +92,30 @@ if [ -n "$DATA" ]; then [ -d "$DATA" ] || die "data folder $DATA does not exist"
 JOB_NAME=${JOB_NAME:-fl-$PRESET}
 [[ "$JOB_NAME" =~ ^[A-Za-z0-9._-]+$ ]] || die "--job-name may hold only letters, digits, '.', '_' and '-', got '$JOB_NAME'"
 STEM="$JOB_NAME-r$ROUNDS-t${MINUTES}m"
-# Validate the whole run config now: a bad value must fail before anything is submitted.
-OVERRIDES="num-server-rounds=$ROUNDS time-limit-min=$MINUTES ${SETS[*]:-}"
-SUPERNODES=$(cd "$PROJECT" && EUROSAT_DATA="$DATA" "$VENV/bin/python" -c '
+# Validate the whole run config now: a bad value must fail before anything is submitted. The
+# rounds, minutes and every --set become one override string, a later key winning (Flower refuses
+# a key twice in one string).
+CHECKED=$(cd "$PROJECT" && EUROSAT_DATA="$DATA" "$VENV/bin/python" -c '
 import sys
 from pathlib import Path
-from eurosat.fl.config import ConfigError, load_run_config, to_override_string
+from eurosat.fl.config import ConfigError, load_run_config, override_pairs, to_override_string
 from eurosat.data.loading import DataError, resolve_source
 from eurosat.fl.record import RunDirError, resumable_config
 try:
+    merged = " ".join(f"{k}={v}" for k, v in dict(override_pairs(sys.argv[3])).items())
     base = [to_override_string(resumable_config(Path(sys.argv[1])))] if sys.argv[1] else [sys.argv[2]]
-    cfg = load_run_config(base + sys.argv[3:])
+    cfg = load_run_config(base + [merged])
     resolve_source(cfg.data)  # a local data folder must exist before the job queues (compute nodes see the same)
     print(cfg.num_supernodes)
+    print(merged)
 except (ConfigError, RunDirError, DataError) as exc:
-    sys.exit(f"error: {exc}")' "$RESUME" "${CONFIG:-}" "$OVERRIDES") || exit 2
+    sys.exit(f"error: {exc}")' "$RESUME" "${CONFIG:-}" "num-server-rounds=$ROUNDS time-limit-min=$MINUTES ${SETS[*]:-}") || exit 2
+SUPERNODES=${CHECKED%%$'\n'*}
+OVERRIDES=${CHECKED#*$'\n'}
 if [ "$NODES" -gt 1 ] || [ -n "$PER_NODE" ]; then  # the Deployment Engine across nodes
     PER_NODE=${PER_NODE:-$(( (SUPERNODES + NODES - 1) / NODES ))}
     SUPERNODES=$((NODES * PER_NODE))
-    OVERRIDES="$OVERRIDES num-supernodes=$SUPERNODES"
+    OVERRIDES="$(sed -E 's/(^| )num-supernodes=[^ ]+//g' <<<"$OVERRIDES") num-supernodes=$SUPERNODES"
     ENGINE=deployment
     [ "$LOCAL" = 0 ] || die "--nodes/--clients-per-node need Slurm (srun); here, use python -m eurosat.launch --engine deployment"
 else
