@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eurosat.train.checkpoints import load_state_dict  # noqa: E402
-from bench.common import bench_parser  # noqa: E402
+from bench.common import bench_parser, code_fingerprint, machine  # noqa: E402
 from eurosat.common.cli import fail  # noqa: E402
 from eurosat.fl.config import ConfigError, load_run_config  # noqa: E402
 from eurosat.common.files import write_json  # noqa: E402
@@ -80,6 +80,7 @@ def main() -> int:
     identical = not any(diffs)
     write_json(args.out / f"{NAME}.json", {
         "set": args.set, "data": str(args.data.resolve()), "identical": identical,
+        "code": code_fingerprint(), "machine": machine(), "date": time.strftime("%Y-%m-%d"),
         "runs": [{k: r[k] for k in ("run_dir", "digest")} for r in runs],
         "differences_vs_first": diffs,
     })

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import bench_parser  # noqa: E402
+from bench.common import bench_parser, code_fingerprint, file_sha256, machine  # noqa: E402
 from eurosat.common.files import read_json, write_json  # noqa: E402
 from eurosat.launch.launcher import launch  # noqa: E402
 from eurosat.report.stats import mean_std  # noqa: E402
@@ -52,11 +52,15 @@ def main() -> int:
                 return 1
             rounds = read_json(run_dir / "metrics.json")["rounds"]
             curve = [round(100 * r["server_test_accuracy"], 2) for r in rounds if "server_test_accuracy" in r]
-            results[name]["seeds"][str(seed)] = {"run_dir": str(run_dir), "accuracy_per_round": curve}
+            results[name]["seeds"][str(seed)] = {"run_dir": str(run_dir), "accuracy_per_round": curve,
+                                                 "config": read_json(run_dir / "metrics.json")["config"],
+                                                 "final_model_sha256": file_sha256(run_dir / "final_model.pt")}
             print(f"== {name} seed {seed}: {curve} ({time.perf_counter() - started:.0f} s)", flush=True)
         finals = [s["accuracy_per_round"][-1] for s in results[name]["seeds"].values()]
         results[name]["mean"], results[name]["std"] = mean_std(finals)
-        write_json(args.out / "recipe_comparison.json", {"rounds": args.rounds, "seeds": seeds, "recipes": results})
+        write_json(args.out / "recipe_comparison.json", {"rounds": args.rounds, "seeds": seeds, "recipes": results,
+                                                          "code": code_fingerprint(), "machine": machine(),
+                                                          "date": time.strftime("%Y-%m-%d")})
     print(f"\n# {args.rounds} rounds, 10 clients, IID, whole train split, seeds {args.seeds}\n")
     print(f"{'recipe':<16}{'accuracy % (mean +- std)':>28}  overrides")
     for name, r in results.items():
