@@ -87,6 +87,12 @@ class ProvenanceError(ValueError):
     """Two runs that must not be compared: other code, or configs that differ beyond a row's keys."""
 
 
+def arithmetic(machine_info: dict) -> dict:
+    """What decides a run's bits besides code, config and seed (see docs/benchmarks.md,
+    "Reproducibility"): torch, the kernels' CPU capability, its vector instructions, the threads."""
+    return {k: machine_info.get(k) for k in ("torch", "cpu_capability", "cpu_flags", "threads")}
+
+
 def row_keys(name: str) -> set[str]:
     return {key for key, _ in override_pairs(ROWS[name])} if ROWS.get(name) else set()
 
@@ -98,6 +104,9 @@ def check_pairable(name: str, seed: int, provenance: dict[str, dict]) -> None:
         return
     if mine["code_sha256"] != base["code_sha256"]:
         raise ProvenanceError(f"{name}@{seed} ran at {mine['commit']}, fp32@{seed} at {base['commit']}: not paired")
+    if arithmetic(mine.get("machine", {})) != arithmetic(base.get("machine", {})):
+        raise ProvenanceError(f"{name}@{seed} and fp32@{seed} ran on different machines "
+                              f"({arithmetic(mine.get('machine', {}))} vs {arithmetic(base.get('machine', {}))}): not paired")
     ignore = row_keys(name) | set(RUN_KEYS)
     differ = sorted(k for k in set(mine["config"]) | set(base["config"])
                     if k not in ignore and mine["config"].get(k) != base["config"].get(k))
@@ -174,13 +183,17 @@ def main() -> int:
                 "data": str(args.data.resolve()), "recipe": RECIPE}
     if state and state.get("protocol") != protocol:
         return fail(f"{state_path} holds another protocol {state.get('protocol')}; use another --out")
-    code = code_fingerprint()
+    code, here = code_fingerprint(), machine()
     if state.get("results") and state.get("code", {}).get("code_sha256") != code["code_sha256"]:
         held = state.get("code", {}).get("commit", "code of unknown provenance")
         return fail(f"{state_path} holds runs of {held}, this is {code['commit']}: runs of different code are "
                     "never paired; use another --out")
+    if state.get("results") and arithmetic(state.get("machine", {})) != arithmetic(here):
+        return fail(f"{state_path} holds runs made on {arithmetic(state.get('machine', {}))}, this machine is "
+                    f"{arithmetic(here)}: the same code and seed train other bits there; use another --out")
     state.setdefault("protocol", protocol)
     state.setdefault("code", code)
+    state.setdefault("machine", here)
     results: dict[str, dict[str, float]] = state.setdefault("results", {})
     runs: dict[str, str] = state.setdefault("runs", {})
     provenance: dict[str, dict] = state.setdefault("provenance", {})
@@ -216,16 +229,18 @@ def main() -> int:
                 runs[key] = str(fp32_dir / "ptq")
             else:
                 extra = f"{args.set} {ROWS[name]}".strip()  # a later -c item wins over an earlier one
-                code, run_dir = launch([f"num-server-rounds={args.rounds} time-limit-min=0 data='{data}' "
+                exit_code, run_dir = launch([f"num-server-rounds={args.rounds} time-limit-min=0 data='{data}' "
                                         f"output-dir='{args.out / 'runs'}' seed={seed} {RECIPE}", *([extra] if extra else [])])
-                if code != 0:
-                    print(f"error: {key}: run did not complete (exit {code}); see {run_dir}", file=sys.stderr)
+                if exit_code != 0:
+                    print(f"error: {key}: run did not complete (exit {exit_code}); see {run_dir}", file=sys.stderr)
                     return 1
                 metrics = read_json(run_dir / "metrics.json")
                 accuracy = 100 * metrics["summary"]["final_test_accuracy"]
                 runs[key] = str(run_dir)
-                provenance[key] = {**code, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+                provenance[key] = {**code, "date": time.strftime("%Y-%m-%d"), "machine": here,
                                    "config": {k: v for k, v in metrics["config"].items() if k not in RUN_KEYS},
+                                   "client_compute": metrics["summary"].get("client_compute"),
+                                   "final_test_loss": metrics["summary"].get("final_test_loss"),
                                    "final_model_sha256": file_sha256(run_dir / "final_model.pt")}
             results.setdefault(name, {})[str(seed)] = accuracy
             try:

@@ -51,8 +51,15 @@ def machine() -> dict[str, object]:
     except (OSError, StopIteration):
         flags = set()
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16")
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-            "cpu_flags": [f for f in wanted if f in flags]}
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_model() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_flags": [f for f in wanted if f in flags]}
+
+
+def _cpu_model() -> str:
+    try:
+        return next(line for line in open("/proc/cpuinfo") if line.startswith("model name")).split(":", 1)[1].strip()
+    except (OSError, StopIteration, IndexError):
+        return ""
 
 
 def file_sha256(path: Path) -> str:

@@ -13,9 +13,12 @@ from bench.accuracy_benchmark import ProvenanceError, summarize  # noqa: E402
 from bench.common import code_fingerprint  # noqa: E402
 
 
-def _prov(commit="abc", code="c0de", **config):
+MACHINE = {"torch": "2.13.0", "cpu_capability": "AVX512", "cpu_flags": ["avx2", "avx512f"], "threads": 2}
+
+
+def _prov(commit="abc", code="c0de", machine=MACHINE, **config):
     base = {"seed": 42, "transport": "fp32", "lr": 0.001, "local-epochs": 1}
-    return {"commit": commit, "code_sha256": code, "config": {**base, **config}}
+    return {"commit": commit, "code_sha256": code, "machine": machine, "config": {**base, **config}}
 
 
 def test_rows_pair_only_with_runs_of_the_same_code_and_config():
@@ -26,6 +29,9 @@ def test_rows_pair_only_with_runs_of_the_same_code_and_config():
     assert row["diff_vs_fp32"] == pytest.approx(-0.2)  # the row's own key (transport) may differ
     with pytest.raises(ProvenanceError, match="tx-int8@43 ran at def, fp32@43 at abc: not paired"):
         summarize(results, [42, 43], {**provenance, "tx-int8@43": _prov("def", "other", seed=43, transport="int8")})
+    avx2 = {**MACHINE, "cpu_capability": "AVX2", "cpu_flags": ["avx2"]}
+    with pytest.raises(ProvenanceError, match="tx-int8@42 and fp32@42 ran on different machines"):
+        summarize(results, [42, 43], {**provenance, "tx-int8@42": _prov(transport="int8", machine=avx2)})
     with pytest.raises(ProvenanceError, match="tx-int8@42 and fp32@42 differ in local-epochs: not paired"):
         summarize(results, [42, 43], {**provenance, "tx-int8@42": _prov(transport="int8", **{"local-epochs": 8})})
 
@@ -42,3 +48,20 @@ def test_a_folder_of_other_code_is_refused_before_anything_runs(tmp_path):
     assert proc.stderr.strip() == (f"error: {tmp_path / 'accuracy_benchmark.json'} holds runs of 0213074, this is "
                                    f"{code_fingerprint()['commit']}: runs of different code are never paired; use another --out")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_benchmark_row_records_its_provenance_and_resumes(tiny_data, tmp_path):
+    command = [sys.executable, "bench/accuracy_benchmark.py", "--data", str(tiny_data), "--seeds", "42,43",
+               "--rounds", "1", "--only", "fp32", "--set", "local-epochs=1", "--out", str(tmp_path)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((tmp_path / "accuracy_benchmark.json").read_text())
+    assert state["code"] == code_fingerprint() and state["machine"]["cpu_capability"]
+    for seed in (42, 43):
+        prov = state["provenance"][f"fp32@{seed}"]
+        assert prov["config"]["seed"] == seed and prov["config"]["data"] == str(tmp_path / "data")
+        assert len(prov["final_model_sha256"]) == 64 and prov["client_compute"] and prov["final_test_loss"] > 0
+    assert state["provenance"]["fp32@42"]["final_model_sha256"] != state["provenance"]["fp32@43"]["final_model_sha256"]
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "== fp32@" not in again.stdout  # resumed: nothing ran again
