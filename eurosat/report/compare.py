@@ -14,7 +14,9 @@ corruption), made where `int8` was compared.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Sequence
 import os
 import platform
 import time
@@ -225,6 +227,20 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
+def check_run_files(out_dir: Path, precisions: Sequence[str]) -> None:
+    """A training run's own exports (a QAT run's `model_int8.pt`, an fp16 run's `model_fp16.pt`, named
+    in its metrics.json summary) are never overwritten by the report's files of the same name."""
+    try:
+        summary = json.loads((Path(out_dir) / "metrics.json").read_text()).get("summary", {})
+    except (OSError, ValueError, AttributeError):
+        return
+    own = {v for v in summary.values() if isinstance(v, str)} if isinstance(summary, dict) else set()
+    clash = sorted(f"model_{p}.pt" for p in precisions if f"model_{p}.pt" in own and (Path(out_dir) / f"model_{p}.pt").exists())
+    if clash:
+        raise ValueError(f"--out-dir {out_dir}: holds the training run's own {', '.join(clash)}, which the report "
+                         "would overwrite; pass --out-dir DIR (e.g. the run folder's ptq/)")
+
+
 def check_inputs(checkpoint: Path, opts: CompareOptions) -> None:
     """Everything that can be wrong with the input, before any work: one-line errors, nothing written."""
     unknown = [p for p in opts.precisions if p not in CONFIGS]
@@ -252,6 +268,7 @@ def check_inputs(checkpoint: Path, opts: CompareOptions) -> None:
     load_fp32_net(checkpoint)
     cost_plan(checkpoint, opts, _precisions(opts))
     check_output_dir(opts.out_dir, "--out-dir")
+    check_run_files(opts.out_dir, _precisions(opts))
     check_source(resolve_source(opts.data, splits=(opts.calibration_split,)))
     check_source(resolve_source(opts.test_data or opts.data, splits=(opts.test_split,)))
 

@@ -312,3 +312,16 @@ def test_the_report_evaluates_on_the_data_its_run_trained_on(tmp_path, monkeypat
     assert cq.run_data(tmp_path / "elsewhere.pt") is None
     (run / "metrics.json").write_text("{not json")
     assert cq.run_data(run / "final_model.pt") is None
+
+
+def test_a_training_runs_own_exports_are_never_overwritten(tmp_path):
+    """A QAT run's model_int8.pt (named in its summary) stays; the report says to choose --out-dir."""
+    from eurosat.report.compare import check_run_files
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"summary": {"int8_model": "model_int8.pt"}}))
+    (tmp_path / "model_int8.pt").write_bytes(b"the run's own QAT export")
+    with pytest.raises(ValueError, match=r"holds the training run's own model_int8.pt, which the report would overwrite"):
+        check_run_files(tmp_path, ["fp32", "fp16", "int8"])
+    check_run_files(tmp_path, ["fp32", "fp16"])  # nothing of the run's own is touched
+    check_run_files(tmp_path / "ptq", ["int8"])
+    assert (tmp_path / "model_int8.pt").read_bytes() == b"the run's own QAT export"
