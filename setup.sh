@@ -5,8 +5,10 @@
 #
 # torch: an installed torch is kept (a cluster's CUDA build, say): if the python that creates
 # the venv already has torch, the venv sees it (--system-site-packages). Otherwise torch==2.13.0
-# is installed first, exactly that version: on the project's build machine that pin is a CPU
-# build, and any looser torch requirement would pull several GB of CUDA packages.
+# is installed first, exactly that version, from pip's configured index: where the project's figures
+# were measured a local wheel makes it the CPU build (from PyPI on Linux it is the CUDA build; a venv
+# made first with the CPU wheel from download.pytorch.org/whl/cpu is kept), and any looser torch
+# requirement would pull several GB of CUDA packages there.
 # Environment: PYTHON (interpreter to build the venv from) [python3], VENV [.venv].
 set -euo pipefail
 cd "$(dirname "$0")"
