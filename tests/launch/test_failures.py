@@ -311,9 +311,10 @@ def test_report_tools_skip_malformed_records_and_replace_nothing_on_error(e2e_ru
         assert any(stamp in w and field in w for w in warnings), (stamp, warnings)
     assert "00-00-00" in proc.stdout
     proc = cli("create_comparison_plots.py", "--outputs", outputs, "--out", tmp_path / "figs")
-    assert proc.returncode == 0, proc.stderr  # the odd records are skipped with a warning each, as above
-    warnings = [w for w in proc.stderr.strip().splitlines() if w.startswith("warning: ")]
-    assert len(warnings) == 6 and all("skipped" in w for w in warnings), proc.stderr
+    # the odd records are skipped with a warning each, as above; one good run alone is nothing to compare
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines[-1].startswith("error: nothing to plot: "), proc.stderr
+    assert len(lines) == 7 and all(w.startswith("warning: ") and "skipped" in w for w in lines[:-1]), proc.stderr
     # a broken report: exit 2, and the figures already there are untouched
     report = tmp_path / "quantization_comparison.json"
     report.write_text(json.dumps({"precisions": {"fp32": {"accuracy": 90.0}}}))
