@@ -42,7 +42,7 @@ def figure(curves: dict[str, dict], title: str):
         label = f"{clients} client{'s' if clients != '1' else ''} a round: {points[-1][1]:.2f} % in {len(run['rounds'])} rounds"
         ax.plot(*zip(*points), marker="o", ms=3, color=OKABE_ITO[i % len(OKABE_ITO)], label=label)
     ax.set(xlabel="wall-clock minutes since the ServerApp started", ylabel="test accuracy (%)", title=title)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left")
     return fig
 
 
