@@ -14,7 +14,6 @@ from eurosat.fl.config import RunConfig
 from eurosat.fl.link import ClientLink
 from eurosat.fl.memory import load_optimizer_state, save_optimizer_state
 from eurosat.fl.protocol import ARRAYS, CONFIG, Instruction, failure_reply, roll_call_reply
-from eurosat.fl.codecs import get_codec
 
 app = ClientApp()
 log = logging.getLogger("eurosat.client")
@@ -23,7 +22,8 @@ log = logging.getLogger("eurosat.client")
 def _setup(msg: Message, context: Context):
     instruction, values = Instruction.split(msg.content[CONFIG])
     cfg = RunConfig.from_mapping(values, environ={})  # the server already applied the environment
-    link = ClientLink(get_codec(cfg.transport), context.state, cfg.transport_error_feedback)
+    down, up = cfg.link_plan().at(instruction.server_round)  # this round's codecs (a warm-up's are int8)
+    link = ClientLink(down, context.state, cfg.transport_error_feedback, up=up)
     node = context.node_config
     return cfg, instruction, link, link.decode(msg.content), int(node["partition-id"]), int(node["num-partitions"])
 

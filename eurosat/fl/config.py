@@ -21,7 +21,8 @@ from eurosat.data.loading import DATA_ENV, HUB_DATASET, PARTITIONERS
 from eurosat.quant.recipe import PrecisionRecipe
 from eurosat.train.schedule import SCHEDULES, LrSchedule
 from eurosat.train.loop import OPTIMIZERS, LocalTraining
-from eurosat.fl.codecs import CODECS, wire_name
+from eurosat.fl.codecs import CODECS, Codec, wire_name
+from eurosat.fl.link import LinkPlan
 
 PROJECT_ENV = "EUROSAT_PROJECT_DIR"
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -61,6 +62,11 @@ class RunConfig:
     activation_bits: int
     transport: str
     transport_error_feedback: bool
+    transport_up: str
+    transport_down: str
+    topk_fraction: float
+    transport_warmup_rounds: int
+    server_lr: float
     cost_per_mb: float
     data: str
     partitioner: str
@@ -123,7 +129,7 @@ class RunConfig:
     def validate(self) -> None:
         if problem := self.recipe.problem():
             raise ConfigError(problem)
-        _choice("transport", self.transport, tuple(CODECS))
+        self._check_link()
         _choice("partitioner", self.partitioner, PARTITIONERS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("lr-schedule", self.lr_schedule, SCHEDULES)
@@ -190,10 +196,49 @@ class RunConfig:
 
     @property
     def label(self) -> str:
-        """Folder name under the output root: what was really trained and sent."""
-        label = self.recipe.label
-        wire = wire_name(self.transport, self.transport_error_feedback).replace("+", "-")
-        return label if self.transport == "fp32" else f"{label}-tx{wire}"
+        """Folder name under the output root: what was really trained and sent (`fp32-txint4-ef`;
+        directions that differ: `fp32-txup-sign-ef-down-fp16`)."""
+        up, down = link_wires(self.to_mapping())
+        if up == down == "fp32":
+            return self.recipe.label
+        wire = up if up == down else f"up-{up}-down-{down}"
+        return f"{self.recipe.label}-tx{wire}".replace("+", "-")
+
+    # --- the link (issue 30): `transport` sets both directions, `transport-up` / `-down` override one.
+    @property
+    def uplink(self) -> str:
+        """The codec name node -> server: `transport-up`, else `transport`."""
+        return self.transport_up or self.transport
+
+    @property
+    def downlink(self) -> str:
+        """The codec name server -> node: `transport-down`, else `transport`."""
+        return self.transport_down or self.transport
+
+    def codec(self, name: str) -> Codec:
+        """A registry codec with this run's codec options (`topk-fraction`)."""
+        return CODECS[name].configured(topk_fraction=self.topk_fraction)
+
+    def link_plan(self) -> LinkPlan:
+        """What travels each way in each round: read here once, used by both apps."""
+        return LinkPlan(self.codec(self.downlink), self.codec(self.uplink), self.transport_error_feedback,
+                        self.transport_warmup_rounds)
+
+    @property
+    def wire(self) -> str:
+        """The link as it runs after any warm-up: `int4+ef`, or `sign+ef up, fp16+ef down`."""
+        return link_wire(self.to_mapping())
+
+    def _check_link(self) -> None:
+        _choice("transport", self.transport, tuple(CODECS))
+        _choice("transport-up", self.transport_up, ("", *CODECS))
+        _choice("transport-down", self.transport_down, ("", *CODECS))
+        if not 0 < self.topk_fraction <= 1:
+            raise ConfigError(f"topk-fraction: must be in (0, 1] (0.01 = 1 % of each tensor), got {self.topk_fraction}")
+        if not 0 <= self.transport_warmup_rounds <= 1_000_000:
+            raise ConfigError(f"transport-warmup-rounds: must be in [0, 1000000], got {self.transport_warmup_rounds}")
+        if not 0 < self.server_lr <= 10:
+            raise ConfigError(f"server-lr: must be in (0, 10] (1 = plain FedAvg), got {self.server_lr}")
 
     @property
     def time_limit_s(self) -> float | None:
@@ -224,6 +269,30 @@ def _installed_project_dir() -> Path | None:
     except Exception:  # noqa: BLE001 - no installed distribution: fall back to cwd
         return None
     return Path(url.removeprefix("file://")) if url.startswith("file://") else None
+
+
+def link_wires(values: Mapping[str, object]) -> tuple[str, str]:
+    """(uplink, downlink) of a run config of any version as they ran after any warm-up (`sign+ef`,
+    `topk0.01+ef`, `fp16`); keys an older record lacks take their defaults, a codec no registry
+    knows keeps its name."""
+    transport = str(values.get("transport", "fp32"))
+    feedback = bool(values.get("transport-error-feedback", False))
+    fraction = values.get("topk-fraction", 0.1)
+    out = []
+    for name in (str(values.get("transport-up") or transport), str(values.get("transport-down") or transport)):
+        codec = CODECS.get(name)
+        try:
+            codec = codec.configured(topk_fraction=float(fraction)) if codec else None
+        except (TypeError, ValueError):
+            codec = None
+        out.append(wire_name(codec.label, feedback and codec.lossy) if codec else wire_name(name, feedback))
+    return out[0], out[1]
+
+
+def link_wire(values: Mapping[str, object]) -> str:
+    """One name for the link: `int4+ef` both ways, else `sign+ef up, fp16+ef down`."""
+    up, down = link_wires(values)
+    return up if up == down else f"{up} up, {down} down"
 
 
 def _choice(key: str, value: object, allowed: tuple) -> None:

@@ -1,7 +1,12 @@
 """The two ends of the wire and what each remembers between rounds: error feedback both ways.
 
+What travels is a `LinkPlan`: a codec for each direction (`transport-down`, server to node;
+`transport-up`, node to server; both `transport` unless set), optionally int8 for the first
+`transport-warmup-rounds` rounds in a direction whose codec is not a float one.
+
 Without error feedback the link is stateless: the server sends the global model in the
-transport format, the client sends its update (the difference to the model it received).
+downlink format, the client sends its update (the difference to the model it received) in
+the uplink format.
 
 With `transport-error-feedback = true` a lossy codec's rounding error is carried, not dropped:
 - uplink: the client adds the residual its last upload lost to the next one;
@@ -17,17 +22,44 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from eurosat.fl.state import State, add, contiguous, subtract
-from eurosat.fl.codecs import Codec
+from eurosat.fl.codecs import CODECS, Codec, FloatCodec, wire_name
 
 LINK = "transport"  # the ConfigRecord with the replica numbers, in messages that carry an update
 # kept in the node's context.state: the replica, its number, the upload residual
 REPLICA, REPLICA_NUMBER, RESIDUAL = "transport-replica", "transport-replica-number", "transport-residual"
 FRESH = 0  # replica number meaning "nothing held": the update is the whole model
+
+
+@dataclass(frozen=True)
+class LinkPlan:
+    """Which codec each direction uses in each round, and whether rounding error is fed back.
+
+    `warmup_rounds`: the first rounds send `warmup` (int8) instead, in each direction whose codec
+    is not a float one (fp32/fp16 stay): the literature's fix for sign and sparse updates, whose
+    first rounds are the largest. The residuals and replicas carry over when the codec changes.
+    """
+
+    down: Codec
+    up: Codec
+    feedback: bool = False
+    warmup_rounds: int = 0
+    warmup: Codec = CODECS["int8"]
+
+    def at(self, server_round: int) -> tuple[Codec, Codec]:
+        """(downlink, uplink) codecs of `server_round`."""
+        if server_round > self.warmup_rounds:
+            return self.down, self.up
+        return tuple(c if isinstance(c, FloatCodec) else self.warmup for c in (self.down, self.up))
+
+    def wires(self, server_round: int) -> tuple[str, str]:
+        """(downlink, uplink) as they ran in `server_round`: `sign+ef`, `topk0.1+ef`, `fp16`."""
+        return tuple(wire_name(c.label, self.feedback and c.lossy) for c in self.at(server_round))
 
 
 def error_feedback(codec: Codec, delta: State, residual: State | None) -> tuple[State, State]:
@@ -45,25 +77,28 @@ class ServerLink:
     """Server end: the global model in the transport format for each node, and which replica each node holds."""
 
     def __init__(self, codec: Codec, feedback: bool):
+        """`codec`: the downlink's; a round may send another (`encode`'s `codec`, a warm-up's)."""
         self.codec = codec
         self.feedback = feedback and codec.lossy
         self.replicas: dict[int, State] = {}
         self.held: dict[int, int] = {}  # node id -> replica number
         self._numbers = iter(range(FRESH + 1, 2**62))
 
-    def encode(self, state: State, node_ids: Sequence[int]) -> list[tuple[list[int], ArrayRecord, ConfigRecord | None]]:
+    def encode(self, state: State, node_ids: Sequence[int],
+               codec: Codec | None = None) -> list[tuple[list[int], ArrayRecord, ConfigRecord | None]]:
         """(nodes, arrays, replica numbers) groups: nodes holding the same replica get the same update."""
+        codec = codec or self.codec
         if not self.feedback:
-            return [(list(node_ids), self.codec.encode(state), None)] if node_ids else []
+            return [(list(node_ids), codec.encode(state), None)] if node_ids else []
         groups: dict[int, list[int]] = defaultdict(list)
         for node in node_ids:
             groups[self.held.get(node, FRESH)].append(node)
         out = []
         for base, nodes in groups.items():
             held = self.replicas.get(base) or {k: np.zeros_like(v) for k, v in state.items()}
-            update = self.codec.encode(subtract(state, held))
+            update = codec.encode(subtract(state, held))
             number = next(self._numbers)
-            self.replicas[number] = add(held, self.codec.decode(update))
+            self.replicas[number] = add(held, codec.decode(update))
             self.held.update(dict.fromkeys(nodes, number))
             out.append((nodes, update, ConfigRecord({"base": base, "replica": number})))
         self._drop_unused()
@@ -83,11 +118,12 @@ class ServerLink:
 class ClientLink:
     """Node end: decode the global model (onto the replica when the server sends updates) and
     encode the upload (with the last residual when error feedback is on); `store` is the node's
-    `context.state`, which Flower keeps for the node between rounds."""
+    `context.state`, which Flower keeps for the node between rounds. `codec` decodes what
+    arrives; `up` encodes what is sent (default: the same)."""
 
-    def __init__(self, codec: Codec, store: RecordDict, feedback: bool):
-        self.codec, self.store = codec, store
-        self.feedback = feedback and codec.lossy
+    def __init__(self, codec: Codec, store: RecordDict, feedback: bool, up: Codec | None = None):
+        self.codec, self.up, self.store = codec, up or codec, store
+        self.feedback = feedback and self.up.lossy
 
     def decode(self, content: RecordDict) -> State:
         received = self.codec.decode(content["arrays"])
@@ -109,9 +145,9 @@ class ClientLink:
 
     def encode(self, delta: State) -> ArrayRecord:
         if self.feedback:
-            delta, residual = error_feedback(self.codec, delta, self._load(RESIDUAL))
+            delta, residual = error_feedback(self.up, delta, self._load(RESIDUAL))
             self._save(RESIDUAL, residual)
-        return self.codec.encode(delta)
+        return self.up.encode(delta)
 
     def _load(self, key: str) -> State | None:
         record = self.store.array_records.get(key)

@@ -19,12 +19,11 @@ from flwr.serverapp import Grid, ServerApp
 
 from eurosat.common.cli import enable_logging
 from eurosat.fl import task, tracking
-from eurosat.fl.config import RunConfig
+from eurosat.fl.config import RunConfig, link_wires
 from eurosat.fl.strategy import BudgetedFedAvg, TimeBudget
 from eurosat.fl.record import RunRecorder, new_run_dir
 from eurosat.train.loop import seed_everything
 from eurosat.fl.state import raw_nbytes, to_numpy
-from eurosat.fl.codecs import get_codec
 
 app = ServerApp()
 
@@ -49,7 +48,7 @@ def main(grid: Grid, context: Context) -> None:
         done, position, state = 0, None, to_numpy(task.make_model(cfg).state_dict())
     try:
         strategy = BudgetedFedAvg(
-            get_codec(cfg.transport), cfg.transport_error_feedback, cfg.lr_schedule_plan(),
+            cfg.link_plan(), cfg.transport_error_feedback, cfg.lr_schedule_plan(), cfg.server_lr,
             min_clients_fraction=cfg.min_clients_fraction, round_timeout_s=cfg.round_timeout_s,
             cost_per_mb=cfg.cost_per_mb, expected_nodes=cfg.num_supernodes, seed=cfg.seed,
             fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
@@ -69,6 +68,7 @@ def main(grid: Grid, context: Context) -> None:
             time_limit_reached=outcome.time_limit_reached,
             client_failures=outcome.client_failures,
             engine=cfg.engine,
+            **dict(zip(("transport_up", "transport_down"), link_wires(cfg.to_mapping()))),
             fp32_model_bytes=raw_nbytes(outcome.state),
             **artifacts,
         )

@@ -29,12 +29,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from eurosat.fl.config import sample_size
-from eurosat.fl.link import LINK, ServerLink
+from eurosat.fl.link import LINK, LinkPlan, ServerLink
 from eurosat.fl.protocol import ARRAYS, CONFIG, EvalReport, Instruction, TrainReport, partition_of, reply_error, weighted
 from eurosat.train.schedule import LrSchedule, RoundPlanner
 from eurosat.fl.state import State, add, contiguous, weighted_mean
@@ -221,20 +222,34 @@ class Exchange:
     failures: list[dict]
 
 
-def aggregate_updates(codec: Codec, base: State, records: list[ArrayRecord], weights: list[float]) -> State:
-    """base + example-weighted mean of the decoded (float32) deltas: codes are never averaged."""
-    return add(base, weighted_mean([codec.decode(r) for r in records], weights))
+def aggregate_updates(codec: Codec, base: State, records: list[ArrayRecord], weights: list[float],
+                      server_lr: float = 1.0) -> State:
+    """base + server_lr x the example-weighted mean of the decoded (float32) deltas: codes are never averaged."""
+    return apply_update(base, weighted_mean([codec.decode(r) for r in records], weights), server_lr)
+
+
+def apply_update(base: State, mean: State, server_lr: float = 1.0) -> State:
+    """base + `server-lr` x the averaged update: a plain scaling of the step (1 = FedAvg; sign and
+    sparse updates may want another); integer buffers (`num_batches_tracked`) are added unscaled."""
+    if server_lr == 1.0:
+        return add(base, mean)
+    return {k: (v + (server_lr * mean[k] if np.issubdtype(v.dtype, np.floating) else mean[k])).astype(v.dtype)
+            for k, v in base.items()}
 
 
 class BudgetedFedAvg(FedAvg):
-    def __init__(self, codec: Codec, error_feedback: bool = False, schedule: LrSchedule = LrSchedule(),
+    def __init__(self, codec: Codec | LinkPlan, error_feedback: bool = False, schedule: LrSchedule = LrSchedule(),
+                 server_lr: float = 1.0,
                  min_clients_fraction: float = 1.0, round_timeout_s: float = 0.0, cost_per_mb: float = 0.0,
                  expected_nodes: int = 1, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.seed = seed  # draws the sampled partitions of each round
         self.expected_nodes = expected_nodes  # the federation's size: round 1 waits for it
-        self.codec = codec
-        self.link = ServerLink(codec, error_feedback)
+        # What travels each way, round by round (a plain codec: that codec both ways).
+        self.plan = codec if isinstance(codec, LinkPlan) else LinkPlan(codec, codec, error_feedback)
+        self.codec = self.plan.up  # the uplink's codec after any warm-up
+        self.server_lr = server_lr  # `server-lr`: the averaged update is scaled by it
+        self.link = ServerLink(self.plan.down, self.plan.feedback)
         self.schedule = schedule
         self.min_clients_fraction = min_clients_fraction
         self.round_timeout_s = round_timeout_s
@@ -253,12 +268,12 @@ class BudgetedFedAvg(FedAvg):
         connected = list(grid.get_node_ids())
         nodes = self.sample(connected, server_round, self.fraction_train, self.min_train_nodes)
         log.info("round %d: training %d of %d clients", server_round, len(nodes), len(connected))
-        return self._encoded(nodes, config, MessageType.TRAIN, self.global_state)
+        return self._encoded(nodes, config, MessageType.TRAIN, self.global_state, server_round)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Evaluation messages carry the model in the transport format too, and count as traffic."""
         nodes = self.sample(list(grid.get_node_ids()), server_round, self.fraction_evaluate, self.min_evaluate_nodes)
-        return self._encoded(nodes, config, MessageType.EVALUATE, {k: v.numpy() for k, v in arrays.items()})
+        return self._encoded(nodes, config, MessageType.EVALUATE, {k: v.numpy() for k, v in arrays.items()}, server_round)
 
     def sample(self, connected: Iterable[int], server_round: int, fraction: float, minimum: int) -> list[int]:
         """`fraction` of the connected nodes (at least `minimum`), drawn by partition with the run
@@ -280,11 +295,13 @@ class BudgetedFedAvg(FedAvg):
             if not reply.has_error():
                 self.partitions[reply.metadata.src_node_id] = partition_of(reply)
 
-    def _encoded(self, nodes: list[int], config: ConfigRecord, message_type: str, state: State) -> list[Message]:
-        """One message per node with the model (or each node's update) encoded, and the config."""
+    def _encoded(self, nodes: list[int], config: ConfigRecord, message_type: str, state: State,
+                 server_round: int) -> list[Message]:
+        """One message per node with the model (or each node's update) encoded in the round's
+        downlink codec, and the config."""
         config = ConfigRecord({**config})
         out: list[Message] = []
-        for group, arrays, link in self.link.encode(state, nodes):
+        for group, arrays, link in self.link.encode(state, nodes, self.plan.at(server_round)[0]):
             content = RecordDict({ARRAYS: arrays, CONFIG: config, **({LINK: link} if link is not None else {})})
             out += [Message(content=content, message_type=message_type, dst_node_id=n) for n in group]
             self.stats.sent_bytes += arrays.count_bytes() * len(group)
@@ -378,7 +395,8 @@ class BudgetedFedAvg(FedAvg):
         self.stats.compute = tuple(sorted({r.compute for r, _ in reports}))
         self.stats.received_bytes = sum(c[ARRAYS].count_bytes() for c in contents)
         weights = [float(r.num_examples) for r, _ in reports]
-        new_state = aggregate_updates(self.codec, self.global_state, [c[ARRAYS] for c in contents], weights)
+        new_state = aggregate_updates(self.plan.at(server_round)[1], self.global_state, [c[ARRAYS] for c in contents],
+                                      weights, self.server_lr)
         only = [r for r, _ in reports]
         metrics = weighted(only, ("train_loss", "train_accuracy"))
         metrics.update(train_images=sum(r.train_images for r in only), train_seconds=sum(r.train_seconds for r in only),
@@ -449,6 +467,7 @@ class BudgetedFedAvg(FedAvg):
                 "elapsed_seconds": round(budget.elapsed(), 3),
                 "bytes_sent": self.stats.sent_bytes,
                 "bytes_received": self.stats.received_bytes,
+                **dict(zip(("transport_down", "transport_up"), self.plan.wires(rnd))),  # the codecs this round used
                 "cumulative_mb": cumulative / MB,
                 "cumulative_cost": cumulative / MB * self.cost_per_mb,
                 "fp32_equivalent_bytes": fp32_equivalent,

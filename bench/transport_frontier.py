@@ -1,0 +1,307 @@
+"""The bytes-accuracy frontier of quantized transport: every codec on the same runs, with error bars.
+
+    .venv/bin/python bench/transport_frontier.py [--data ../shared/data/eurosat] [--seeds 42,43,44]
+        [--rounds 20] [--only fp32,sign+ef,...] [--skip fp16,sign] [--set 'k=v ...'] [--out DIR]
+
+Each setting is a real `python -m eurosat.launch` run: 10 clients, 5 of them a round (so updates are
+averaged), 1 local epoch, `--rounds` rounds, no time limit (load does not change a result), the
+rest from pyproject.toml; `--set` wins over the protocol. A setting differs from fp32 only in its
+transport keys (`transport`, `transport-up`/`-down`, `transport-error-feedback`, `topk-fraction`,
+`transport-warmup-rounds`, `server-lr`). Bytes are what the runs' messages really weighed
+(`ArrayRecord.count_bytes()`, both directions summed; `bytes_ratio_to_fp32` of the run), accuracy
+the final model's on the whole test split; each setting's difference to fp32 is paired by seed
+(same partitions, initial model, sampled clients and batch order) with a Student-t 95 % interval.
+
+Settings run seed by seed: every setting's first seed before any setting's second. After every run
+the folder gets `transport_frontier.json` (results, each run's provenance: commit, a SHA-256 of the
+code, machine, resolved config, final model SHA-256, measured bytes), `transport_frontier.csv` and
+`transport_frontier.png` (accuracy against bytes on a log axis, one point per setting with its 95 %
+interval, the Pareto front drawn; beside it each paired difference). An interrupted benchmark resumes
+where it stopped: a (setting, seed) whose run completed is not run again; a folder of other code,
+another protocol or another machine's arithmetic is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.accuracy_benchmark import RUN_KEYS, arithmetic, make_slice  # noqa: E402
+from bench.common import bench_parser, code_fingerprint, file_sha256, machine  # noqa: E402
+from eurosat.common.cli import fail  # noqa: E402
+from eurosat.common.files import atomic_write, read_json, write_json  # noqa: E402
+from eurosat.fl.config import override_pairs  # noqa: E402
+from eurosat.launch.launcher import launch  # noqa: E402
+from eurosat.report.plots import OKABE_ITO, save, styled, subplots  # noqa: E402
+from eurosat.report.stats import mean_std, paired_difference, t95  # noqa: E402
+
+EF = "transport-error-feedback=true"
+SETTINGS = {  # name -> run-config keys on top of the protocol; the default set runs in this order
+    "fp32": "",
+    "int8": 'transport="int8"',
+    "int4+ef": f'transport="int4" {EF}',
+    "int2+ef": f'transport="int2" {EF}',
+    "sign+ef": f'transport="sign" {EF}',
+    "topk10%+ef": f'transport="topk" topk-fraction=0.1 {EF}',
+    "topk1%+ef": f'transport="topk" topk-fraction=0.01 {EF}',
+    "fp16": 'transport="fp16"',
+    "sign": 'transport="sign"',
+    # the literature's fixes for sign updates, run with --only where plain sign+ef misses its target
+    "sign+ef warmup2": f'transport="sign" {EF} transport-warmup-rounds=2',
+    "sign+ef slr0.5": f'transport="sign" {EF} server-lr=0.5',
+    "sign+ef slr2": f'transport="sign" {EF} server-lr=2.0',
+    "up sign+ef down fp16": f'transport-up="sign" transport-down="fp16" {EF}',
+}
+DEFAULT = ["fp32", "int8", "int4+ef", "int2+ef", "sign+ef", "topk10%+ef", "topk1%+ef", "fp16", "sign"]
+# The issue's targets: at most this share of fp32's bytes (both directions), a mean paired
+# difference of at least this many points.
+TARGETS = {"sign+ef": (0.040, -1.0), "topk10%+ef": (0.06, -1.0)}
+NAME = "transport_frontier"
+PROTOCOL_RECIPE = "fraction-train=0.5 local-epochs=1"  # 5 of 10 clients a round, 1 local epoch
+TRANSPORT_KEYS = {"transport", "transport-up", "transport-down", "transport-error-feedback", "topk-fraction",
+                  "transport-warmup-rounds", "server-lr"}
+
+
+class ProvenanceError(ValueError):
+    """Two runs that must not be paired: other code, machine, or configs differing beyond transport."""
+
+
+def check_pairable(name: str, seed: int, provenance: dict[str, dict]) -> None:
+    """A setting's run and fp32's run of the same seed: same code and arithmetic, configs equal but
+    for the transport keys."""
+    mine, base = provenance.get(f"{name}@{seed}"), provenance.get(f"fp32@{seed}")
+    if mine is None or base is None:
+        return
+    if mine["code_sha256"] != base["code_sha256"]:
+        raise ProvenanceError(f"{name}@{seed} ran at {mine['commit']}, fp32@{seed} at {base['commit']}: not paired")
+    if arithmetic(mine.get("machine", {})) != arithmetic(base.get("machine", {})):
+        raise ProvenanceError(f"{name}@{seed} and fp32@{seed} ran on different machines' arithmetic: not paired")
+    ignore = TRANSPORT_KEYS | set(RUN_KEYS)
+    differ = sorted(k for k in set(mine["config"]) | set(base["config"])
+                    if k not in ignore and mine["config"].get(k) != base["config"].get(k))
+    if differ:
+        raise ProvenanceError(f"{name}@{seed} and fp32@{seed} differ in {', '.join(differ)}: not paired")
+
+
+def summarize(results: dict[str, dict[str, dict]], seeds: list[int], provenance: dict[str, dict]) -> list[dict]:
+    """Per setting: accuracy mean, std and 95 % interval of the mean over seeds; bytes (ratio to fp32,
+    MB both ways, each direction's share); the difference to fp32 paired by seed; its target."""
+    base = results.get("fp32", {})
+    rows = []
+    for name, by_seed in results.items():
+        done = [str(s) for s in seeds if str(s) in by_seed]
+        if not done:
+            continue
+        accs = [by_seed[s]["accuracy"] for s in done]
+        mean, std = mean_std(accs)
+        half = t95(len(accs) - 1) * std / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
+        runs = [by_seed[s] for s in done]
+        row = {"setting": name, "seeds": len(done), "accuracy": mean, "std": std, "accuracy_low": mean - half,
+               "accuracy_high": mean + half, "per_seed": {s: by_seed[s]["accuracy"] for s in done},
+               "bytes_ratio_to_fp32": sum(r["bytes_ratio_to_fp32"] for r in runs) / len(runs),
+               "mb_total": sum(r["total_bytes"] for r in runs) / len(runs) / 2**20,
+               "mb_down": sum(r["bytes_down"] for r in runs) / len(runs) / 2**20,
+               "mb_up": sum(r["bytes_up"] for r in runs) / len(runs) / 2**20,
+               "transport_up": runs[0]["transport_up"], "transport_down": runs[0]["transport_down"]}
+        paired = [s for s in done if s in base]
+        for s in paired:
+            check_pairable(name, int(s), provenance)
+        if name != "fp32" and len(paired) >= 2:
+            diff = paired_difference([by_seed[s]["accuracy"] for s in paired], [base[s]["accuracy"] for s in paired])
+            row.update(diff_vs_fp32=diff.estimate, diff_low=diff.low, diff_high=diff.high, paired_seeds=len(paired))
+        if name in TARGETS:
+            row["target"] = target_verdict(row, *TARGETS[name])
+        rows.append(row)
+    return rows
+
+
+def target_verdict(row: dict, most_bytes: float, least_diff: float) -> str:
+    """'met', or by how much each part misses, or 'pending' without a paired difference yet."""
+    misses = []
+    if row["bytes_ratio_to_fp32"] > most_bytes:
+        misses.append(f"bytes {row['bytes_ratio_to_fp32']:.4f} of fp32, {row['bytes_ratio_to_fp32'] - most_bytes:.4f} "
+                      f"above {most_bytes}")
+    if "diff_vs_fp32" not in row:
+        return "; ".join(misses + ["accuracy pending (fewer than 2 paired seeds)"])
+    if row["diff_vs_fp32"] < least_diff:
+        misses.append(f"accuracy {row['diff_vs_fp32']:+.2f} points, {least_diff - row['diff_vs_fp32']:.2f} below {least_diff:+g}")
+    return "missed: " + "; ".join(misses) if misses else f"met (<= {most_bytes} of the bytes, >= {least_diff:+g} points)"
+
+
+def pareto(rows: list[dict]) -> list[dict]:
+    """The settings no other beats on both bytes (fewer) and mean accuracy (higher), by bytes."""
+    front = [r for r in rows if not any(o["bytes_ratio_to_fp32"] <= r["bytes_ratio_to_fp32"] and o["accuracy"] >= r["accuracy"]
+                                        and (o["bytes_ratio_to_fp32"], o["accuracy"]) != (r["bytes_ratio_to_fp32"], r["accuracy"])
+                                        for o in rows)]
+    return sorted(front, key=lambda r: r["bytes_ratio_to_fp32"])
+
+
+def format_rows(rows: list[dict]) -> str:
+    out = [f"{'setting':<22}{'seeds':>6}{'bytes / fp32':>14}{'MB':>9}{'accuracy % (mean +- std)':>27}"
+           f"{'vs fp32, paired [95%]':>26}  target"]
+    for r in rows:
+        diff = f"{r['diff_vs_fp32']:+.2f} [{r['diff_low']:+.2f}, {r['diff_high']:+.2f}]" if "diff_vs_fp32" in r else ""
+        out.append(f"{r['setting']:<22}{r['seeds']:>6}{r['bytes_ratio_to_fp32']:>14.4f}{r['mb_total']:>9.1f}"
+                   f"{r['accuracy']:>18.2f} +- {r['std']:<5.2f}{diff:>26}  {r.get('target', '')}")
+    return "\n".join(out)
+
+
+@styled
+def figure(rows: list[dict], title: str):
+    """Left: accuracy against bytes (log), each setting's mean with its 95 % interval over seeds,
+    the Pareto front as a line. Right: each setting's paired difference to fp32 with its interval."""
+    fig, (ax, bx) = subplots(1, 2, figsize=(14.0, 5.5))
+    colors = {r["setting"]: OKABE_ITO[i % len(OKABE_ITO)] for i, r in enumerate(rows)}
+    markers = "osD^vP*Xh<>p"
+    for i, r in enumerate(rows):
+        yerr = None if math.isnan(r["accuracy_low"]) else [[r["accuracy"] - r["accuracy_low"]], [r["accuracy_high"] - r["accuracy"]]]
+        ax.errorbar([r["bytes_ratio_to_fp32"]], [r["accuracy"]], yerr=yerr, fmt=markers[i % len(markers)], ms=8,
+                    capsize=4, color=colors[r["setting"]], label=f"{r['setting']} ({r['seeds']} seed{'s' * (r['seeds'] > 1)})",
+                    zorder=3)
+        ax.annotate(r["setting"], (r["bytes_ratio_to_fp32"], r["accuracy"]), textcoords="offset points", xytext=(6, 6),
+                    fontsize=8, color=colors[r["setting"]])
+    front = pareto(rows)
+    if len(front) > 1:
+        ax.plot([r["bytes_ratio_to_fp32"] for r in front], [r["accuracy"] for r in front], "--", color="0.4", lw=1.2,
+                label="Pareto front", zorder=2)
+    ax.set_xscale("log")
+    ax.set(xlabel="bytes on the wire, both directions (fraction of fp32, log scale)", ylabel="final test accuracy (%)",
+           title="Accuracy against bytes (mean, 95 % interval over seeds)")
+    ax.legend(fontsize=8, loc="best")
+    paired = [r for r in rows if "diff_vs_fp32" in r]
+    for i, r in enumerate(paired):
+        bx.errorbar([r["diff_vs_fp32"]], [i], xerr=[[r["diff_vs_fp32"] - r["diff_low"]], [r["diff_high"] - r["diff_vs_fp32"]]],
+                    fmt="o", ms=7, capsize=4, color=colors[r["setting"]])
+    bx.axvline(0, color="0.3", lw=1)
+    bx.axvline(-1, color="0.6", lw=1, ls=":", label="-1 point (the targets' bar)")
+    bx.set_yticks(range(len(paired)), [f"{r['setting']}  ({r['bytes_ratio_to_fp32']:.3f} of the bytes)" for r in paired])
+    bx.set(xlabel="accuracy difference to fp32, paired by seed (points, 95 % interval)",
+           title="Paired difference to fp32")
+    if paired:
+        bx.legend(fontsize=8, loc="lower left")
+    fig.suptitle(title)
+    return fig
+
+
+def run_record(run_dir: Path, metrics: dict) -> dict:
+    """What a finished run measured: accuracy, bytes each way, the codecs each way, as recorded."""
+    rounds, summary = metrics["rounds"], metrics["summary"]
+    return {"accuracy": 100 * summary["final_test_accuracy"], "total_bytes": summary["total_bytes"],
+            "bytes_ratio_to_fp32": summary["bytes_ratio_to_fp32"],
+            "bytes_down": sum(r["bytes_sent"] for r in rounds), "bytes_up": sum(r["bytes_received"] for r in rounds),
+            "transport_up": summary.get("transport_up", metrics["config"].get("transport")),
+            "transport_down": summary.get("transport_down", metrics["config"].get("transport")),
+            "curve": [[r["cumulative_mb"], 100 * r["server_test_accuracy"]] for r in rounds if "server_test_accuracy" in r],
+            "run_dir": str(run_dir)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--seeds", default="42,43,44", help="comma-separated seeds [42,43,44]")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds per run [20]")
+    parser.add_argument("--only", help="comma-separated settings [" + ",".join(DEFAULT) + "]; all: " + ", ".join(SETTINGS))
+    parser.add_argument("--skip", default="", help="comma-separated settings to leave out")
+    parser.add_argument("--set", default="", help="run-config overrides for every run (part of the protocol)")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / NAME, help="results folder [%(default)s]")
+    args = parser.parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        return fail(f"--seeds {args.seeds!r}: expected comma-separated integers")
+    names = [n for n in (args.only.split(",") if args.only else DEFAULT) if n not in args.skip.split(",")]
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown or not seeds or args.rounds < 1:
+        return fail(f"unknown settings {unknown} (known: {', '.join(SETTINGS)}), no seeds, or --rounds below 1")
+    if args.set:
+        try:
+            override_pairs(args.set)
+        except ValueError as exc:
+            return fail(str(exc))
+    if "fp32" not in names:
+        names.insert(0, "fp32")  # the baseline every setting is paired with
+    args.out.mkdir(parents=True, exist_ok=True)
+    state_path = args.out / f"{NAME}.json"
+    state = read_json(state_path) if state_path.exists() else {}
+    protocol = {"rounds": args.rounds, "clients": 10, "recipe": PROTOCOL_RECIPE, "set": args.set,
+                "data": str(args.data.resolve())}
+    if state and state.get("protocol") != protocol:
+        return fail(f"{state_path} holds another protocol {state.get('protocol')}; use another --out")
+    code, here = code_fingerprint(), machine()
+    if state.get("results") and state.get("code", {}).get("code_sha256") != code["code_sha256"]:
+        return fail(f"{state_path} holds runs of {state.get('code', {}).get('commit', 'unknown code')}, this is "
+                    f"{code['commit']}: runs of different code are never paired; use another --out")
+    if state.get("results") and arithmetic(state.get("machine", {})) != arithmetic(here):
+        return fail(f"{state_path} holds runs made on {arithmetic(state.get('machine', {}))}, this machine is "
+                    f"{arithmetic(here)}; use another --out")
+    state.setdefault("protocol", protocol)
+    state.setdefault("code", code)
+    state.setdefault("machine", here)
+    results: dict[str, dict[str, dict]] = state.setdefault("results", {})
+    provenance: dict[str, dict] = state.setdefault("provenance", {})
+    data = make_slice(args.data.resolve(), args.out / "data", 1.0)
+    title = (f"{args.rounds} rounds, 5 of 10 clients a round, 1 local epoch; EuroSAT test split; "
+             f"seeds {args.seeds}{'; ' + args.set if args.set else ''}")
+
+    def persist() -> list[dict]:
+        rows = summarize(results, seeds, provenance)
+        state["summary"] = rows
+        state["pareto"] = [r["setting"] for r in pareto(rows)]
+        write_json(state_path, state)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["setting", "seeds", "bytes_ratio_to_fp32", "mb_total", "mb_down", "mb_up",
+                                                 "transport_up", "transport_down", "accuracy", "std", "accuracy_low",
+                                                 "accuracy_high", "diff_vs_fp32", "diff_low", "diff_high", "target"],
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(args.out / f"{NAME}.csv", lambda fh: fh.write(buf.getvalue()), mode="w")
+        if rows:
+            save(figure(rows, title), args.out / f"{NAME}.png", 200)
+        return rows
+
+    for seed in seeds:
+        for name in names:
+            key = f"{name}@{seed}"
+            if str(seed) in results.get(name, {}):
+                continue
+            started = time.perf_counter()
+            extra = " ".join(x for x in (SETTINGS[name], args.set) if x)  # --set last: it wins
+            exit_code, run_dir = launch([f"num-server-rounds={args.rounds} time-limit-min=0 num-supernodes=10 "
+                                         f"{PROTOCOL_RECIPE} data='{data}' output-dir='{args.out / 'runs'}' seed={seed}",
+                                         *([extra] if extra else [])])
+            if exit_code != 0:
+                print(f"error: {key}: run did not complete (exit {exit_code}); see {run_dir}", file=sys.stderr)
+                return 1
+            metrics = read_json(run_dir / "metrics.json")
+            results.setdefault(name, {})[str(seed)] = run_record(run_dir, metrics)
+            provenance[key] = {**code, "date": time.strftime("%Y-%m-%d"), "machine": here,
+                               "config": {k: v for k, v in metrics["config"].items() if k not in RUN_KEYS},
+                               "client_compute": metrics["summary"].get("client_compute"),
+                               "wall_seconds": metrics["summary"].get("wall_seconds"),
+                               "final_model_sha256": file_sha256(run_dir / "final_model.pt")}
+            try:
+                persist()
+            except ProvenanceError as exc:
+                return fail(str(exc))
+            r = results[name][str(seed)]
+            print(f"== {key}: {r['accuracy']:.2f} %, {r['bytes_ratio_to_fp32']:.4f} of fp32's bytes "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+    try:
+        rows = persist()
+    except ProvenanceError as exc:
+        return fail(str(exc))
+    print(f"\n# {title}\n")
+    print(format_rows(rows))
+    print(f"\nPareto front: {', '.join(state['pareto'])}\nwrote {state_path}, .csv and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
