@@ -102,7 +102,7 @@ from eurosat.fl.config import ConfigError, load_run_config, override_pairs, to_o
 from eurosat.data.loading import DataError, resolve_source
 from eurosat.fl.record import RunDirError, resumable_config
 try:
-    merged = " ".join(f"{k}={v}" for k, v in dict(override_pairs(sys.argv[3])).items())
+    merged = " ".join(f"{k}={v}" for k, v in dict(override_pairs(sys.argv[3], repeats=True)).items())
     base = [to_override_string(resumable_config(Path(sys.argv[1])))] if sys.argv[1] else [sys.argv[2]]
     cfg = load_run_config(base + [merged])
     resolve_source(cfg.data)  # a local data folder must exist before the job queues (compute nodes see the same)

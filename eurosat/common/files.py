@@ -6,6 +6,8 @@ killed process leaves either the previous version or the new one, never half a f
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import tempfile
@@ -35,10 +37,20 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(exc.errno, f"no space left on device writing {path} (the previous version, "
+                                      "if any, is kept)") from None
         raise
     return path
+
+
+class DiskFull(OSError):
+    """A write that found the disk (or the quota) full; the message names the file."""
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 def write_json(path: Path, data: Any) -> Path:
@@ -46,7 +58,10 @@ def write_json(path: Path, data: Any) -> Path:
 
 
 def save_torch(path: Path, obj: Any) -> Path:
-    return atomic_write(path, lambda fh: torch.save(obj, fh))
+    """Serialised in memory first: torch's own writer reports a full disk as "unexpected pos"."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write(path, lambda fh: fh.write(buffer.getbuffer()))
 
 
 def _jsonable(obj: Any) -> Any:

@@ -198,6 +198,18 @@ def load_client_data(
     return _cached(("client", source, partition_id, num_partitions, partitioner, alpha, seed, test_fraction), build)
 
 
+def partition_sizes(source: Source, partitioner: str, num_partitions: int, alpha: float = 0.5,
+                    seed: int = 42) -> tuple[int, ...]:
+    """The number of `train` rows in each partition, as the clients' partitioner gives them (the
+    server bounds each client's `num-examples` claim by it). Reads indices only, decodes no image."""
+
+    def build() -> tuple[int, ...]:
+        fds = federated_dataset(source, partitioner, num_partitions, alpha, seed)
+        return tuple(len(fds.load_partition(p, "train")) for p in range(num_partitions))
+
+    return _cached(("sizes", source, partitioner, num_partitions, alpha, seed), build)
+
+
 def _hub_split(name: str, split: str):
     """A split from the Hugging Face Hub; an id that does not exist, or no network (compute nodes
     are often offline), is a one-line DataError instead of the `datasets` traceback."""

@@ -9,7 +9,7 @@ import logging
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from eurosat.fl import task
+from eurosat.fl import hooks, task
 from eurosat.fl.config import RunConfig
 from eurosat.fl.link import ClientLink
 from eurosat.fl.memory import load_optimizer_state, save_optimizer_state
@@ -34,6 +34,8 @@ def train(msg: Message, context: Context) -> Message:
         cfg, instruction, link, received, pid, n = _setup(msg, context)
         kept = load_optimizer_state(context.state) if cfg.local_optimizer_state == "keep" else None
         delta, report = task.client_update(cfg, received, pid, n, instruction, kept)
+        delta, report = hooks.apply(hooks.parse_hooks(cfg.test_hook), pid, delta, report,
+                                    task.local_seed(cfg.seed, instruction.server_round, pid))
         if kept is not None:
             save_optimizer_state(context.state, kept)
         return Message(RecordDict({ARRAYS: link.encode(delta), **report.to_records()}), reply_to=msg)

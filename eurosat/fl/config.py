@@ -21,8 +21,14 @@ from eurosat.data.loading import DATA_ENV, HUB_DATASET, PARTITIONERS
 from eurosat.quant.recipe import PrecisionRecipe
 from eurosat.train.schedule import SCHEDULES, LrSchedule
 from eurosat.train.loop import OPTIMIZERS, LocalTraining
+from eurosat.fl import hooks
 from eurosat.fl.codecs import CODECS, Codec, wire_name
 from eurosat.fl.link import LinkPlan
+from eurosat.fl.robust import AGGREGATIONS, trimmed_count
+
+# Uplink codecs whose decoded updates are mostly zeros or one magnitude per channel: a median or a
+# trimmed mean of them is not an estimate of anything.
+SPARSE_OR_SIGN = ("sign", "topk")
 
 PROJECT_ENV = "EUROSAT_PROJECT_DIR"
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -77,6 +83,11 @@ class RunConfig:
     local_test_fraction: float
     min_clients_fraction: float
     round_timeout_s: float
+    max_weight_share: float
+    max_update_norm: float
+    aggregation: str
+    trim_fraction: float
+    test_hook: str
     local_epochs: int
     batch_size: int
     lr: float
@@ -117,6 +128,9 @@ class RunConfig:
         if missing:
             raise ConfigError(f"missing run-config key(s): {', '.join(missing)}")
         kwargs = {f.name: _coerce(key, values[key], f.type) for key, f in known.items()}
+        if kwargs["test_hook"] and environ and not hooks.enabled(environ):  # a client passes environ={}
+            raise ConfigError(f"test-hook={kwargs['test_hook']!r} is for tests and benchmarks only: it needs "
+                              f"${hooks.HOOKS_ENV}=1; leave test-hook empty in a real run")
         if environ.get(DATA_ENV) and kwargs["data"] == HUB_DATASET:
             kwargs["data"] = environ[DATA_ENV]
         cfg = cls(**kwargs)
@@ -153,6 +167,15 @@ class RunConfig:
             raise ConfigError(f"min-clients-fraction: must be in (0, 1], got {self.min_clients_fraction}")
         if self.round_timeout_s < 0:
             raise ConfigError(f"round-timeout-s: must be >= 0 (0 = what is left of the budget), got {self.round_timeout_s}")
+        if not 0 < self.max_weight_share <= 1:
+            raise ConfigError(f"max-weight-share: must be in (0, 1] (1 = no cap), got {self.max_weight_share}")
+        if self.max_update_norm < 0:
+            raise ConfigError(f"max-update-norm: must be >= 0 (0 = no check), got {self.max_update_norm}")
+        self._check_aggregation()
+        try:
+            hooks.parse_hooks(self.test_hook)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.dirichlet_alpha <= 0:
             raise ConfigError(f"dirichlet-alpha: must be > 0, got {self.dirichlet_alpha}")
         for key, most in INT_LIMITS.items():
@@ -228,6 +251,18 @@ class RunConfig:
     def wire(self) -> str:
         """The link as it runs after any warm-up: `int4+ef`, or `sign+ef up, fp16+ef down`."""
         return link_wire(self.to_mapping())
+
+    def _check_aggregation(self) -> None:
+        """A robust statistic needs something to trim, and dense updates to take it over."""
+        _choice("aggregation", self.aggregation, AGGREGATIONS)
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ConfigError(f"trim-fraction: must be in [0, 0.5) (Flower's FedTrimmedAvg beta), got {self.trim_fraction}")
+        if self.aggregation == "trimmed-mean" and trimmed_count(self.clients_per_round, self.trim_fraction) < 1:
+            raise ConfigError(f"aggregation=\"trimmed-mean\": trim-fraction {self.trim_fraction:g} of "
+                              f"{self.clients_per_round} clients a round trims none; raise trim-fraction or fraction-train")
+        if self.aggregation != "mean" and self.uplink in SPARSE_OR_SIGN:
+            raise ConfigError(f"aggregation={self.aggregation!r} of {self.uplink} updates makes no sense (a coordinate-wise "
+                              f"statistic of sparse or sign codes); use aggregation=\"mean\" or another transport-up")
 
     def _check_link(self) -> None:
         _choice("transport", self.transport, tuple(CODECS))
@@ -351,15 +386,21 @@ def project_defaults(project: Path = PROJECT_DIR) -> dict[str, object]:
 _PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")  # flwr's own k=v pattern (flwr.common.config)
 
 
-def override_pairs(override: str) -> list[tuple[str, str]]:
+def override_pairs(override: str, repeats: bool = False) -> list[tuple[str, str]]:
     """The key=value pairs of one `--run-config` string, as Flower reads them. Flower drops any text
-    that is not a pair (`num-server-rounds 5`, the rest of `'it's'`) without a word; here it is an error."""
+    that is not a pair (`num-server-rounds 5`, the rest of `'it's'`) without a word; here it is an
+    error. So is a key given twice (Flower's "invalid format"), unless `repeats` (a script merging
+    its own options with the user's, the later winning)."""
     pairs = _PAIR.findall(override)
     rest = _PAIR.sub(" ", override).split()
     if not pairs or rest:
         what = f"cannot read {' '.join(rest)!r} in it" if pairs else "expected a .toml file or key=value pairs"
         raise ConfigError(f"--run-config {override!r}: {what} (key=value, a value with spaces or "
                           "an apostrophe in double quotes: key=\"it's a b\")")
+    keys = [key for key, _ in pairs]
+    if not repeats and (repeated := sorted({key for key in keys if keys.count(key) > 1})):
+        raise ConfigError(f"--run-config {override!r}: {', '.join(repeated)} given twice in one string; "
+                          "give each key once (a later -c may override an earlier one)")
     return pairs
 
 

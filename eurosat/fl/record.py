@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from eurosat.train.checkpoints import load_checkpoint, load_state_dict
+from eurosat.train.checkpoints import CheckpointError, load_checkpoint, load_state_dict, state_dict_of
 from eurosat.common.files import read_json, save_torch, write_json
 
 STATUS_FILE = "status.json"
@@ -99,6 +99,11 @@ def check_resumable(run_dir: Path) -> dict[str, Any]:
         config = dict(metrics["config"])
     except (OSError, ValueError, KeyError, TypeError):
         raise RunDirError(f"--resume {run_dir}: metrics.json is not readable") from None
+    try:  # a truncated or foreign checkpoint fails here, before anything starts, not in the ServerApp
+        checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
+        state_dict_of(checkpoint, run_dir / CHECKPOINT_FILE, finite=True)
+    except CheckpointError as exc:
+        raise RunDirError(f"--resume {run_dir}: {exc}; the run folder is left as it is") from None
     return {"metrics": metrics, "config": config}
 
 

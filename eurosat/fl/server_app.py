@@ -18,6 +18,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from eurosat.common.cli import enable_logging
+from eurosat.data.loading import NUM_CLASSES
 from eurosat.fl import task, tracking
 from eurosat.fl.config import RunConfig, link_wires
 from eurosat.fl.strategy import BudgetedFedAvg, TimeBudget
@@ -51,6 +52,8 @@ def main(grid: Grid, context: Context) -> None:
             cfg.link_plan(), cfg.transport_error_feedback, cfg.lr_schedule_plan(), cfg.server_lr,
             min_clients_fraction=cfg.min_clients_fraction, round_timeout_s=cfg.round_timeout_s,
             cost_per_mb=cfg.cost_per_mb, expected_nodes=cfg.num_supernodes, seed=cfg.seed,
+            limits=lambda: task.reply_limits(cfg),  # read at the first round, after the federation check
+            aggregation=cfg.aggregation, trim_fraction=cfg.trim_fraction,
             fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
             min_train_nodes=1, min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0, min_available_nodes=1,
         )
@@ -60,6 +63,9 @@ def main(grid: Grid, context: Context) -> None:
                                evaluate_fn=task.server_evaluator(cfg), on_round=recorder.add_round,
                                first_round=done + 1, schedule_position=position)
         artifacts = task.save_artifacts(cfg, run_dir, outcome.state)
+        if warning := below_chance(recorder.data["rounds"]):
+            print(f"eurosat: warning: {warning}", flush=True)
+            artifacts["warning"] = warning
         recorder.finish(
             task.final_state_dict(cfg, outcome.state),
             state="completed_with_failures" if outcome.client_failures else "completed",
@@ -78,3 +84,13 @@ def main(grid: Grid, context: Context) -> None:
         recorder.fail(exc)
         print(f"eurosat: run failed: {type(exc).__name__}: {exc}; status in {run_dir}", flush=True)
         raise
+
+
+def below_chance(rounds: list[dict]) -> str | None:
+    """A model no better than guessing has not learnt, however the run ended: say so (a valid but
+    far too high `lr` diverges to ~4 % and would otherwise end `completed` without a word)."""
+    accuracy = rounds[-1].get("server_test_accuracy") if rounds else None
+    if accuracy is None or accuracy > 1 / NUM_CLASSES:
+        return None
+    return (f"the final model is below chance ({accuracy:.2%} test accuracy; guessing gives {1 / NUM_CLASSES:.0%}): "
+            "training diverged or failed (lr too high?)")

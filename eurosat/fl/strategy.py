@@ -30,13 +30,16 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
+
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from eurosat.fl.checks import CheckedRound, Refused, ReplyLimits, UpdateChecker
+from eurosat.fl.robust import aggregate
 from eurosat.fl.config import sample_size
 from eurosat.fl.link import LINK, LinkPlan, ServerLink
-from eurosat.fl.protocol import ARRAYS, CONFIG, EvalReport, Instruction, TrainReport, partition_of, reply_error, weighted
+from eurosat.fl.protocol import ARRAYS, CONFIG, EvalReport, Instruction, partition_of, reply_error, weighted
 from eurosat.train.schedule import LrSchedule, RoundPlanner
 from eurosat.fl.state import State, add, contiguous, weighted_mean
 from eurosat.fl.codecs import CODECS, Codec
@@ -159,6 +162,10 @@ class ClientsFailed(RuntimeError):
     """Too few clients answered a round; the message leads with a client's root cause."""
 
 
+class NonFiniteModel(RuntimeError):
+    """A round's aggregate holds NaN or Inf: it is refused, and the last good round's checkpoint stays."""
+
+
 class FederationMismatch(RuntimeError):
     """The simulated federation's size is not the run config's `num-supernodes`; one line that
     names both numbers and the two ways to make them agree."""
@@ -202,6 +209,7 @@ class RoundStats:
     fp32_record_bytes: int = 0  # one model as fp32 transport would send it
     partitions: tuple[int, ...] = ()  # the partitions whose updates were aggregated
     failures: list[dict] = field(default_factory=list)
+    weights_capped: list[dict] = field(default_factory=list)  # replies lowered to max-weight-share
 
 
 @dataclass
@@ -215,10 +223,11 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Exchange:
-    """The replies of one send-and-receive, and who was asked but did not answer properly."""
+    """The replies of one send-and-receive (then: those that passed the checks), and who was asked
+    but did not answer properly."""
 
     asked: int
-    replies: list[Message]
+    replies: list
     failures: list[dict]
 
 
@@ -241,8 +250,15 @@ class BudgetedFedAvg(FedAvg):
     def __init__(self, codec: Codec | LinkPlan, error_feedback: bool = False, schedule: LrSchedule = LrSchedule(),
                  server_lr: float = 1.0,
                  min_clients_fraction: float = 1.0, round_timeout_s: float = 0.0, cost_per_mb: float = 0.0,
-                 expected_nodes: int = 1, seed: int = 0, **kwargs):
+                 expected_nodes: int = 1, seed: int = 0, limits: Callable[[], ReplyLimits] | None = None,
+                 aggregation: str = "mean", trim_fraction: float = 0.2, **kwargs):
+        """`limits`: what the reply checks hold each reply to (checks.py), made when the first round
+        starts (it reads the partition sizes); None: no bound on `num-examples` below 2^31.
+        `aggregation`: how the checked updates become one (robust.py)."""
         super().__init__(**kwargs)
+        self.aggregation, self.trim_fraction = aggregation, trim_fraction
+        self.limits = limits or (lambda: ReplyLimits((2**31,) * max(expected_nodes, 1)))
+        self.checker: UpdateChecker | None = None
         self.seed = seed  # draws the sampled partitions of each round
         self.expected_nodes = expected_nodes  # the federation's size: round 1 waits for it
         # What travels each way, round by round (a plain codec: that codec both ways).
@@ -263,6 +279,9 @@ class BudgetedFedAvg(FedAvg):
         """Send the global model in the transport format (with error feedback: each node's update
         to its replica); remember the float32 base the deltas will be added to."""
         self.global_state = {k: v.numpy() for k, v in arrays.items()}
+        up = self.plan.at(server_round)[1]
+        if self.checker is None or self.checker.codec != up:  # a warm-up's codec, then the run's
+            self.checker = UpdateChecker(up, self.global_state, self.limits())
         fp32 = FP32.encode(self.global_state, quiet=True).count_bytes()
         self.stats = RoundStats(fp32_record_bytes=fp32)
         connected = list(grid.get_node_ids())
@@ -382,22 +401,47 @@ class BudgetedFedAvg(FedAvg):
             raise ClientsFailed(f"round {server_round} {phase}: {answered} of {exchange.asked} clients answered "
                                 f"(min-clients-fraction {self.min_clients_fraction:g} needs {needed}); {first}")
 
+    def check_train(self, exchange: Exchange) -> tuple[CheckedRound, Exchange]:
+        """Every train reply through the checks (checks.py); a refused one is that client's failure,
+        and the link forgets its node's replica as for any failure."""
+        checked = self.checker.round(exchange.replies, self.partitions)
+        for failure in checked.failures:
+            log.warning("client on node %s (partition %s) %s", failure["node"], failure["partition"], failure["error"])
+        self.link.forget([f["node"] for f in checked.failures])
+        self.stats.received_bytes = sum(m.content.array_records[ARRAYS].count_bytes() for m in exchange.replies
+                                        if ARRAYS in m.content.array_records)
+        return checked, Exchange(exchange.asked, list(checked.updates), exchange.failures + checked.failures)
+
+    def check_evaluate(self, exchange: Exchange) -> tuple[list[EvalReport], Exchange]:
+        reports, failures = [], list(exchange.failures)
+        for msg in exchange.replies:
+            try:
+                reports.append(self.checker.eval_reply(msg))
+            except Refused as exc:
+                failures.append({"node": msg.metadata.src_node_id, "partition": self.partitions.get(msg.metadata.src_node_id),
+                                 "error": f"refused: {exc}"})
+                log.warning("client on node %s evaluation refused: %s", msg.metadata.src_node_id, exc)
+        return reports, Exchange(exchange.asked, reports, failures)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord, dict[str, float]]:
-        """Decode every delta to float32, weight by examples, apply to the float32 base."""
-        reports = [(TrainReport.from_content(m.content), m) for m in replies]
-        # Partition order, not arrival order: float sums depend on their order, and a repeated run
-        # with the same seed must give the same model bit for bit.
-        reports.sort(key=lambda pair: pair[0].partition)
-        self.partitions.update({m.metadata.src_node_id: r.partition for r, m in reports})
-        contents = [m.content for _, m in reports]
-        self.stats.clients = len(reports)
-        self.stats.partitions = tuple(r.partition for r, _ in reports)
-        self.stats.compute = tuple(sorted({r.compute for r, _ in reports}))
-        self.stats.received_bytes = sum(c[ARRAYS].count_bytes() for c in contents)
-        weights = [float(r.num_examples) for r, _ in reports]
-        new_state = aggregate_updates(self.plan.at(server_round)[1], self.global_state, [c[ARRAYS] for c in contents],
-                                      weights, self.server_lr)
-        only = [r for r, _ in reports]
+        """Flower's hook: check the replies, then `aggregate_checked`."""
+        checked, _ = self.check_train(Exchange(0, list(replies), []))
+        return self.aggregate_checked(server_round, checked)
+
+    def aggregate_checked(self, server_round: int, checked: CheckedRound) -> tuple[ArrayRecord, dict[str, float]]:
+        """The example-weighted mean of the decoded float32 deltas (codes are never averaged),
+        applied to the float32 base. An aggregate with NaN or Inf is refused (`NonFiniteModel`)."""
+        self.partitions.update({u.node: u.report.partition for u in checked.updates})
+        only = [u.report for u in checked.updates]
+        self.stats.clients = len(only)
+        self.stats.partitions = tuple(r.partition for r in only)
+        self.stats.compute = tuple(sorted({r.compute for r in only}))
+        self.stats.weights_capped = checked.capped
+        update = aggregate(self.aggregation, [u.delta for u in checked.updates], checked.weights, self.trim_fraction)
+        new_state = apply_update(self.global_state, update, self.server_lr)
+        if not all(np.isfinite(v).all() for v in new_state.values() if np.issubdtype(v.dtype, np.floating)):
+            raise NonFiniteModel(f"round {server_round}: the aggregate of {len(only)} update(s) holds NaN or Inf; "
+                                 "refused (the last good round's model is checkpoint.pt)")
         metrics = weighted(only, ("train_loss", "train_accuracy"))
         metrics.update(train_images=sum(r.train_images for r in only), train_seconds=sum(r.train_seconds for r in only),
                        lr_last=only[0].lr_last)
@@ -430,16 +474,17 @@ class BudgetedFedAvg(FedAvg):
             instruction = Instruction(rnd, planner.span(rnd))
             config = ConfigRecord({**run_config, **instruction.to_config()})
             exchange = self._exchange(grid, self.configure_train(rnd, arrays, config, grid), self._timeout(budget))
+            checked, exchange = self.check_train(exchange)
             self._accept(rnd, "train", exchange)
-            arrays, train_metrics = self.aggregate_train(rnd, exchange.replies)
+            arrays, train_metrics = self.aggregate_checked(rnd, checked)
             failures = [dict(f, phase="train") for f in exchange.failures]
             train_phase = budget.clock() - train_started
             client_eval: dict[str, float] = {}
             if self.fraction_evaluate > 0:
                 evaluation = self._exchange(grid, self.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid),
                                             self._timeout(budget))
+                reports, evaluation = self.check_evaluate(evaluation)
                 self._accept(rnd, "evaluate", evaluation)
-                reports = [EvalReport.from_content(m.content) for m in evaluation.replies]
                 client_eval = {f"client_eval_{k}": v for k, v in weighted(reports, ("loss", "accuracy")).items()}
                 failures += [dict(f, phase="evaluate") for f in evaluation.failures]
             state = {k: v.numpy() for k, v in arrays.items()}
@@ -460,6 +505,7 @@ class BudgetedFedAvg(FedAvg):
                 "clients": self.stats.clients,
                 "partitions": list(self.stats.partitions),
                 "client_failures": failures,
+                "weights_capped": self.stats.weights_capped,
                 "client_compute": list(self.stats.compute),
                 "round_seconds": round(end.seconds + (end.eval_seconds or 0.0), 3),
                 **({"server_eval_seconds": round(end.eval_seconds, 3)} if end.eval_seconds is not None else {}),

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from eurosat.fl.checks import ReplyLimits
 from eurosat.fl.config import RunConfig
-from eurosat.data.loading import TensorData, load_client_data, load_split, resolve_source
+from eurosat.data.loading import TensorData, load_client_data, load_split, partition_sizes, resolve_source
 from eurosat.quant.compression import compression_report
 from eurosat.quant.registry import Fp16Config, Int8StaticConfig, PackedConfig, quantize, save
 from eurosat.quant.qat import fp32_state
@@ -41,6 +42,13 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> tuple
     """This client's (train, local test) data under the run's partitioning."""
     return load_client_data(resolve_source(cfg.data), partition_id, num_partitions, cfg.partitioner,
                             cfg.dirichlet_alpha, cfg.seed, cfg.local_test_fraction)
+
+
+def reply_limits(cfg: RunConfig) -> ReplyLimits:
+    """What the server holds each client's reply to: its partition's true size (read from the same
+    partitioner the clients use; no image is decoded) and the run's share and norm limits."""
+    sizes = partition_sizes(resolve_source(cfg.data), cfg.partitioner, cfg.num_supernodes, cfg.dirichlet_alpha, cfg.seed)
+    return ReplyLimits(sizes, cfg.max_weight_share, cfg.max_update_norm)
 
 
 _ON_DEVICE: dict[tuple[int, str], TensorData] = {}

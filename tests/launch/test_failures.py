@@ -107,6 +107,50 @@ def test_an_explicit_run_dir_that_holds_a_run_is_refused(e2e_run):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_resume_of_a_truncated_checkpoint_is_refused_before_anything_starts(e2e_run, tmp_path):
+    """One line, exit 2, and the run folder exactly as it was (its metrics and status untouched)."""
+    import shutil
+
+    from eurosat.fl.record import write_status
+
+    run_dir = Path(shutil.copytree(e2e_run[1], tmp_path / "run"))
+    write_status(run_dir, "interrupted", stop_reason="SIGTERM")
+    checkpoint = run_dir / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:5000])
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    proc = launch(["--resume", str(run_dir)], timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "checkpoint.pt" in proc.stderr and "truncated or corrupt" in proc.stderr, proc.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+def test_a_key_repeated_in_one_run_config_string_is_named(tmp_path):
+    proc = launch(["-c", f"lr=0.1 seed=3 lr=0.2 output-dir='{tmp_path}'"], timeout=120)
+    assert proc.returncode == 2 and "lr given twice in one string" in proc.stderr, proc.stderr
+    from eurosat.fl.config import load_run_config
+
+    assert load_run_config(["lr=0.1", "lr=0.2"]).lr == 0.2  # across two -c, the later wins
+
+
+@pytest.mark.skipif(not ROOT_USER, reason="mounting a small filesystem needs root")
+def test_a_full_disk_names_the_file_and_keeps_the_previous_version(tmp_path):
+    from eurosat.common.files import save_torch
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        small = {"w": torch.ones(10)}
+        save_torch(disk / "checkpoint.pt", small)
+        with pytest.raises(OSError, match=rf"no space left on device writing {disk / 'checkpoint.pt'}"):
+            save_torch(disk / "checkpoint.pt", Net().state_dict())  # 1.7 MB into 1 MiB
+        assert torch.equal(torch.load(disk / "checkpoint.pt", weights_only=True)["w"], small["w"])
+        assert [p.name for p in disk.iterdir()] == ["checkpoint.pt"]  # no temp file left behind
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
 @pytest.mark.slow
 def test_a_client_that_fails_is_recorded_and_named(tiny_data, tmp_path):
     """One training row of partition 0 is not an image. With min-clients-fraction=0.5 the round is
