@@ -38,8 +38,8 @@ from eurosat.report.compare import CompareOptions, compare  # noqa: E402
 from eurosat.common.files import atomic_write, read_json, write_json  # noqa: E402
 from eurosat.launch.launcher import launch  # noqa: E402
 from eurosat.report.plots import OKABE_ITO, save, styled, subplots  # noqa: E402
-from eurosat.report.stats import mean_std, paired_difference  # noqa: E402
-from bench.common import bench_parser, code_fingerprint, file_sha256, machine  # noqa: E402
+from bench.common import bench_parser  # noqa: E402
+from bench.ledger import ProvenanceError, open_state, paired_rows, provenance_of  # noqa: E402
 from eurosat.fl.config import override_pairs  # noqa: E402
 from eurosat.common.cli import fail  # noqa: E402
 
@@ -79,60 +79,19 @@ def make_slice(src: Path, dst: Path, fraction: float) -> Path:
     return dst
 
 
-# Keys that name a run rather than decide what it trains.
-RUN_KEYS = ("run-dir", "output-dir", "resume")
-
-
-class ProvenanceError(ValueError):
-    """Two runs that must not be compared: other code, or configs that differ beyond a row's keys."""
-
-
-def arithmetic(machine_info: dict) -> dict:
-    """What decides a run's bits besides code, config and seed (see docs/benchmarks.md,
-    "Reproducibility"): torch, the kernels' CPU capability, its vector instructions, the threads."""
-    return {k: machine_info.get(k) for k in ("torch", "cpu_capability", "cpu_flags", "threads")}
-
-
 def row_keys(name: str) -> set[str]:
     return {key for key, _ in override_pairs(ROWS[name])} if ROWS.get(name) else set()
-
-
-def check_pairable(name: str, seed: int, provenance: dict[str, dict]) -> None:
-    """A row's run and fp32's run of the same seed: same code, same config but for the row's keys."""
-    mine, base = provenance.get(f"{name}@{seed}"), provenance.get(f"fp32@{seed}")
-    if name == "ptq-int8" or mine is None or base is None:
-        return
-    if mine["code_sha256"] != base["code_sha256"]:
-        raise ProvenanceError(f"{name}@{seed} ran at {mine['commit']}, fp32@{seed} at {base['commit']}: not paired")
-    if arithmetic(mine.get("machine", {})) != arithmetic(base.get("machine", {})):
-        raise ProvenanceError(f"{name}@{seed} and fp32@{seed} ran on different machines "
-                              f"({arithmetic(mine.get('machine', {}))} vs {arithmetic(base.get('machine', {}))}): not paired")
-    ignore = row_keys(name) | set(RUN_KEYS)
-    differ = sorted(k for k in set(mine["config"]) | set(base["config"])
-                    if k not in ignore and mine["config"].get(k) != base["config"].get(k))
-    if differ:
-        raise ProvenanceError(f"{name}@{seed} and fp32@{seed} differ in {', '.join(differ)}: not paired")
 
 
 def summarize(results: dict[str, dict[str, float]], seeds: list[int],
               provenance: dict[str, dict] | None = None) -> list[dict]:
     """Per row: mean, std, and the difference to fp32 paired by seed (seeds both rows have, whose
-    runs are pairable: see `check_pairable`)."""
-    rows = []
-    base = results.get("fp32", {})
-    for name, by_seed in results.items():
-        accs = [by_seed[str(s)] for s in seeds if str(s) in by_seed]
-        if not accs:
-            continue
-        mean, std = mean_std(accs)
-        row = {"row": name, "seeds": len(accs), "mean": mean, "std": std, "per_seed": {s: by_seed[s] for s in by_seed}}
-        paired = [s for s in seeds if str(s) in by_seed and str(s) in base]
-        for s in paired:
-            check_pairable(name, s, provenance or {})
-        if name != "fp32" and len(paired) >= 2:
-            diff = paired_difference([by_seed[str(s)] for s in paired], [base[str(s)] for s in paired])
-            row.update(diff_vs_fp32=diff.estimate, diff_low=diff.low, diff_high=diff.high, real=diff.excludes_zero)
-        rows.append(row)
+    runs are pairable: see `ledger.check_pairable`; `ptq-int8` is fp32's own model, always paired)."""
+    provenance = {k: v for k, v in (provenance or {}).items() if not k.startswith("ptq-int8@")}
+    rows = paired_rows(results, seeds, provenance, row_keys, "fp32")
+    for row in rows:
+        if "diff" in row:
+            row["diff_vs_fp32"] = row.pop("diff")
     return rows
 
 
@@ -178,25 +137,15 @@ def main() -> int:
         names.insert(0, "fp32")
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / f"{NAME}.json"
-    state = read_json(state_path) if state_path.exists() else {}
     protocol = {"rounds": args.rounds, "fraction": args.fraction, "set": args.set, "clients": 10,
                 "data": str(args.data.resolve()), "recipe": RECIPE}
-    if state and state.get("protocol") != protocol:
-        return fail(f"{state_path} holds another protocol {state.get('protocol')}; use another --out")
-    code, here = code_fingerprint(), machine()
-    if state.get("results") and state.get("code", {}).get("code_sha256") != code["code_sha256"]:
-        held = state.get("code", {}).get("commit", "code of unknown provenance")
-        return fail(f"{state_path} holds runs of {held}, this is {code['commit']}: runs of different code are "
-                    "never paired; use another --out")
-    if state.get("results") and arithmetic(state.get("machine", {})) != arithmetic(here):
-        return fail(f"{state_path} holds runs made on {arithmetic(state.get('machine', {}))}, this machine is "
-                    f"{arithmetic(here)}: the same code and seed train other bits there; use another --out")
-    state.setdefault("protocol", protocol)
-    state.setdefault("code", code)
-    state.setdefault("machine", here)
-    results: dict[str, dict[str, float]] = state.setdefault("results", {})
-    runs: dict[str, str] = state.setdefault("runs", {})
-    provenance: dict[str, dict] = state.setdefault("provenance", {})
+    try:
+        state = open_state(state_path, protocol)
+    except ProvenanceError as exc:
+        return fail(str(exc))
+    results: dict[str, dict[str, float]] = state["results"]
+    runs: dict[str, str] = state["runs"]
+    provenance: dict[str, dict] = state["provenance"]
     data = make_slice(args.data.resolve(), args.out / "data", args.fraction)
 
     def persist() -> list[dict]:
@@ -237,11 +186,7 @@ def main() -> int:
                 metrics = read_json(run_dir / "metrics.json")
                 accuracy = 100 * metrics["summary"]["final_test_accuracy"]
                 runs[key] = str(run_dir)
-                provenance[key] = {**code, "date": time.strftime("%Y-%m-%d"), "machine": here,
-                                   "config": {k: v for k, v in metrics["config"].items() if k not in RUN_KEYS},
-                                   "client_compute": metrics["summary"].get("client_compute"),
-                                   "final_test_loss": metrics["summary"].get("final_test_loss"),
-                                   "final_model_sha256": file_sha256(run_dir / "final_model.pt")}
+                provenance[key] = provenance_of(state, run_dir, metrics)
             results.setdefault(name, {})[str(seed)] = accuracy
             try:
                 persist()

@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.accuracy_benchmark import RUN_KEYS, arithmetic, make_slice  # noqa: E402
+from bench.accuracy_benchmark import make_slice  # noqa: E402
+from bench.ledger import RUN_KEYS, arithmetic  # noqa: E402
 from bench.common import bench_parser, code_fingerprint, file_sha256, machine  # noqa: E402
 from eurosat.common.cli import fail  # noqa: E402
 from eurosat.common.files import atomic_write, read_json, write_json  # noqa: E402

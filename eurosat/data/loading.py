@@ -8,6 +8,7 @@ would dominate a small CNN's step time on CPU.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from PIL import Image
 HUB_DATASET = "tanganke/eurosat"
 DATA_ENV = "EUROSAT_DATA"
 PARTITIONERS = ("iid", "dirichlet")
+DIRICHLET_MIN_PARTITION = 10  # rows; flwr-datasets redraws until every partition has this many
 NUM_CLASSES = 10  # EuroSAT's land-use classes; the model's output layer follows the data
 
 
@@ -97,7 +99,7 @@ def _partitioner(kind: str, num_partitions: int, alpha: float, seed: int):
             num_partitions=num_partitions,
             partition_by="label",
             alpha=alpha,
-            min_partition_size=10,
+            min_partition_size=DIRICHLET_MIN_PARTITION,
             self_balancing=False,
             seed=seed,
         )
@@ -201,11 +203,28 @@ def load_client_data(
 def partition_sizes(source: Source, partitioner: str, num_partitions: int, alpha: float = 0.5,
                     seed: int = 42) -> tuple[int, ...]:
     """The number of `train` rows in each partition, as the clients' partitioner gives them (the
-    server bounds each client's `num-examples` claim by it). Reads indices only, decodes no image."""
+    server bounds each client's `num-examples` claim by it). Reads indices only, decodes no image.
+    A split the partitioner cannot make, or one with an empty partition, is a one-line DataError
+    (checked before anything starts: in the clients it would fail every round)."""
 
     def build() -> tuple[int, ...]:
         fds = federated_dataset(source, partitioner, num_partitions, alpha, seed)
-        return tuple(len(fds.load_partition(p, "train")) for p in range(num_partitions))
+        rows = len(fds.load_split("train"))
+        if rows < num_partitions:
+            raise DataError(f"partitioner: {rows} train rows cannot fill {num_partitions} partitions (num-supernodes); "
+                            "lower num-supernodes")
+        try:
+            with warnings.catch_warnings():  # the Dirichlet partitioner warns on every redraw
+                warnings.simplefilter("ignore", UserWarning)
+                sizes = tuple(len(fds.load_partition(p, "train")) for p in range(num_partitions))
+        except ValueError:  # flwr-datasets' Dirichlet partitioner gives up after 10 draws
+            raise DataError(f"partitioner: dirichlet at dirichlet-alpha {alpha:g} cannot split {rows} train rows into "
+                            f"{num_partitions} partitions of at least {DIRICHLET_MIN_PARTITION} each (10 draws "
+                            "tried); raise dirichlet-alpha or lower num-supernodes") from None
+        if min(sizes) < 1:
+            raise DataError(f"partitioner: {partitioner} over {num_partitions} clients leaves partition "
+                            f"{sizes.index(min(sizes))} empty ({sum(sizes)} train rows in all); lower num-supernodes")
+        return sizes
 
     return _cached(("sizes", source, partitioner, num_partitions, alpha, seed), build)
 

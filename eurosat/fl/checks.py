@@ -45,6 +45,7 @@ class ReplyLimits:
     partition_sizes: tuple[int, ...]  # train rows of each partition: the `num-examples` bound
     max_weight_share: float = 0.5
     max_update_norm: float = 5.0
+    enabled: bool = True  # False: the attack benchmark's unprotected baseline (decode and weigh only)
 
     @property
     def num_partitions(self) -> int:
@@ -91,6 +92,9 @@ class UpdateChecker:
             report = TrainReport.from_content(msg.content)
         except (KeyError, TypeError, ValueError) as exc:
             raise Refused(f"malformed reply ({type(exc).__name__}: {exc})") from None
+        if not self.limits.enabled:
+            record = msg.content.array_records[ARRAYS]
+            return Update(msg.metadata.src_node_id, report, self.codec.decode(record), 0.0, record.count_bytes())
         self._claims(report.partition, report.num_examples)
         bad = [f.name for f in fields(report) if isinstance(getattr(report, f.name), float)
                and not math.isfinite(getattr(report, f.name))]
@@ -110,6 +114,8 @@ class UpdateChecker:
             report = EvalReport.from_content(msg.content)
         except (KeyError, TypeError, ValueError) as exc:
             raise Refused(f"malformed reply ({type(exc).__name__}: {exc})") from None
+        if not self.limits.enabled:
+            return report
         self._claims(report.partition, report.num_examples)
         if not (math.isfinite(report.loss) and 0 <= report.accuracy <= 1):
             raise Refused(f"impossible evaluation (loss {report.loss}, accuracy {report.accuracy})")
@@ -157,6 +163,9 @@ class UpdateChecker:
                 updates.append(self.train_reply(msg))
             except Refused as exc:
                 failures.append(_failure(msg.metadata.src_node_id, _claimed(msg), str(exc)))
+        if not self.limits.enabled:
+            updates.sort(key=lambda u: u.report.partition)
+            return CheckedRound(updates, [float(u.report.num_examples) for u in updates], failures, [])
         updates, refused = one_node_per_partition(updates, known)
         failures += refused
         updates, refused = bounded_norms(updates, self.limits.max_update_norm)

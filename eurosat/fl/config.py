@@ -87,6 +87,7 @@ class RunConfig:
     max_update_norm: float
     aggregation: str
     trim_fraction: float
+    check_replies: bool
     test_hook: str
     local_epochs: int
     batch_size: int
@@ -131,6 +132,9 @@ class RunConfig:
         if kwargs["test_hook"] and environ and not hooks.enabled(environ):  # a client passes environ={}
             raise ConfigError(f"test-hook={kwargs['test_hook']!r} is for tests and benchmarks only: it needs "
                               f"${hooks.HOOKS_ENV}=1; leave test-hook empty in a real run")
+        if not kwargs["check_replies"] and environ and not hooks.enabled(environ):
+            raise ConfigError(f"check-replies=false (no checks of the clients' replies) is the attack benchmark's "
+                              f"baseline only: it needs ${hooks.HOOKS_ENV}=1")
         if environ.get(DATA_ENV) and kwargs["data"] == HUB_DATASET:
             kwargs["data"] = environ[DATA_ENV]
         cfg = cls(**kwargs)

@@ -7,7 +7,8 @@ and for the attack benchmark. Never part of a normal run.
 - `noise`: send Gaussian noise of its true update's norm;
 - `examples=N`: claim N examples (FedAvg's weight);
 - `partition=P`: claim to hold partition P;
-- `slow=F`: take F x its training time (sleeps the difference after training).
+- `slow=F`: take F x its training time (sleeps the difference after training);
+- `raise`: fail with an error after training (a client that crashes).
 The key is honoured only where $EUROSAT_TEST_HOOKS=1: the ServerApp refuses a run that sets it
 otherwise (one line), and a client applies it only if its own process has the variable too.
 """
@@ -26,7 +27,7 @@ from eurosat.fl.protocol import TrainReport
 from eurosat.fl.state import State
 
 HOOKS_ENV = "EUROSAT_TEST_HOOKS"
-KINDS = ("nan", "scale", "noise", "examples", "partition", "slow")
+KINDS = ("nan", "scale", "noise", "examples", "partition", "slow", "raise")
 _NEEDS_VALUE = ("scale", "examples", "partition", "slow")
 
 
@@ -47,7 +48,7 @@ def _parse_one(text: str) -> Hook:
     kind, eq, value = what.partition("=")
     if not at or kind not in KINDS or (kind in _NEEDS_VALUE) != bool(eq):
         raise ValueError(f"test-hook: expected WHAT@PARTITION with WHAT one of nan, scale=K, noise, examples=N, "
-                         f"partition=P, slow=F; got {text!r}")
+                         f"partition=P, slow=F, raise; got {text!r}")
     try:
         number, pid = float(value) if eq else 0.0, int(partition)
     except ValueError:
@@ -90,4 +91,6 @@ def _misbehave(hook: Hook, delta: State, report: TrainReport, seed: int) -> tupl
         report = dataclasses.replace(report, partition=int(hook.value))
     elif hook.kind == "slow":
         time.sleep((hook.value - 1) * report.train_seconds)
+    elif hook.kind == "raise":
+        raise RuntimeError(f"test hook: partition {hook.partition} fails on purpose")
     return delta, report

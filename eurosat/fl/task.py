@@ -48,7 +48,7 @@ def reply_limits(cfg: RunConfig) -> ReplyLimits:
     """What the server holds each client's reply to: its partition's true size (read from the same
     partitioner the clients use; no image is decoded) and the run's share and norm limits."""
     sizes = partition_sizes(resolve_source(cfg.data), cfg.partitioner, cfg.num_supernodes, cfg.dirichlet_alpha, cfg.seed)
-    return ReplyLimits(sizes, cfg.max_weight_share, cfg.max_update_norm)
+    return ReplyLimits(sizes, cfg.max_weight_share, cfg.max_update_norm, cfg.check_replies)
 
 
 _ON_DEVICE: dict[tuple[int, str], TensorData] = {}

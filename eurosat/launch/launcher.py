@@ -34,7 +34,7 @@ from pathlib import Path
 
 from eurosat.launch import deployment, fab
 from eurosat.fl.config import ENGINES, PROJECT_DIR, PROJECT_ENV, ConfigError, RunConfig, load_run_config, override_pairs, to_override_string
-from eurosat.data.loading import DataError, resolve_source
+from eurosat.data.loading import DataError, partition_sizes, resolve_source
 from eurosat.data.check import check_source
 from eurosat.common.paths import OutputPathError, check_output_dir, check_output_file
 from eurosat.launch.processes import TOKEN_ENV, new_token, start_watchdog, stop_run
@@ -153,6 +153,7 @@ def prepare(overrides: list[str], project: Path, flwr_home: Path | None, check_d
     source = resolve_source(cfg.data)
     if check_data:
         check_source(source)
+        partition_sizes(source, cfg.partitioner, cfg.num_supernodes, cfg.dirichlet_alpha, cfg.seed)
     return cfg, new_run_dir(cfg.output_root(), cfg.label, cfg.run_dir, resume=cfg.resume)
 
 

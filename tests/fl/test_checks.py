@@ -272,3 +272,14 @@ def record_size(data, partitions: int, partition: int) -> int:
     from eurosat.data.loading import partition_sizes, resolve_source
 
     return partition_sizes(resolve_source(str(data)), "iid", partitions)[partition]
+
+
+def test_without_checks_every_decodable_reply_is_believed(monkeypatch):
+    """The attack benchmark's baseline: what FedAvg did before the checks (and only with the variable)."""
+    checker = UpdateChecker(CODECS["fp32"], GLOBAL, ReplyLimits((2160,) * 10, enabled=False))
+    checked = checker.round([reply(1, 1, delta(1), "fp32", examples=10**9),
+                             reply(2, 1, {k: v * -10 for k, v in delta(2).items()}, "fp32")], known={})
+    assert checked.failures == [] and checked.weights == [1e9, 2160.0]
+    monkeypatch.delenv("EUROSAT_TEST_HOOKS", raising=False)
+    with pytest.raises(ConfigError, match=r"check-replies=false .* needs \$EUROSAT_TEST_HOOKS=1"):
+        load_run_config(["check-replies=false"])

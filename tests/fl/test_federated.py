@@ -37,18 +37,30 @@ def test_end_to_end_run_writes_results(e2e_run):
 
 @pytest.mark.slow
 def test_failed_run_is_marked_and_exits_nonzero(tiny_data, tmp_path):
-    """`flwr run` itself exits 0 here; the launcher must read the run's marker instead. The clients
-    fail at run time (no Dirichlet split of 300 images into 40 parts of >= 10 at alpha 0.01), and
-    the error shown is their root cause, not Ray's wrapper."""
-    proc = launch(["-c", f"num-server-rounds=1 num-supernodes=40 partitioner=dirichlet dirichlet-alpha=0.01 "
-                         f"data='{tiny_data}' output-dir='{tmp_path / 'out'}'", "--cpus", "2"])
+    """`flwr run` itself exits 0 here; the launcher must read the run's marker instead. A client
+    fails at run time (the test hook makes it raise), and the error shown is its root cause, not
+    Ray's wrapper."""
+    proc = launch(["-c", f"num-server-rounds=1 num-supernodes=3 fraction-train=1.0 test-hook='raise@1' "
+                         f"data='{tiny_data}' output-dir='{tmp_path / 'out'}'", "--cpus", "2"],
+                  env={"EUROSAT_TEST_HOOKS": "1"})
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     status = json.loads((run_dir_of(proc) / "status.json").read_text())
-    assert status["state"] == "failed" and "max number of attempts" in status["error"]
-    assert "ValueError" in status["error"] and "RayTaskError" not in status["error"]
+    assert status["state"] == "failed" and "partition 1: RuntimeError: test hook" in status["error"]
+    assert "RayTaskError" not in status["error"]
     assert "run failed" in proc.stderr
     table = cli("analyze_results.py", tmp_path / "out", "--csv", tmp_path / "t.csv")
     assert table.returncode == 0 and ",failed," in (tmp_path / "t.csv").read_text()  # listed, not skipped
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ("num-supernodes=40 partitioner='dirichlet' dirichlet-alpha=0.01",
+     "dirichlet at dirichlet-alpha 0.01 cannot split 300 train rows into 40 partitions of at least 10 each"),
+    ("num-supernodes=1000", "300 train rows cannot fill 1000 partitions"),
+])
+def test_a_split_the_partitioner_cannot_make_is_refused_at_start(tiny_data, tmp_path, overrides, message):
+    proc = launch(["-c", f"{overrides} data='{tiny_data}' output-dir='{tmp_path / 'out'}'"], timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_input_fails_before_anything_starts(tmp_path):

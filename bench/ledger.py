@@ -1,0 +1,101 @@
+"""The folder of a resumable benchmark: what ran, with which code on which machine, and which runs
+may be paired. Shared by the accuracy, transport-frontier and poisoning benchmarks.
+
+A folder holds one protocol, one code (a SHA-256 of the package, see `code_fingerprint`) and one
+machine's arithmetic (see docs/benchmarks.md, "Reproducibility"); a run of a row is paired with the
+baseline's run of the same seed only where their configs differ in nothing but the row's own keys.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from bench.common import code_fingerprint, file_sha256, machine
+from eurosat.common.files import read_json
+from eurosat.report.stats import mean_std, paired_difference
+
+RUN_KEYS = ("run-dir", "output-dir", "resume")  # keys that name a run rather than decide what it trains
+
+
+class ProvenanceError(ValueError):
+    """Runs that must not be compared: other code, machine or protocol, or configs that differ beyond a row's keys."""
+
+
+def arithmetic(machine_info: Mapping[str, Any]) -> dict:
+    """What decides a run's bits besides code, config and seed: torch, the kernels' CPU capability,
+    its vector instructions, the threads."""
+    return {k: machine_info.get(k) for k in ("torch", "cpu_capability", "cpu_flags", "threads")}
+
+
+def open_state(path: Path, protocol: Mapping[str, Any]) -> dict[str, Any]:
+    """The benchmark's JSON state (new or resumed) with `results`, `runs` and `provenance`; a folder
+    of another protocol, other code or another machine's arithmetic is refused."""
+    state = read_json(path) if path.exists() else {}
+    if state and state.get("protocol") != dict(protocol):
+        raise ProvenanceError(f"{path} holds another protocol {state.get('protocol')}; use another --out")
+    code, here = code_fingerprint(), machine()
+    if state.get("results") and state.get("code", {}).get("code_sha256") != code["code_sha256"]:
+        held = state.get("code", {}).get("commit", "code of unknown provenance")
+        raise ProvenanceError(f"{path} holds runs of {held}, this is {code['commit']}: runs of different code are "
+                              "never paired; use another --out")
+    if state.get("results") and arithmetic(state.get("machine", {})) != arithmetic(here):
+        raise ProvenanceError(f"{path} holds runs made on {arithmetic(state.get('machine', {}))}, this machine is "
+                              f"{arithmetic(here)}: the same code and seed train other bits there; use another --out")
+    state.setdefault("protocol", dict(protocol))
+    state.setdefault("code", code)
+    state.setdefault("machine", here)
+    for key in ("results", "runs", "provenance"):
+        state.setdefault(key, {})
+    return state
+
+
+def provenance_of(state: Mapping[str, Any], run_dir: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What a finished run records beside its figure: code, date, machine, resolved config, model digest."""
+    return {**state["code"], "date": time.strftime("%Y-%m-%d"), "machine": state["machine"],
+            "config": {k: v for k, v in metrics["config"].items() if k not in RUN_KEYS},
+            "client_compute": metrics["summary"].get("client_compute"),
+            "final_test_loss": metrics["summary"].get("final_test_loss"),
+            "final_model_sha256": file_sha256(run_dir / "final_model.pt")}
+
+
+def check_pairable(name: str, seed: int, provenance: Mapping[str, dict], ignore: set[str], base: str) -> None:
+    """`name`'s run and `base`'s run of the same seed: same code and arithmetic, configs equal but for `ignore`."""
+    mine, theirs = provenance.get(f"{name}@{seed}"), provenance.get(f"{base}@{seed}")
+    if mine is None or theirs is None:
+        return
+    if mine["code_sha256"] != theirs["code_sha256"]:
+        raise ProvenanceError(f"{name}@{seed} ran at {mine['commit']}, {base}@{seed} at {theirs['commit']}: not paired")
+    if arithmetic(mine.get("machine", {})) != arithmetic(theirs.get("machine", {})):
+        raise ProvenanceError(f"{name}@{seed} and {base}@{seed} ran on different machines "
+                              f"({arithmetic(mine.get('machine', {}))} vs {arithmetic(theirs.get('machine', {}))}): not paired")
+    ignore = set(ignore) | set(RUN_KEYS)
+    differ = sorted(k for k in set(mine["config"]) | set(theirs["config"])
+                    if k not in ignore and mine["config"].get(k) != theirs["config"].get(k))
+    if differ:
+        raise ProvenanceError(f"{name}@{seed} and {base}@{seed} differ in {', '.join(differ)}: not paired")
+
+
+def paired_rows(results: Mapping[str, Mapping[str, float]], seeds: list[int], provenance: Mapping[str, dict],
+                keys_of: Callable[[str], set[str]], base: str) -> list[dict]:
+    """Per row: mean and std over seeds, and its difference to `base` paired by seed (`diff`,
+    `diff_low`, `diff_high`: a Student-t 95 % interval; `real`: it excludes 0), over the seeds both
+    have whose runs are pairable."""
+    rows = []
+    reference = results.get(base, {})
+    for name, by_seed in results.items():
+        values = [by_seed[str(s)] for s in seeds if str(s) in by_seed]
+        if not values:
+            continue
+        mean, std = mean_std(values)
+        row = {"row": name, "seeds": len(values), "mean": mean, "std": std, "per_seed": dict(by_seed)}
+        paired = [s for s in seeds if str(s) in by_seed and str(s) in reference]
+        for s in paired:
+            check_pairable(name, s, provenance, keys_of(name), base)
+        if name != base and len(paired) >= 2:
+            diff = paired_difference([by_seed[str(s)] for s in paired], [reference[str(s)] for s in paired])
+            row.update(diff=diff.estimate, diff_low=diff.low, diff_high=diff.high, real=diff.excludes_zero)
+        rows.append(row)
+    return rows
