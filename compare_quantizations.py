@@ -6,7 +6,8 @@ each, and report sizes, accuracy drops, speed and the cost of sending each versi
     python compare_quantizations.py MODEL --test-data /data/eurosat-winter --test-split test
     python compare_quantizations.py MODEL --corruptions all --severity 1..5
 
-Writes model_<precision>.pt and quantization_comparison.json into --out-dir. The cost of sending
+Writes model_<precision>.pt and quantization_comparison.json into --out-dir (with --export onnx
+also model_<precision>.onnx, checked in ONNX Runtime: `runtimes` in the JSON; docs/deploy.md). The cost of sending
 each version: where the checkpoint sits in a run folder (its metrics.json beside it), the bytes
 that run really sent, measured for the transport it used, and for the other precisions a
 what-if (its traffic scaled by each file's bytes); elsewhere, or with --clients/--rounds, a
@@ -19,18 +20,18 @@ Exit status: 0 done, 2 bad input (nothing written).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from eurosat.common.cli import one_line_errors
-from eurosat.report.compare import DEFAULT_PRECISIONS, RESULT_FILE, CompareOptions, compare, format_table
+from eurosat.report.compare import DEFAULT_PRECISIONS, RESULT_FILE, CompareOptions, compare, format_table, run_data
 from eurosat.report.cost import WHAT_IF_CLIENTS, WHAT_IF_ROUNDS
 from eurosat.fl.config import project_defaults
 from eurosat.report.corruptions import CORRUPTIONS, parse_corruptions, parse_severities
 from eurosat.data.loading import DATA_ENV, DataError
-from eurosat.fl.record import METRICS_FILE
+from eurosat.deploy.export import require_onnx
+from eurosat.deploy.runtime import format_runtimes, runtimes
 from eurosat.quant.registry import CONFIGS
 
 
@@ -71,23 +72,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "[none: clean images only]")
     parser.add_argument("--severity", default="1..5", help="severities 1-5 for --corruptions: N, N,M or N..M")
     parser.add_argument("--seed", type=int, default=0, help="seed of the corruptions' randomness")
+    parser.add_argument("--export", choices=["onnx"], help="also export each precision to model_<precision>.onnx, run "
+                        "it in ONNX Runtime on the same test images (accuracy, agreement with PyTorch, batch-1 latency "
+                        "and batch-64 throughput side by side) and add `runtimes` to the JSON; needs the extra: "
+                        "pip install \".[deploy]\" [no export]")
     return parser.parse_args(argv)
-
-
-def run_data(checkpoint: Path) -> str | None:
-    """The `data` of the run whose folder holds `checkpoint` (its metrics.json), if any: the report
-    evaluates on what the model was trained against, on an offline node too."""
-    try:
-        config = json.loads((checkpoint.resolve().parent / METRICS_FILE).read_text()).get("config", {})
-    except (OSError, ValueError, AttributeError):
-        return None
-    data = config.get("data") if isinstance(config, dict) else None
-    return data if isinstance(data, str) and data else None
 
 
 @one_line_errors(DataError, ValueError)  # CheckpointError, OutputPathError: ValueErrors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.export:
+        require_onnx("--export onnx")  # before any work: one line naming the extra
     opts = CompareOptions(
         args.data or run_data(args.checkpoint) or os.environ.get(DATA_ENV) or str(project_defaults()["data"]), args.out_dir or args.checkpoint.resolve().parent, args.clients, args.rounds, args.cost_per_mb,
         args.calibration_samples, args.calibration_split, args.device, args.batch_size,
@@ -95,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         parse_corruptions(args.corruptions) if args.corruptions else (), parse_severities(args.severity), args.seed)
     print(f"comparing {', '.join(['fp32'] + [p for p in opts.precisions if p != 'fp32'])} for {args.checkpoint}",
           flush=True)
-    report = compare(args.checkpoint, opts)
+    report = compare(args.checkpoint, opts, [runtimes] if args.export else [])
     print(format_table(report))
+    if "runtimes" in report:
+        print(format_runtimes(report["runtimes"]))
     print(f"wrote {opts.out_dir / RESULT_FILE} and model files ({report['seconds']:.1f} s)")
     return 0
 

@@ -31,10 +31,10 @@ if ! "$PY" -c 'import torch' 2>/dev/null; then
     echo "setup: no torch found; installing torch==2.13.0"
     "$PY" -m pip install -q "torch==2.13.0"
 fi
-if ! "$PY" -c 'import eurosat, flwr, flwr_datasets, pytest' 2>/dev/null \
+if ! "$PY" -c 'import eurosat, flwr, flwr_datasets, pytest, onnx, onnxruntime' 2>/dev/null \
    || [ pyproject.toml -nt "$VENV/.installed" ]; then
     echo "setup: installing the eurosat package and its dependencies into $VENV"
-    "$PY" -m pip install -q -e ".[test]"
+    "$PY" -m pip install -q -e ".[test,deploy]"  # deploy: ONNX export and ONNX Runtime, tested in CI
     touch "$VENV/.installed"
 fi
 echo "setup: ready: torch $("$PY" -c 'import torch; print(torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'), flwr $("$PY" -c 'import flwr; print(flwr.__version__)')"

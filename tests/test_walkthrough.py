@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT
 
@@ -49,7 +50,7 @@ def test_the_readme_walkthrough_runs_on_the_slice(tiny_data, tmp_path):
     # the reader exported EUROSAT_DATA in "Getting the data"; the copy's package is the one imported
     env = {**os.environ, "EUROSAT_DATA": str(tiny_data), "PYTHONPATH": str(project)}
     added = f"data='{tiny_data}' num-server-rounds=2"
-    train, quantize, plots, one_command = walkthrough()
+    train, quantize, plots, one_command, deploy = walkthrough()
 
     # 1. train: the command as shown, plus the slice
     assert "-m eurosat.launch" in train
@@ -70,6 +71,14 @@ def test_the_readme_walkthrough_runs_on_the_slice(tiny_data, tmp_path):
     bash(f"RUN={run_dir}\n{plots}", project, env)
     for png in ("comparison_plots.png", "comparison_plots_highres.png"):
         assert (run_dir / png).stat().st_size > 10_000, png
+
+    # 5. to a device: ONNX files beside the model, then chips/ (real test chips) classified
+    (project / "chips").mkdir()
+    for i, row in enumerate(pq.read_table(tiny_data / "test.parquet").slice(0, 3).to_pylist()):
+        (project / "chips" / f"chip_{i}.jpg").write_bytes(row["image"]["bytes"])
+    proc = bash(f"RUN={run_dir}\n{deploy}", project, env)
+    assert {"model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx"} <= {p.name for p in run_dir.iterdir()}
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("chips/chip_")]) == 3, proc.stdout
 
     # 4. the one-command version, here without Slurm (the --local line)
     [local] = [line for line in one_command.splitlines() if "--local" in line]

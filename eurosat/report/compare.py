@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import os
 import platform
 import time
@@ -31,6 +31,7 @@ from eurosat.report.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from eurosat.report.cost import (MEASURED, WHAT_IF_CLIENTS, WHAT_IF_ROUNDS, Cost, RunTraffic, communication_cost,
                                   read_run_traffic, reference, run_cost, savings)
 from eurosat.fl.config import project_defaults
+from eurosat.fl.record import METRICS_FILE
 from eurosat.data.loading import TensorData, load_split, resolve_source
 from eurosat.quant.registry import CONFIGS, Evaluation, Fp32Config, read, evaluation, is_fully_quantized, load, needs_calibration, quantize, save
 from eurosat.train.checkpoints import CheckpointError, load_checkpoint, net_from_state, state_dict_of
@@ -81,9 +82,40 @@ def load_fp32_net(path: Path) -> torch.nn.Module:
     return net_from_state(state_dict_of(obj, path), path).eval()
 
 
-def _calibration(source, split: str, n: int, batch_size: int) -> list[torch.Tensor]:
+def calibration_batches(source, split: str, n: int, batch_size: int = 64) -> list[torch.Tensor]:
+    """The INT8 calibration images (a seeded sample of `split`, never test): one function, so the
+    PyTorch INT8 model and its ONNX export (eurosat/deploy) are calibrated on the same images."""
     images = load_split(source, split, sample=n, seed=0)
     return [x for x, _ in images.batches(batch_size)]
+
+
+def run_data(checkpoint: Path) -> str | None:
+    """The `data` of the run whose folder holds `checkpoint` (its metrics.json), if any: the report
+    evaluates on what the model was trained against, on an offline node too."""
+    try:
+        config = json.loads((Path(checkpoint).resolve().parent / METRICS_FILE).read_text()).get("config", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    data = config.get("data") if isinstance(config, dict) else None
+    return data if isinstance(data, str) and data else None
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """What the report computed, handed to a section a later room adds to it (the ONNX runtimes of
+    eurosat/deploy): that room compares against these very predictions, files and images."""
+
+    net: torch.nn.Module  # the FP32 baseline
+    precisions: list[str]
+    files: dict[str, Path]  # model_<precision>.pt as written and evaluated
+    predictions: dict[str, np.ndarray]  # each precision's predicted class, in test-set order
+    accuracy: dict[str, float]  # percent
+    testset: TensorData
+    calibration: dict | None  # where the INT8 calibration images came from (the report's field)
+    out_dir: Path
+
+
+Section = Callable[[Evaluated], dict]  # returns {key: value} merged into the report before it is written
 
 
 def _score(loaded: Evaluation, testset: TensorData, batch_size: int, progress: str | None = None) -> dict:
@@ -114,6 +146,7 @@ def _clean_result(loaded: Evaluation, testset: TensorData, batch_size: int, prec
         "compute_dtype": loaded.compute,
         "fully_quantized": is_fully_quantized(loaded.model) if loaded.compute.startswith("int8") else None,
         "_correct": result["correct"],
+        "_predicted": result["predicted"],
     }
 
 
@@ -277,8 +310,9 @@ def _precisions(opts: CompareOptions) -> list[str]:
     return ["fp32"] + [p for p in opts.precisions if p != "fp32"]  # fp32 is the baseline
 
 
-def compare(checkpoint: Path, opts: CompareOptions) -> dict:
-    """Run the whole comparison; write model files and the JSON into `opts.out_dir`."""
+def compare(checkpoint: Path, opts: CompareOptions, sections: Sequence[Section] = ()) -> dict:
+    """Run the whole comparison; write model files and the JSON into `opts.out_dir`. `sections`:
+    later rooms' additions (e.g. `runtimes`), computed from what was evaluated, before the JSON is written."""
     check_inputs(checkpoint, opts)  # bad input fails here, before anything is written
     net = load_fp32_net(checkpoint)
     precisions = _precisions(opts)
@@ -288,11 +322,12 @@ def compare(checkpoint: Path, opts: CompareOptions) -> dict:
     device = torch.device(opts.device)
     started = time.perf_counter()
     testset = load_split(test_source, opts.test_split)
-    calibration = (_calibration(source, opts.calibration_split, opts.calibration_samples, 64)
+    calibration = (calibration_batches(source, opts.calibration_split, opts.calibration_samples, 64)
                    if any(needs_calibration(CONFIGS[p]) for p in precisions) else None)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     models: dict[str, Evaluation] = {}
+    predictions: dict[str, np.ndarray] = {}
     for name in precisions:
         config = CONFIGS[name]
         path = opts.out_dir / f"model_{name}.pt"
@@ -303,6 +338,7 @@ def compare(checkpoint: Path, opts: CompareOptions) -> dict:
         models[name] = evaluation(model, stored, device)
         results[name] = {"file": path.name, "file_size_bytes": size, "file_size_mb": size / MB,
                          **_clean_result(models[name], testset, opts.batch_size, name)}
+        predictions[name] = results[name].pop("_predicted")
         print(f"  {name}: {results[name]['accuracy']:.2f}% accuracy, {size / MB:.3f} MB", flush=True)
     base = results["fp32"]
     costs, reference_traffic = _costs(plan, {n: r["file_size_bytes"] for n, r in results.items()})
@@ -356,6 +392,11 @@ def compare(checkpoint: Path, opts: CompareOptions) -> dict:
         problems = baseline_problems(base["confusion_matrix"])
         if problems and "verdict" in report["robustness"]["summary"]:
             report["robustness"]["summary"]["verdict"] = f"{NOT_MEANINGFUL}: baseline not trained ({'; '.join(problems)})"
+    if sections:
+        evaluated = Evaluated(net, precisions, {n: opts.out_dir / r["file"] for n, r in results.items()}, predictions,
+                              {n: r["accuracy"] for n, r in results.items()}, testset, report["calibration"], opts.out_dir)
+        for section in sections:
+            report.update(section(evaluated))
     report["seconds"] = time.perf_counter() - started
     write_json(opts.out_dir / RESULT_FILE, report)
     return report

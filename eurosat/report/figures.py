@@ -112,6 +112,9 @@ def figures(report_paths: list[Path], outputs_root: Path) -> list[tuple[str, obj
         robust = [(p, r) for p, r in zip(report_paths, reports) if isinstance(r.get("robustness"), dict)]
         if robust:
             out.append(("robustness.png", _from_reports([robust[0][0]], plots.robustness_figure, robust[0][1]), 300))
+        deployed = [(p, r) for p, r in zip(report_paths, reports) if isinstance(r.get("runtimes"), dict)]
+        if deployed:  # the ONNX files in ONNX Runtime (compare_quantizations.py --export onnx)
+            out.append(("onnx_runtimes.png", _from_reports([deployed[0][0]], plots.runtimes_figure, deployed[0][1]), 300))
     runs = find_runs(outputs_root) if outputs_root.exists() else []
     plain = [r for r in runs if r.config.get("transport", "fp32") == "fp32" and r.config.get("weight-bits", 32) == 32]
     by_precision = latest_by(plain, lambda r: str(r.config.get("precision", "fp32")))

@@ -465,3 +465,50 @@ def robustness_figure(report: dict) -> Figure:
     fig.suptitle("Accuracy under corruption, by precision" + (f"\n{verdict}" if verdict else ""), fontsize=12)
     fig.tight_layout()
     return fig
+
+
+@styled
+def runtimes_figure(report: dict) -> Figure:
+    """The exported ONNX files in ONNX Runtime beside PyTorch (the report's `runtimes`): accuracy of
+    both with their agreement, batch-1 latency and batch-64 throughput measured side by side, file size."""
+    section = report["runtimes"]
+    rows = section["precisions"]
+    keys = list(rows)
+    colors = [OKABE_ITO[i % len(OKABE_ITO)] for i in range(len(keys))]
+    fig = Figure(figsize=(18, 5))
+    axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1.6, 1, 1, 1]})
+    x = range(len(keys))
+    width = 0.38
+    ax = axes[0]
+    ax.bar([i - width / 2 for i in x], [rows[k]["pytorch_accuracy"] for k in keys], width, color="0.6", label="PyTorch",
+           zorder=3)
+    bars = ax.bar([i + width / 2 for i in x], [rows[k]["accuracy"] for k in keys], width, color=colors,
+                  label="ONNX Runtime", zorder=3)
+    for bar, k in zip(bars, keys):
+        ax.annotate(f"{rows[k]['accuracy']:.2f}%\nagree {rows[k]['agreement_percent']:.2f}%",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()), textcoords="offset points", xytext=(0, 3),
+                    ha="center", fontsize=_label_size(keys) - 1)
+    values = [v for k in keys for v in (rows[k]["accuracy"], rows[k]["pytorch_accuracy"])]
+    low, high = honest_range(values, values, MIN_ACCURACY_SPAN, ceil=100.0)
+    ax.set_ylim(low, high + 0.25 * (high - low))  # room for the labels and the legend
+    ax.set_xticks(list(x), keys)
+    ax.set(title="Accuracy: PyTorch (grey) vs ONNX Runtime", ylabel="test accuracy (%)")
+    ax.legend(loc="upper left", fontsize=9, ncol=2)
+    speed = section.get("speed", {})
+    _bars(axes[1], keys, [rows[k]["latency_ms_batch1"] for k in keys], colors, "Latency, batch 1", "ms per image",
+          "{:.2f}")
+    bars = _bars(axes[2], keys, [rows[k]["throughput_images_per_s_batch64"] for k in keys], colors,
+                 f"Throughput, batch {speed.get('throughput_batch', 64)}", "images per second", "")
+    for bar, k in zip(bars, keys):
+        ratio = rows[k].get("throughput_ratio_to_fp32")
+        axes[2].annotate(f"{rows[k]['throughput_images_per_s_batch64']:,.0f}" + (f"\n{ratio:.2f}x fp32" if ratio else ""),
+                         (bar.get_x() + bar.get_width() / 2, bar.get_height()), textcoords="offset points",
+                         xytext=(0, 3), ha="center", fontsize=_label_size(keys))
+    axes[2].set_ylim(0, max(rows[k]["throughput_images_per_s_batch64"] for k in keys) * 1.3)
+    _bars(axes[3], keys, [rows[k]["file_size_mb"] for k in keys], colors, "ONNX file size", "MB", "{:.3f}")
+    machine = section.get("machine", {})
+    fig.suptitle(f"Exported to ONNX, run in ONNX Runtime {section.get('onnxruntime', '')} on {machine.get('cpu', '?')} "
+                 f"({machine.get('isa', '?')}), {section.get('threads', '?')} threads each; speed: median of "
+                 f"{speed.get('passes', '?')} passes, side by side", fontsize=12)
+    fig.tight_layout()
+    return fig

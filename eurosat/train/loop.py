@@ -181,8 +181,8 @@ def evaluate(
     input_dtype: torch.dtype = torch.float32, plan: ComputePlan | None = None, progress: str | None = None,
     memory_format: torch.memory_format = torch.channels_last, fold: bool = True,
 ) -> dict[str, object]:
-    """Loss, accuracy, confusion matrix (rows = true class), per-image correctness (in data order,
-    for paired comparisons) and timing over all of `data`.
+    """Loss, accuracy, confusion matrix (rows = true class), per-image correctness and predicted class
+    (in data order, for paired comparisons and agreement with another runtime) and timing over all of `data`.
 
     `progress` names a progress bar on stderr; `seconds` covers the forward passes only. Images go
     in as NHWC (`memory_format`), as in training: oneDNN's and fbgemm's convolutions run faster on
@@ -200,7 +200,7 @@ def evaluate(
         from tqdm import tqdm
 
         batches = tqdm(batches, desc=progress, total=-(-len(data) // batch_size), unit="batch", leave=False)
-    seconds, count, correct = 0.0, 0, []
+    seconds, count, correct, predictions = 0.0, 0, [], []
     for images, labels in batches:
         images = images.to(input_dtype).contiguous(memory_format=memory_format)
         start = time.perf_counter()
@@ -213,6 +213,7 @@ def evaluate(
         total_loss += criterion(logits.float(), labels).item()
         predicted = logits.argmax(1).cpu()
         correct.append(predicted == labels.cpu())
+        predictions.append(predicted)
         k = logits.shape[1]
         counts = torch.bincount(labels.cpu() * k + predicted, minlength=k * k).reshape(k, k)
         confusion = counts if confusion is None else confusion + counts
@@ -225,6 +226,7 @@ def evaluate(
         "num_examples": n,
         "confusion_matrix": confusion.tolist(),
         "correct": torch.cat(correct).numpy() if correct else torch.zeros(0, dtype=torch.bool).numpy(),
+        "predicted": torch.cat(predictions).numpy() if predictions else torch.zeros(0, dtype=torch.long).numpy(),
         "seconds": seconds,
         "batches": count,
     }

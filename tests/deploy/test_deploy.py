@@ -1,0 +1,213 @@
+"""From checkpoint to device: ONNX export of every precision, checked in the real ONNX Runtime on the
+real data slice, and `python -m eurosat.predict` on real test chips. No mocks: the end-to-end run's
+model, the real exporters, the real runtime."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import ROOT, cli, in_process
+
+onnx = pytest.importorskip("onnx")  # the extra; setup.sh installs it for the tests
+pytest.importorskip("onnxruntime")
+
+from eurosat.data.loading import TensorData, decode  # noqa: E402
+from eurosat.deploy import export as deploy_export  # noqa: E402
+from eurosat.deploy import predict as deploy_predict  # noqa: E402
+from eurosat.quant.registry import PackedConfig, load, quantize, save  # noqa: E402
+from eurosat.train.loop import evaluate  # noqa: E402
+
+PRECISIONS = "fp32,fp16,int8,fp8,int8_dynamic"
+
+
+@pytest.fixture(scope="module")
+def deployed(e2e_run, small_data, tmp_path_factory):
+    """The PTQ report with --export onnx on the end-to-end run's model and the real slice."""
+    _, run_dir = e2e_run
+    work = tmp_path_factory.mktemp("deploy")
+    shutil.copy(run_dir / "final_model.pt", work / "final_model.pt")
+    proc = cli("compare_quantizations.py", work / "final_model.pt", "--data", small_data, "--precisions", PRECISIONS,
+               "--calibration-samples", 512, "--export", "onnx")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work, json.loads((work / "quantization_comparison.json").read_text()), proc
+
+
+def test_report_exports_every_precision_onnx_can_hold_and_checks_it_in_onnx_runtime(deployed):
+    work, report, proc = deployed
+    section = report["runtimes"]
+    rows = section["precisions"]
+    assert set(rows) >= {"fp32", "fp16", "int8", "fp8"}
+    assert set(section["not_exported"]) == {"int8_dynamic"}  # refused by name, in one line
+    assert "int8_dynamic: not exported to ONNX" in proc.stdout
+    for name, row in rows.items():
+        model = onnx.load(str(work / row["file"]))
+        onnx.checker.check_model(model, full_check=True)
+        assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a dynamic batch dimension
+        assert 0.0 <= row["accuracy"] <= 100.0 and row["pytorch_accuracy"] == report["precisions"][name]["accuracy"]
+        assert row["latency_ms_batch1"] > 0 and row["throughput_images_per_s_batch64"] > 0
+        assert len(row["throughput_batch64_passes"]) == section["speed"]["passes"] == 5
+        assert row["file_size_bytes"] == os.path.getsize(work / row["file"])
+    for name in ("fp32", "fp16", "fp8"):
+        assert rows[name]["agreement_percent"] >= 99.0, (name, rows[name])
+    assert rows["int8"]["agreement_percent"] >= 97.0, rows["int8"]
+    assert rows["fp16"]["compute"].startswith("float32 (float16 weights cast to float32 at load")
+    assert section["machine"]["isa"] and section["threads"] == 2
+    assert "ONNX Runtime" in proc.stdout and section["machine"]["isa"] in proc.stdout
+    assert set(section["targets"]["accuracy"]) == {"fp32", "fp16", "int8"}
+
+
+def test_int8_file_holds_int8_weights_and_runs_fused_int8_kernels(deployed):
+    work, report, _ = deployed
+    model = onnx.load(str(work / "model_int8.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    weights = {t.name: t for t in model.graph.initializer if t.name.endswith("weight_int8")}
+    assert len(weights) == 6 and all(t.data_type == onnx.TensorProto.INT8 for t in weights.values())
+    assert not [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and t.dims and
+                np.prod(t.dims) > 1024]  # no float weight matrix left
+    fp32 = os.path.getsize(work / "model_fp32.onnx")
+    assert os.path.getsize(work / "model_int8.onnx") <= 0.27 * fp32  # about a quarter
+    assert os.path.getsize(work / "model_fp16.onnx") <= 0.51 * fp32
+    kernels = report["runtimes"]["precisions"]["int8"]["kernels"]
+    assert kernels.get("QLinearConv") == 3 and kernels.get("QGemm") == 3 and "Conv" not in kernels
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["eurosat.calibration"])["samples"] == 512
+    fp8 = onnx.load(str(work / "model_fp8.onnx"))
+    assert sum(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in fp8.graph.initializer) == 6
+
+
+def test_runtimes_panel_is_drawn(deployed, tmp_path):
+    from eurosat.report.figures import draw_all
+
+    work, _, _ = deployed
+    written = draw_all([work / "quantization_comparison.json"], tmp_path / "none", tmp_path)
+    assert tmp_path / "onnx_runtimes.png" in written
+
+
+def test_export_command_writes_the_same_int8_model_and_refuses_kinds_by_name(deployed, small_data, tmp_path):
+    work, _, _ = deployed
+    out = tmp_path / "out"
+    proc = in_process(deploy_export.main, work / "final_model.pt", "--to", "onnx", "--precisions", "fp32,int8",
+                      "--data", small_data, "--calibration-samples", 512, "--out-dir", out)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["model_fp32.onnx", "model_int8.onnx"]
+
+    def weights(path: Path) -> dict[str, bytes]:
+        return {t.name: t.SerializeToString() for t in onnx.load(str(path)).graph.initializer}
+
+    # calibrated on the same images as the report's PyTorch INT8 model: the same int8 graph
+    assert weights(out / "model_int8.onnx") == weights(work / "model_int8.onnx")
+    proc = in_process(deploy_export.main, work / "model_int8.pt", "--to", "onnx", "--out-dir", tmp_path / "q")
+    assert proc.returncode == 0 and weights(tmp_path / "q" / "model_int8.onnx") == weights(work / "model_int8.onnx")
+    net, _ = load(work / "model_fp32.pt")
+    save(quantize(net, PackedConfig(4, 8)), PackedConfig(4, 8), tmp_path / "final_model_4bit.pt")
+    for model, needle in ((work / "model_int8_dynamic.pt", "int8_dynamic: not exported to ONNX"),
+                          (tmp_path / "final_model_4bit.pt", "packed: not exported to ONNX")):
+        proc = in_process(deploy_export.main, model, "--to", "onnx", "--out-dir", tmp_path / "refused")
+        assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = in_process(deploy_export.main, work / "final_model.pt", "--to", "onnx", "--precisions", "fp32,int4")
+    assert proc.returncode == 2 and "unknown int4" in proc.stderr
+    assert not (tmp_path / "refused").exists()
+
+
+BLOCKER = """import sys
+class _NoDeploy:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("onnx", "onnxruntime"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, _NoDeploy())
+"""
+
+
+def test_without_the_extra_export_is_one_line_naming_it(e2e_run, tmp_path):
+    """onnx and onnxruntime hidden by a meta-path blocker (sitecustomize) in a real subprocess."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    model = e2e_run[1] / "final_model.pt"
+    runs = [[str(ROOT / "compare_quantizations.py"), str(model), "--export", "onnx", "--out-dir", str(tmp_path / "o")],
+            ["-m", "eurosat.export", str(model), "--to", "onnx", "--out-dir", str(tmp_path / "o")]]
+    for args in runs:
+        proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert len(proc.stderr.strip().splitlines()) == 1 and 'pip install ".[deploy]"' in proc.stderr, proc.stderr
+    assert not (tmp_path / "o").exists()  # nothing written
+    proc = subprocess.run([sys.executable, "-m", "eurosat.export", "--help"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "--to" in proc.stdout
+
+
+def _chips(small_data: Path, folder: Path, n: int = 30) -> tuple[list[Path], TensorData]:
+    """The first n test chips of the slice as JPEG files (their bytes untouched), and as the evaluation reads them."""
+    table = pq.read_table(small_data / "test.parquet").slice(0, n)
+    folder.mkdir()
+    paths = []
+    for i, row in enumerate(table.to_pylist()):
+        paths.append(folder / f"chip_{i:02d}.jpg")
+        paths[-1].write_bytes(row["image"]["bytes"])
+    import datasets
+
+    return paths, TensorData(*decode(datasets.Dataset(table)))
+
+
+def test_predict_gives_the_evaluations_label_for_every_model_kind(deployed, small_data, tmp_path):
+    work, _, _ = deployed
+    paths, data = _chips(small_data, tmp_path / "chips")
+    for model_file, reference in (("model_fp32.pt", "model_fp32.pt"), ("model_int8.pt", "model_int8.pt"),
+                                  ("model_fp16.pt", "model_fp16.pt"), ("model_fp32.onnx", "model_fp32.pt")):
+        model, _ = load(work / reference)
+        expected = evaluate(model.float() if reference == "model_fp16.pt" else model, data)["predicted"]
+        proc = in_process(deploy_predict.main, work / model_file, tmp_path / "chips", "--json")
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)["predictions"]
+        assert [Path(r["image"]).name for r in out] == [p.name for p in paths]
+        assert [r["label"] for r in out] == expected.tolist(), model_file
+        assert all(0.0 < r["probability"] <= 1.0 for r in out)
+
+
+def test_predict_resizes_with_a_warning_reads_png_and_tiff_and_names_a_broken_image(deployed, small_data, tmp_path):
+    from PIL import Image
+
+    work, _, _ = deployed
+    paths, _ = _chips(small_data, tmp_path / "chips", 2)
+    Image.open(paths[0]).resize((100, 80)).save(tmp_path / "big.png")
+    Image.open(paths[1]).save(tmp_path / "chip.tif")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    proc = subprocess.run(
+        [sys.executable, "-m", "eurosat.predict", str(work / "model_int8.onnx"), str(tmp_path / "big.png"),
+         str(tmp_path / "chip.tif"), str(tmp_path / "broken.jpg")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr  # some images could not be read
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"{tmp_path / 'big.png'}: ") and lines[1].startswith(f"{tmp_path / 'chip.tif'}: ")
+    assert "big.png: 100x80, resized to 64x64" in proc.stderr
+    assert f"{tmp_path / 'broken.jpg'}: not a readable image" in proc.stderr
+    proc = in_process(deploy_predict.main, tmp_path / "no-model.pt", tmp_path / "big.png")
+    assert proc.returncode == 2 and "no-model.pt" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+ROOMS = ["common", "data", "train", "quant", "fl", "report", "deploy", "launch"]
+
+
+def test_each_room_imports_only_earlier_rooms():
+    """docs/layout.md's rule, read from the code: eurosat/<room>/ imports eurosat.<earlier room> only."""
+    problems = []
+    for i, room in enumerate(ROOMS):
+        for path in sorted((ROOT / "eurosat" / room).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+                for name in names:
+                    parts = name.split(".")
+                    if parts[0] == "eurosat" and len(parts) > 1 and parts[1] in ROOMS and ROOMS.index(parts[1]) > i:
+                        problems.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not problems, "\n".join(problems)
