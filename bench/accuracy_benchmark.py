@@ -21,10 +21,7 @@ two runs' configs differ in nothing but the row's own keys.
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eurosat.report.compare import CompareOptions, compare  # noqa: E402
-from eurosat.common.files import atomic_write, read_json, write_json  # noqa: E402
-from eurosat.launch.launcher import launch  # noqa: E402
+from eurosat.common.files import write_json  # noqa: E402
 from eurosat.report.plots import OKABE_ITO, save, styled, subplots  # noqa: E402
 from bench.common import bench_parser  # noqa: E402
-from bench.ledger import ProvenanceError, open_state, paired_rows, provenance_of  # noqa: E402
+from bench.ledger import (ProvenanceError, launch_run, open_state, paired_rows, provenance_of,  # noqa: E402
+                          run_benchmark, write_csv)
 from eurosat.fl.config import override_pairs  # noqa: E402
 from eurosat.common.cli import fail  # noqa: E402
 
@@ -152,56 +149,35 @@ def main() -> int:
         rows = summarize(results, seeds, provenance)
         state["summary"] = rows
         write_json(state_path, state)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["row", "seeds", "mean", "std", "diff_vs_fp32", "diff_low", "diff_high",
-                                                 "real"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write(args.out / f"{NAME}.csv", lambda fh: fh.write(buf.getvalue()), mode="w")
+        write_csv(args.out / f"{NAME}.csv", rows, ["row", "seeds", "mean", "std", "diff_vs_fp32", "diff_low",
+                                                   "diff_high", "real"])
         if rows:
             title = (f"{args.rounds} rounds, 10 clients, {args.fraction:.0%} of the train split; "
                      f"mean +- std over seeds {args.seeds}")
             save(figure(rows, title), args.out / f"{NAME}.png", 300)
         return rows
 
-    for seed in seeds:
-        for name in names:
-            key = f"{name}@{seed}"
-            if str(seed) in results.get(name, {}):
-                continue
-            started = time.perf_counter()
-            if name == "ptq-int8":
-                fp32_dir = Path(runs[f"fp32@{seed}"])
-                report = compare(fp32_dir / "final_model.pt",
-                                 CompareOptions(data=str(data), out_dir=fp32_dir / "ptq", precisions=("fp32", "int8")))
-                accuracy = report["precisions"]["int8"]["accuracy"]
-                runs[key] = str(fp32_dir / "ptq")
-            else:
-                extra = f"{args.set} {ROWS[name]}".strip()  # a later -c item wins over an earlier one
-                exit_code, run_dir = launch([f"num-server-rounds={args.rounds} time-limit-min=0 data='{data}' "
-                                        f"output-dir='{args.out / 'runs'}' seed={seed} {RECIPE}", *([extra] if extra else [])])
-                if exit_code != 0:
-                    print(f"error: {key}: run did not complete (exit {exit_code}); see {run_dir}", file=sys.stderr)
-                    return 1
-                metrics = read_json(run_dir / "metrics.json")
-                accuracy = 100 * metrics["summary"]["final_test_accuracy"]
-                runs[key] = str(run_dir)
-                provenance[key] = provenance_of(state, run_dir, metrics)
-            results.setdefault(name, {})[str(seed)] = accuracy
-            try:
-                persist()
-            except ProvenanceError as exc:
-                return fail(str(exc))
-            print(f"== {key}: {accuracy:.2f}% ({time.perf_counter() - started:.0f} s)", flush=True)
-    try:
-        rows = persist()
-    except ProvenanceError as exc:
-        return fail(str(exc))
-    print(f"\n# {args.rounds} rounds, 10 clients, {args.fraction:.0%} of the train split, full test split, "
-          f"seeds {args.seeds}\n")
-    print(format_rows(rows))
-    print(f"\nwrote {state_path}, .csv and .png")
-    return 0
+    def run_one(name: str, seed: int) -> float:
+        key = f"{name}@{seed}"
+        if name == "ptq-int8":  # the fp32 run's model, quantized after training
+            fp32_dir = Path(runs[f"fp32@{seed}"])
+            report = compare(fp32_dir / "final_model.pt",
+                             CompareOptions(data=str(data), out_dir=fp32_dir / "ptq", precisions=("fp32", "int8")))
+            runs[key] = str(fp32_dir / "ptq")
+            return report["precisions"]["int8"]["accuracy"]
+        extra = f"{args.set} {ROWS[name]}".strip()  # a later -c item wins over an earlier one
+        run_dir, metrics = launch_run(key, [f"num-server-rounds={args.rounds} time-limit-min=0 data='{data}' "
+                                            f"output-dir='{args.out / 'runs'}' seed={seed} {RECIPE}",
+                                            *([extra] if extra else [])])
+        runs[key] = str(run_dir)
+        provenance[key] = provenance_of(state, run_dir, metrics)
+        return 100 * metrics["summary"]["final_test_accuracy"]
+
+    def report(rows: list[dict]) -> str:
+        return (f"\n# {args.rounds} rounds, 10 clients, {args.fraction:.0%} of the train split, full test split, "
+                f"seeds {args.seeds}\n\n{format_rows(rows)}\n\nwrote {state_path}, .csv and .png")
+
+    return run_benchmark(state, names, seeds, run_one, persist, lambda accuracy: f"{accuracy:.2f}%", report)
 
 
 if __name__ == "__main__":

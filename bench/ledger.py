@@ -8,13 +8,16 @@ baseline's run of the same seed only where their configs differ in nothing but t
 
 from __future__ import annotations
 
+import csv
+import io
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.common import code_fingerprint, file_sha256, machine
-from eurosat.common.files import read_json
+from eurosat.common.files import atomic_write, read_json
 from eurosat.report.stats import mean_std, paired_difference
 
 RUN_KEYS = ("run-dir", "output-dir", "resume")  # keys that name a run rather than decide what it trains
@@ -22,6 +25,10 @@ RUN_KEYS = ("run-dir", "output-dir", "resume")  # keys that name a run rather th
 
 class ProvenanceError(ValueError):
     """Runs that must not be compared: other code, machine or protocol, or configs that differ beyond a row's keys."""
+
+
+class RunFailed(RuntimeError):
+    """A benchmark run that did not complete; the message names it and its folder."""
 
 
 def arithmetic(machine_info: Mapping[str, Any]) -> dict:
@@ -99,3 +106,57 @@ def paired_rows(results: Mapping[str, Mapping[str, float]], seeds: list[int], pr
             row.update(diff=diff.estimate, diff_low=diff.low, diff_high=diff.high, real=diff.excludes_zero)
         rows.append(row)
     return rows
+
+
+def launch_run(key: str, overrides: list[str], ok: Sequence[int] = (0,)) -> tuple[Path, dict[str, Any]]:
+    """One real `python -m eurosat.launch` run: (its folder, its metrics.json)."""
+    from eurosat.launch.launcher import launch
+
+    exit_code, run_dir = launch(overrides)
+    if exit_code not in ok:
+        raise RunFailed(f"{key}: run did not complete (exit {exit_code}); see {run_dir}")
+    return run_dir, read_json(run_dir / "metrics.json")
+
+
+def run_all(state: dict[str, Any], names: Sequence[str], seeds: Sequence[int], run_one: Callable[[str, int], Any],
+            persist: Callable[[], Any], describe: Callable[[Any], str]) -> None:
+    """Every (row, seed) not yet in `state["results"]`: each seed of every row before any row's next
+    seed; after each run its result is recorded and `persist()` writes the folder, so an interrupted
+    benchmark resumes where it stopped. `run_one` records its own run folder and provenance."""
+    results = state["results"]
+    for seed in seeds:
+        for name in names:
+            if str(seed) in results.get(name, {}):
+                continue
+            started = time.perf_counter()
+            results.setdefault(name, {})[str(seed)] = run_one(name, seed)
+            persist()
+            print(f"== {name}@{seed}: {describe(results[name][str(seed)])} ({time.perf_counter() - started:.0f} s)",
+                  flush=True)
+
+
+def run_benchmark(state: dict[str, Any], names: Sequence[str], seeds: Sequence[int], run_one: Callable[[str, int], Any],
+                  persist: Callable[[], list[dict]], describe: Callable[[Any], str],
+                  report: Callable[[list[dict]], str]) -> int:
+    """`run_all`, then the report of every row; a run that fails is exit 1, runs that must not be
+    paired exit 2 (one line each)."""
+    try:
+        run_all(state, names, seeds, run_one, persist, describe)
+        rows = persist()
+    except RunFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ProvenanceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report(rows))
+    return 0
+
+
+def write_csv(path: Path, rows: list[dict], fields: Sequence[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()), mode="w")
+

@@ -21,11 +21,8 @@ interrupted benchmark resumes where it stopped; a folder of other code, protocol
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,12 +30,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.accuracy_benchmark import figure, make_slice  # noqa: E402
 from bench.common import bench_parser  # noqa: E402
-from bench.ledger import ProvenanceError, open_state, paired_rows, provenance_of  # noqa: E402
+from bench.ledger import (ProvenanceError, launch_run, open_state, paired_rows, provenance_of,  # noqa: E402
+                          run_benchmark, write_csv)
 from eurosat.common.cli import fail  # noqa: E402
-from eurosat.common.files import atomic_write, read_json, write_json  # noqa: E402
+from eurosat.common.files import write_json  # noqa: E402
 from eurosat.fl.config import override_pairs  # noqa: E402
 from eurosat.fl.hooks import HOOKS_ENV  # noqa: E402
-from eurosat.launch.launcher import launch  # noqa: E402
 from eurosat.report.plots import save  # noqa: E402
 
 ATTACKER = 3
@@ -107,46 +104,24 @@ def main(argv: list[str] | None = None) -> int:
         rows = paired_rows(results, seeds, provenance, row_keys, "clean")
         state["summary"] = rows
         write_json(state_path, state)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["row", "seeds", "mean", "std", "diff", "diff_low", "diff_high", "real"],
-                                extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write(args.out / f"{NAME}.csv", lambda fh: fh.write(buf.getvalue()), mode="w")
-        title = (f"one attacker of 10 clients, {args.rounds} rounds; mean +- std over seeds {args.seeds}")
+        write_csv(args.out / f"{NAME}.csv", rows, ["row", "seeds", "mean", "std", "diff", "diff_low", "diff_high", "real"])
+        title = f"one attacker of 10 clients, {args.rounds} rounds; mean +- std over seeds {args.seeds}"
         save(figure(rows, title), args.out / f"{NAME}.png", 300)
         return rows
 
-    for seed in seeds:
-        for name in names:
-            key = f"{name}@{seed}"
-            if str(seed) in results.get(name, {}):
-                continue
-            started = time.perf_counter()
-            overrides = [f"num-server-rounds={args.rounds} time-limit-min=0 data='{data}' seed={seed} "
-                         f"output-dir='{args.out / 'runs'}' {PROTOCOL_RECIPE}"]
-            overrides += [o for o in (args.set, ROWS[name]) if o]
-            exit_code, run_dir = launch(overrides)
-            if exit_code not in (0, 3):  # 3: completed with (refused) client failures, as expected
-                print(f"error: {key}: run did not complete (exit {exit_code}); see {run_dir}", file=sys.stderr)
-                return 1
-            metrics = read_json(run_dir / "metrics.json")
-            results.setdefault(name, {})[str(seed)] = 100 * metrics["summary"]["final_test_accuracy"]
-            runs[key] = str(run_dir)
-            provenance[key] = {**provenance_of(state, run_dir, metrics), "refused": refused(metrics)}
-            try:
-                persist()
-            except ProvenanceError as exc:
-                return fail(str(exc))
-            print(f"== {key}: {results[name][str(seed)]:.2f}% ({time.perf_counter() - started:.0f} s)", flush=True)
-    try:
-        rows = persist()
-    except ProvenanceError as exc:
-        return fail(str(exc))
-    print(f"\n# {args.rounds} rounds, 10 clients, partition {ATTACKER} attacking, seeds {args.seeds}\n")
-    print(format_rows(rows))
-    print(f"\nwrote {state_path}, .csv and .png")
-    return 0
+    def run_one(name: str, seed: int) -> float:
+        overrides = [f"num-server-rounds={args.rounds} time-limit-min=0 data='{data}' seed={seed} "
+                     f"output-dir='{args.out / 'runs'}' {PROTOCOL_RECIPE}", *[o for o in (args.set, ROWS[name]) if o]]
+        run_dir, metrics = launch_run(f"{name}@{seed}", overrides, ok=(0, 3))  # 3: refused replies, as expected
+        runs[f"{name}@{seed}"] = str(run_dir)
+        provenance[f"{name}@{seed}"] = {**provenance_of(state, run_dir, metrics), "refused": refused(metrics)}
+        return 100 * metrics["summary"]["final_test_accuracy"]
+
+    def report(rows: list[dict]) -> str:
+        return (f"\n# {args.rounds} rounds, 10 clients, partition {ATTACKER} attacking, seeds {args.seeds}\n\n"
+                f"{format_rows(rows)}\n\nwrote {state_path}, .csv and .png")
+
+    return run_benchmark(state, names, seeds, run_one, persist, lambda accuracy: f"{accuracy:.2f}%", report)
 
 
 if __name__ == "__main__":

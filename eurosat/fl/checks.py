@@ -88,10 +88,7 @@ class UpdateChecker:
 
     def train_reply(self, msg: Message) -> Update:
         """One reply's checks, cheapest first; raises `Refused` with the reason."""
-        try:
-            report = TrainReport.from_content(msg.content)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise Refused(f"malformed reply ({type(exc).__name__}: {exc})") from None
+        report = _parsed(TrainReport, msg)
         if not self.limits.enabled:
             record = msg.content.array_records[ARRAYS]
             return Update(msg.metadata.src_node_id, report, self.codec.decode(record), 0.0, record.count_bytes())
@@ -110,10 +107,7 @@ class UpdateChecker:
         return Update(msg.metadata.src_node_id, report, delta, norm, record.count_bytes())
 
     def eval_reply(self, msg: Message) -> EvalReport:
-        try:
-            report = EvalReport.from_content(msg.content)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise Refused(f"malformed reply ({type(exc).__name__}: {exc})") from None
+        report = _parsed(EvalReport, msg)
         if not self.limits.enabled:
             return report
         self._claims(report.partition, report.num_examples)
@@ -234,6 +228,14 @@ def capped_weights(weights: Sequence[float], share: float) -> list[float]:
                 out[i] = cap
             return out
     return [1.0] * len(weights)  # no cap can hold: every reply weighs the same
+
+
+def _parsed(kind: type[TrainReport] | type[EvalReport], msg: Message):
+    """The typed report of a reply; a reply without its records or with values of the wrong kind is refused."""
+    try:
+        return kind.from_content(msg.content)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Refused(f"malformed reply ({type(exc).__name__}: {exc})") from None
 
 
 def _claimed(msg: Message) -> int | None:

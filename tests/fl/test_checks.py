@@ -17,7 +17,7 @@ from eurosat.fl.codecs import CODECS
 from eurosat.fl.config import ConfigError, load_run_config
 from eurosat.fl.hooks import parse_hooks
 from eurosat.fl.protocol import ARRAYS, EvalReport, TrainReport
-from eurosat.fl.strategy import BudgetedFedAvg
+from eurosat.fl.strategy import BudgetedFedAvg, NonFiniteModel
 from eurosat.fl.state import to_numpy
 from eurosat.train.model import Net
 from conftest import launch, run_dir_of
@@ -252,7 +252,18 @@ def test_a_claimed_partition_of_another_node_ends_the_run_naming_it(tiny_data, t
     assert not (tmp_path / "plain").exists()  # refused before any folder was made
 
 
-@pytest.mark.slow
+def test_an_aggregate_that_overflows_is_refused():
+    """A finite model plus finite updates that overflow float32 (a diverging run): the round is
+    refused, never applied."""
+    strategy = BudgetedFedAvg(CODECS["fp32"], expected_nodes=2)
+    strategy.global_state = {**GLOBAL, "fc2.bias": np.full_like(GLOBAL["fc2.bias"], 3e38)}
+    strategy.checker = UpdateChecker(CODECS["fp32"], GLOBAL, ReplyLimits((2160,) * 2, max_update_norm=0))
+    huge = {**delta(0), "fc2.bias": np.full_like(GLOBAL["fc2.bias"], 3e38)}
+    with pytest.raises(NonFiniteModel, match="round 4: the aggregate of 2 update.* holds NaN or Inf; refused"):
+        strategy.aggregate_train(4, [reply(1, 0, huge, "fp32"), reply(2, 1, huge, "fp32")])
+
+
+@pytest.mark.long
 def test_a_diverging_lr_never_leaves_a_non_finite_model_marked_completed(tiny_data, tmp_path):
     proc = launch(["-c", f"num-server-rounds=2 num-supernodes=3 fraction-train=1.0 time-limit-min=0 lr=100000.0 "
                          f"min-clients-fraction=0.3 data='{tiny_data}' output-dir='{tmp_path / 'out'}'", "--cpus", "2"])
