@@ -27,11 +27,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-from eurosat.fl.codecs import Codec
+from eurosat.fl.codecs import Codec, get_codec
 from eurosat.fl.protocol import ARRAYS, EvalReport, TrainReport
 from eurosat.fl.state import State
 
-BYTES_SLACK = 4096  # headers a codec may add beyond an fp32 model's bytes
+BYTES_SLACK = 4096  # headers a codec may add beyond what the fp32 transport sends
 
 
 class Refused(ValueError):
@@ -83,8 +83,10 @@ class UpdateChecker:
         zeros = {k: np.zeros(shape, dtype) for k, (shape, dtype) in self.shapes.items()}
         reference = codec.encode(zeros, quiet=True)
         self.dtypes = {k: v.numpy().dtype for k, v in reference.items()}
-        fp32 = sum(int(np.prod(s)) * (4 if np.issubdtype(d, np.floating) else d.itemsize) for s, d in self.shapes.values())
-        self.max_bytes = fp32 + BYTES_SLACK
+        # What fp32 sends for this very model, every array's header included: a QAT model's many small
+        # observer arrays add kilobytes of headers that a bound on the values alone would refuse.
+        as_fp32 = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in zeros.items()}
+        self.max_bytes = get_codec("fp32").encode(as_fp32, quiet=True).count_bytes() + BYTES_SLACK
 
     def train_reply(self, msg: Message) -> Update:
         """One reply's checks, cheapest first; raises `Refused` with the reason."""

@@ -49,6 +49,17 @@ def resolve_run_dir(root: Path, run_dir: str) -> Path:
     return (path if path.is_absolute() else root / path).resolve()
 
 
+def check_run_dir(root: Path, run_dir: str, resume: bool = False) -> Path:
+    """The chosen `run_dir`, if it may take this run: free of any run, or resumable with `resume`.
+    Touches nothing, so a launcher can ask before the slower checks (the data) and make it after."""
+    path = resolve_run_dir(root, run_dir)
+    if resume:
+        check_resumable(path)
+    elif path.exists() and (not path.is_dir() or (path / STATUS_FILE).exists() or (path / METRICS_FILE).exists()):
+        raise RunDirError(f"run-dir {path}: already holds a run; choose a new folder, or --resume it")
+    return path
+
+
 def new_run_dir(root: Path, label: str, run_dir: str = "", resume: bool = False) -> Path:
     """Create this run's folder exclusively and return it.
 
@@ -58,16 +69,14 @@ def new_run_dir(root: Path, label: str, run_dir: str = "", resume: bool = False)
     holds a failed or interrupted run with a checkpoint.
     """
     if run_dir:
-        path = resolve_run_dir(root, run_dir)
+        path = check_run_dir(root, run_dir, resume)
         if resume:
-            check_resumable(path)
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             path.mkdir()
         except FileExistsError:
-            if not path.is_dir() or (path / STATUS_FILE).exists() or (path / METRICS_FILE).exists():
-                raise RunDirError(f"run-dir {path}: already holds a run; choose a new folder, or --resume it") from None
+            check_run_dir(root, run_dir)  # made since the first check
         return path
     day, second = run_dir_name(datetime.now())
     base = root / label / day / second

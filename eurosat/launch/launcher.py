@@ -40,7 +40,7 @@ from eurosat.common.paths import OutputPathError, check_output_dir, check_output
 from eurosat.launch.processes import TOKEN_ENV, new_token, start_watchdog, stop_run
 from eurosat.launch.deployment import check_certificates
 from eurosat.fl.record import (BAD_INPUT_EXIT, EXIT_CODES, METRICS_FILE, STATUS_FILE, RunDirError, mark_failed,
-                            mark_interrupted, new_run_dir, read_status, resumable_config, write_launch_result)
+                            check_run_dir, mark_interrupted, new_run_dir, read_status, resumable_config, write_launch_result)
 
 INPUT_ERRORS = (ConfigError, DataError, OutputPathError, RunDirError)
 class Interrupted(Exception):
@@ -150,6 +150,8 @@ def prepare(overrides: list[str], project: Path, flwr_home: Path | None, check_d
         extra.append(f"run-dir={json.dumps(str(resume))} resume=true")
     cfg = load_run_config(base + [quote_strings(o) for o in overrides] + extra, project)
     check_output_dir(cfg.output_root(), "output-dir")
+    if cfg.run_dir:  # a taken folder is named before the data is read (which may take a while)
+        check_run_dir(cfg.output_root(), cfg.run_dir, cfg.resume)
     source = resolve_source(cfg.data)
     if check_data:
         check_source(source)

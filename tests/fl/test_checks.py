@@ -86,6 +86,19 @@ def test_a_bad_reply_is_refused_with_its_reason(make, reason):
     assert checked.failures[0]["error"].startswith("refused: ")
 
 
+@pytest.mark.parametrize("overrides", ['precision="int8"', 'precision="fp16"', "weight-bits=4 activation-bits=8"])
+@pytest.mark.parametrize("codec", ["fp32", "int4"])
+def test_every_models_own_update_passes(overrides, codec):
+    """A QAT model carries many small observer arrays (their headers add kilobytes): its honest
+    update is no bigger than what fp32 sends for that model, and must pass."""
+    from eurosat.fl.task import make_model
+    state = to_numpy(make_model(load_run_config([overrides])).state_dict())
+    honest = {k: (v * 1e-3 if v.dtype == np.float32 else np.zeros_like(v)) for k, v in state.items()}
+    checker = UpdateChecker(CODECS[codec], state, LIMITS)
+    checked = checker.round([reply(n, n, honest, codec) for n in range(3)], known={})
+    assert reasons(checked) == [] and len(checked.updates) == 3
+
+
 def test_a_reply_that_does_not_decode_to_the_model_is_refused():
     record = CODECS["int8"].encode(delta(1), quiet=True)
     record["conv1.weight::scale"] = Array(np.ones(3, np.float32))  # a scale per channel, too few

@@ -124,7 +124,10 @@ def test_job_values_are_quoted_never_run_and_resume_is_checked(job_env, tmp_path
     `$(...)` is not run (the job script is built but not started: `--check`, then Slurm with a
     fake `sbatch` that only keeps the script), a job name that is not a plain word is refused,
     and `--resume` checks the run folder (one with a quote and a space in its name) before submitting."""
+    import torch
+
     from eurosat.fl.config import project_defaults
+    from eurosat.train.model import Net
 
     env, logs, _ = job_env
     marker = tmp_path / "ran"
@@ -148,7 +151,7 @@ def test_job_values_are_quoted_never_run_and_resume_is_checked(job_env, tmp_path
     run = tmp_path / "it's a run"
     run.mkdir()
     (run / "metrics.json").write_text(json.dumps({"config": project_defaults(ROOT)}))
-    (run / "checkpoint.pt").write_bytes(b"")
+    torch.save({"round": 1, "state_dict": Net().state_dict()}, run / "checkpoint.pt")
     (run / "status.json").write_text(json.dumps({"state": "completed"}))
     proc = sh(ROOT / "submit_job.sh", "--check", "--resume", run, "5", "5", env=env)
     assert proc.returncode == 2 and "the run is completed" in proc.stderr, proc.stderr
