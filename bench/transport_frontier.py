@@ -23,25 +23,22 @@ another protocol or another machine's arithmetic is refused.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.accuracy_benchmark import make_slice  # noqa: E402
-from bench.ledger import RUN_KEYS, arithmetic  # noqa: E402
-from bench.common import bench_parser, code_fingerprint, file_sha256, machine  # noqa: E402
+from bench.common import bench_parser  # noqa: E402
+from bench.ledger import (ProvenanceError, launch_run, open_state, paired_rows, provenance_of,  # noqa: E402
+                          run_benchmark, write_csv)
 from eurosat.common.cli import fail  # noqa: E402
-from eurosat.common.files import atomic_write, read_json, write_json  # noqa: E402
+from eurosat.common.files import write_json  # noqa: E402
 from eurosat.fl.config import override_pairs  # noqa: E402
-from eurosat.launch.launcher import launch  # noqa: E402
 from eurosat.report.plots import OKABE_ITO, save, styled, subplots  # noqa: E402
-from eurosat.report.stats import mean_std, paired_difference, t95  # noqa: E402
+from eurosat.report.stats import t95  # noqa: E402
 
 EF = "transport-error-feedback=true"
 SETTINGS = {  # name -> run-config keys on top of the protocol; the default set runs in this order
@@ -66,57 +63,38 @@ DEFAULT = ["fp32", "int8", "int4+ef", "int2+ef", "sign+ef", "topk10%+ef", "topk1
 TARGETS = {"sign+ef": (0.040, -1.0), "topk10%+ef": (0.06, -1.0)}
 NAME = "transport_frontier"
 PROTOCOL_RECIPE = "fraction-train=0.5 local-epochs=1"  # 5 of 10 clients a round, 1 local epoch
+CSV_FIELDS = ["setting", "seeds", "bytes_ratio_to_fp32", "mb_total", "mb_down", "mb_up", "transport_up", "transport_down",
+              "accuracy", "std", "accuracy_low", "accuracy_high", "diff_vs_fp32", "diff_low", "diff_high", "target"]
 TRANSPORT_KEYS = {"transport", "transport-up", "transport-down", "transport-error-feedback", "topk-fraction",
                   "transport-warmup-rounds", "server-lr"}
 
 
-class ProvenanceError(ValueError):
-    """Two runs that must not be paired: other code, machine, or configs differing beyond transport."""
+def transport_keys(_name: str) -> set[str]:
+    """The keys a setting may differ from fp32 in and still be paired with it."""
+    return TRANSPORT_KEYS
 
 
-def check_pairable(name: str, seed: int, provenance: dict[str, dict]) -> None:
-    """A setting's run and fp32's run of the same seed: same code and arithmetic, configs equal but
-    for the transport keys."""
-    mine, base = provenance.get(f"{name}@{seed}"), provenance.get(f"fp32@{seed}")
-    if mine is None or base is None:
-        return
-    if mine["code_sha256"] != base["code_sha256"]:
-        raise ProvenanceError(f"{name}@{seed} ran at {mine['commit']}, fp32@{seed} at {base['commit']}: not paired")
-    if arithmetic(mine.get("machine", {})) != arithmetic(base.get("machine", {})):
-        raise ProvenanceError(f"{name}@{seed} and fp32@{seed} ran on different machines' arithmetic: not paired")
-    ignore = TRANSPORT_KEYS | set(RUN_KEYS)
-    differ = sorted(k for k in set(mine["config"]) | set(base["config"])
-                    if k not in ignore and mine["config"].get(k) != base["config"].get(k))
-    if differ:
-        raise ProvenanceError(f"{name}@{seed} and fp32@{seed} differ in {', '.join(differ)}: not paired")
-
-
-def summarize(results: dict[str, dict[str, dict]], seeds: list[int], provenance: dict[str, dict]) -> list[dict]:
+def summarize(state: dict, seeds: list[int]) -> list[dict]:
     """Per setting: accuracy mean, std and 95 % interval of the mean over seeds; bytes (ratio to fp32,
-    MB both ways, each direction's share); the difference to fp32 paired by seed; its target."""
-    base = results.get("fp32", {})
+    MB both ways, each direction's share); the difference to fp32 paired by seed (bench/ledger.py,
+    which refuses runs that must not be paired); its target."""
     rows = []
-    for name, by_seed in results.items():
-        done = [str(s) for s in seeds if str(s) in by_seed]
-        if not done:
-            continue
-        accs = [by_seed[s]["accuracy"] for s in done]
-        mean, std = mean_std(accs)
-        half = t95(len(accs) - 1) * std / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
-        runs = [by_seed[s] for s in done]
-        row = {"setting": name, "seeds": len(done), "accuracy": mean, "std": std, "accuracy_low": mean - half,
-               "accuracy_high": mean + half, "per_seed": {s: by_seed[s]["accuracy"] for s in done},
-               "bytes_ratio_to_fp32": sum(r["bytes_ratio_to_fp32"] for r in runs) / len(runs),
-               "mb_total": sum(r["total_bytes"] for r in runs) / len(runs) / 2**20,
-               "mb_down": sum(r["bytes_down"] for r in runs) / len(runs) / 2**20,
-               "mb_up": sum(r["bytes_up"] for r in runs) / len(runs) / 2**20,
+    for paired in paired_rows(state["results"], seeds, state["provenance"], transport_keys, "fp32"):
+        name, n = paired["row"], paired["seeds"]
+        runs = [state["runs"][f"{name}@{s}"] for s in seeds if str(s) in state["results"][name]]
+        half = t95(n - 1) * paired["std"] / math.sqrt(n) if n > 1 else float("nan")
+        row = {"setting": name, "seeds": n, "accuracy": paired["mean"], "std": paired["std"],
+               "accuracy_low": paired["mean"] - half, "accuracy_high": paired["mean"] + half,
+               "per_seed": paired["per_seed"],
+               "bytes_ratio_to_fp32": sum(r["bytes_ratio_to_fp32"] for r in runs) / n,
+               "mb_total": sum(r["total_bytes"] for r in runs) / n / 2**20,
+               "mb_down": sum(r["bytes_down"] for r in runs) / n / 2**20,
+               "mb_up": sum(r["bytes_up"] for r in runs) / n / 2**20,
                "transport_up": runs[0]["transport_up"], "transport_down": runs[0]["transport_down"]}
-        paired = [s for s in done if s in base]
-        for s in paired:
-            check_pairable(name, int(s), provenance)
-        if name != "fp32" and len(paired) >= 2:
-            diff = paired_difference([by_seed[s]["accuracy"] for s in paired], [base[s]["accuracy"] for s in paired])
-            row.update(diff_vs_fp32=diff.estimate, diff_low=diff.low, diff_high=diff.high, paired_seeds=len(paired))
+        if "diff" in paired:
+            base = state["results"].get("fp32", {})
+            row.update(diff_vs_fp32=paired["diff"], diff_low=paired["diff_low"], diff_high=paired["diff_high"],
+                       paired_seeds=sum(1 for s in seeds if str(s) in base and str(s) in state["results"][name]))
         if name in TARGETS:
             row["target"] = target_verdict(row, *TARGETS[name])
         rows.append(row)
@@ -207,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--seeds", default="42,43,44", help="comma-separated seeds [42,43,44]")
     parser.add_argument("--rounds", type=int, default=20, help="rounds per run [20]")
-    parser.add_argument("--only", help="comma-separated settings [" + ",".join(DEFAULT) + "]; all: " + ", ".join(SETTINGS))
+    parser.add_argument("--only", help=("comma-separated settings [" + ",".join(DEFAULT) + "]; all: "
+                                        + ", ".join(SETTINGS)).replace("%", "%%"))  # argparse formats help with %
     parser.add_argument("--skip", default="", help="comma-separated settings to leave out")
     parser.add_argument("--set", default="", help="run-config overrides for every run (part of the protocol)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / NAME, help="results folder [%(default)s]")
@@ -227,81 +206,49 @@ def main(argv: list[str] | None = None) -> int:
             return fail(str(exc))
     if "fp32" not in names:
         names.insert(0, "fp32")  # the baseline every setting is paired with
+    if not args.data.is_dir():
+        return fail(f"--data {args.data}: no such folder")
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / f"{NAME}.json"
-    state = read_json(state_path) if state_path.exists() else {}
     protocol = {"rounds": args.rounds, "clients": 10, "recipe": PROTOCOL_RECIPE, "set": args.set,
                 "data": str(args.data.resolve())}
-    if state and state.get("protocol") != protocol:
-        return fail(f"{state_path} holds another protocol {state.get('protocol')}; use another --out")
-    code, here = code_fingerprint(), machine()
-    if state.get("results") and state.get("code", {}).get("code_sha256") != code["code_sha256"]:
-        return fail(f"{state_path} holds runs of {state.get('code', {}).get('commit', 'unknown code')}, this is "
-                    f"{code['commit']}: runs of different code are never paired; use another --out")
-    if state.get("results") and arithmetic(state.get("machine", {})) != arithmetic(here):
-        return fail(f"{state_path} holds runs made on {arithmetic(state.get('machine', {}))}, this machine is "
-                    f"{arithmetic(here)}; use another --out")
-    state.setdefault("protocol", protocol)
-    state.setdefault("code", code)
-    state.setdefault("machine", here)
-    results: dict[str, dict[str, dict]] = state.setdefault("results", {})
-    provenance: dict[str, dict] = state.setdefault("provenance", {})
+    try:
+        state = open_state(state_path, protocol)
+    except ProvenanceError as exc:
+        return fail(str(exc))
     data = make_slice(args.data.resolve(), args.out / "data", 1.0)
     title = (f"{args.rounds} rounds, 5 of 10 clients a round, 1 local epoch; EuroSAT test split; "
              f"seeds {args.seeds}{'; ' + args.set if args.set else ''}")
 
     def persist() -> list[dict]:
-        rows = summarize(results, seeds, provenance)
+        rows = summarize(state, seeds)
         state["summary"] = rows
         state["pareto"] = [r["setting"] for r in pareto(rows)]
         write_json(state_path, state)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["setting", "seeds", "bytes_ratio_to_fp32", "mb_total", "mb_down", "mb_up",
-                                                 "transport_up", "transport_down", "accuracy", "std", "accuracy_low",
-                                                 "accuracy_high", "diff_vs_fp32", "diff_low", "diff_high", "target"],
-                                extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write(args.out / f"{NAME}.csv", lambda fh: fh.write(buf.getvalue()), mode="w")
+        write_csv(args.out / f"{NAME}.csv", rows, CSV_FIELDS)
         if rows:
             save(figure(rows, title), args.out / f"{NAME}.png", 200)
         return rows
 
-    for seed in seeds:
-        for name in names:
-            key = f"{name}@{seed}"
-            if str(seed) in results.get(name, {}):
-                continue
-            started = time.perf_counter()
-            extra = " ".join(x for x in (SETTINGS[name], args.set) if x)  # --set last: it wins
-            exit_code, run_dir = launch([f"num-server-rounds={args.rounds} time-limit-min=0 num-supernodes=10 "
-                                         f"{PROTOCOL_RECIPE} data='{data}' output-dir='{args.out / 'runs'}' seed={seed}",
-                                         *([extra] if extra else [])])
-            if exit_code != 0:
-                print(f"error: {key}: run did not complete (exit {exit_code}); see {run_dir}", file=sys.stderr)
-                return 1
-            metrics = read_json(run_dir / "metrics.json")
-            results.setdefault(name, {})[str(seed)] = run_record(run_dir, metrics)
-            provenance[key] = {**code, "date": time.strftime("%Y-%m-%d"), "machine": here,
-                               "config": {k: v for k, v in metrics["config"].items() if k not in RUN_KEYS},
-                               "client_compute": metrics["summary"].get("client_compute"),
-                               "wall_seconds": metrics["summary"].get("wall_seconds"),
-                               "final_model_sha256": file_sha256(run_dir / "final_model.pt")}
-            try:
-                persist()
-            except ProvenanceError as exc:
-                return fail(str(exc))
-            r = results[name][str(seed)]
-            print(f"== {key}: {r['accuracy']:.2f} %, {r['bytes_ratio_to_fp32']:.4f} of fp32's bytes "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
-    try:
-        rows = persist()
-    except ProvenanceError as exc:
-        return fail(str(exc))
-    print(f"\n# {title}\n")
-    print(format_rows(rows))
-    print(f"\nPareto front: {', '.join(state['pareto'])}\nwrote {state_path}, .csv and .png")
-    return 0
+    def run_one(name: str, seed: int) -> float:
+        key = f"{name}@{seed}"
+        overrides = [f"num-server-rounds={args.rounds} time-limit-min=0 num-supernodes=10 {PROTOCOL_RECIPE} "
+                     f"data='{data}' output-dir='{args.out / 'runs'}' seed={seed}",
+                     *[o for o in (SETTINGS[name], args.set) if o]]  # --set last: it wins
+        run_dir, metrics = launch_run(key, overrides)
+        state["runs"][key] = run_record(run_dir, metrics)
+        state["provenance"][key] = {**provenance_of(state, run_dir, metrics),
+                                    "wall_seconds": metrics["summary"].get("wall_seconds")}
+        return state["runs"][key]["accuracy"]
+
+    def describe(accuracy: float) -> str:
+        return f"{accuracy:.2f} %"
+
+    def report(rows: list[dict]) -> str:
+        return (f"\n# {title}\n\n{format_rows(rows)}\n\nPareto front: {', '.join(state['pareto'])}\n"
+                f"wrote {state_path}, .csv and .png")
+
+    return run_benchmark(state, names, seeds, run_one, persist, describe, report)
 
 
 if __name__ == "__main__":

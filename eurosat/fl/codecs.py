@@ -62,6 +62,11 @@ class Codec:
         """This codec with the run config's codec options; codecs without options are themselves."""
         return self
 
+    def nbytes(self, state: Mapping[str, np.ndarray]) -> int:
+        """What `state` weighs as one message in this codec, as Flower counts it
+        (`ArrayRecord.count_bytes()`: every array's .npy bytes and its key), indices and scales included."""
+        return self.encode(state, quiet=True).count_bytes()
+
     def encode(self, state: Mapping[str, np.ndarray], quiet: bool = False) -> ArrayRecord:
         """`quiet`: a reference or residual encoding that is not sent, so not logged as traffic."""
         record = ArrayRecord()

@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from eurosat.fl.codecs import wire_name
+from eurosat.fl.config import link_wire
 from eurosat.fl.record import METRICS_FILE, read_status
 from eurosat.report.runs import problem
 
@@ -64,7 +64,7 @@ class RunTraffic:
 
     metrics: str  # the metrics.json read
     state: str  # completed, interrupted, ... (status.json), "unknown" without one
-    transport: str  # the codec on the wire (config `transport`): fp32, fp16, int8, int4, ...
+    transport: str  # the codec on the wire both ways (config `transport`): fp32, fp16, int8, ...; `up/down` where they differ
     wire: str  # the transport as it ran: int4+ef with error feedback
     precision: str  # what the run trained in (config `precision`)
     rounds: int
@@ -121,6 +121,8 @@ def read_run_traffic(folder: Path) -> RunTraffic | None:
         raise ValueError(f"{path}: the run beside the checkpoint completed no round, so sent nothing to measure{hint}")
     config, summary = metrics.get("config", {}), metrics.get("summary", {})
     transport = str(config.get("transport", "fp32"))
+    up, down = str(config.get("transport-up") or transport), str(config.get("transport-down") or transport)
+    transport = up if up == down else f"{up}/{down}"  # no precision's name: its cost is then a what-if
     total = sum(int(r["bytes_sent"]) + int(r["bytes_received"]) for r in rounds)
     fp32_equivalent = [_number(r.get("fp32_equivalent_bytes")) for r in rounds]
     if all(v is not None for v in fp32_equivalent):
@@ -134,7 +136,7 @@ def read_run_traffic(folder: Path) -> RunTraffic | None:
     clients = [r["clients"] for r in rounds if isinstance(r.get("clients"), int) and not isinstance(r["clients"], bool)]
     return RunTraffic(
         metrics=str(path.resolve()), state=str(read_status(path.parent).get("state", "unknown")), transport=transport,
-        wire=wire_name(transport, bool(config.get("transport-error-feedback"))),
+        wire=link_wire(config),
         precision=str(config.get("precision", "fp32")), rounds=len(rounds),
         clients_min=min(clients) if len(clients) == len(rounds) else None,
         clients_max=max(clients) if len(clients) == len(rounds) else None,

@@ -95,9 +95,19 @@ def _groups(by: dict[str, list[Run]], known: list[str], name) -> list[tuple[str,
     return [(name(k, by[k]), [r.metrics for r in by[k]]) for k in plots.ordered(by, known)]
 
 
-def transport_order() -> list[str]:
-    """Every codec of the registry, each without and then with error feedback."""
-    return list(dict.fromkeys(wire_name(t, ef) for t in CODECS for ef in (False, True)))
+def transport_order(found: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Every codec of the registry, each without and then with error feedback; the `found` links
+    of configured codecs (`topk0.01+ef`) or of two codecs (`sign+ef up, fp16+ef down`) after the
+    registry entry of their uplink codec, so a new codec is placed, not appended."""
+    known = list(dict.fromkeys(wire_name(CODECS[t].label, ef) for t in CODECS for ef in (False, True)))
+
+    def place(link: str) -> tuple[int, int, str]:
+        up = link.split(" up, ")[0]
+        base = up.removesuffix("+ef")
+        names = [i for i, t in enumerate(CODECS) if base == t or base.startswith(t)]
+        return (max(names, key=lambda i: len(list(CODECS)[i])) if names else len(CODECS), up != base, link)
+
+    return sorted(dict.fromkeys([*known, *found]), key=place)
 
 
 def figures(report_paths: list[Path], outputs_root: Path) -> list[tuple[str, object, int]]:
@@ -127,7 +137,8 @@ def figures(report_paths: list[Path], outputs_root: Path) -> list[tuple[str, obj
     fp32_training = [r for r in runs if r.config.get("precision", "fp32") == "fp32" and r.config.get("weight-bits", 32) == 32]
     by_transport = latest_by(fp32_training, lambda r: r.transport)
     if len(by_transport) >= 2:
-        groups = _groups(by_transport, transport_order(), lambda t, _: f"{t.replace('+ef', ' + error feedback')} on the wire")
+        groups = _groups(by_transport, transport_order(list(by_transport)),
+                         lambda t, _: f"{t.replace('+ef', ' + error feedback')} on the wire")
         out.append(("transport_comparison.png", plots.curves_figure(
             groups, "cumulative_mb", "data transmitted (MB)", "Quantized transport: accuracy per megabyte sent"), 300))
     rows = bit_sweep_rows(runs)

@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 
-from eurosat.fl.codecs import wire_name
+from eurosat.fl.config import link_wire
 from eurosat.fl.record import FINAL_MODEL_FILE, FINISHED, METRICS_FILE, label_of, read_status
 
 ROUND_NUMBERS = ("round", "elapsed_seconds", "bytes_sent", "bytes_received", "cumulative_mb")
 EVALUATION_NUMBERS = ("server_test_accuracy",)  # present in the rounds the server evaluated
 SUMMARY_NUMBERS = ("fp32_model_bytes", "final_test_accuracy", "total_bytes")
 CONFIG_KINDS = {"precision": str, "transport": str, "weight-bits": int, "activation-bits": int,
-                "transport-error-feedback": bool}  # the keys the readers group and label runs by
+                "transport-error-feedback": bool, "transport-up": str,
+                "transport-down": str}  # the keys the readers group and label runs by
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class Run:
 
     @property
     def transport(self) -> str:
-        return wire_name(self.config.get("transport", "fp32"), bool(self.config.get("transport-error-feedback")))
+        """The link as it ran: `int4+ef`, `topk0.01+ef`, or `sign+ef up, fp16+ef down`."""
+        return link_wire(self.config)
 
     @property
     def label(self) -> str:
