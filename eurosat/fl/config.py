@@ -25,6 +25,7 @@ from eurosat.fl import hooks
 from eurosat.fl.codecs import CODECS, Codec, wire_name
 from eurosat.fl.link import LinkPlan
 from eurosat.fl.robust import AGGREGATIONS, trimmed_count
+from eurosat.fl.server_step import ADAPTIVE, STRATEGIES, ServerOptimizer
 
 # Uplink codecs whose decoded updates are mostly zeros or one magnitude per channel: a median or a
 # trimmed mean of them is not an estimate of anything.
@@ -72,7 +73,13 @@ class RunConfig:
     transport_down: str
     topk_fraction: float
     transport_warmup_rounds: int
+    strategy: str
     server_lr: float
+    server_momentum: float
+    tau: float
+    beta_1: float
+    beta_2: float
+    proximal_mu: float
     cost_per_mb: float
     data: str
     partitioner: str
@@ -176,6 +183,7 @@ class RunConfig:
         if self.max_update_norm < 0:
             raise ConfigError(f"max-update-norm: must be >= 0 (0 = no check), got {self.max_update_norm}")
         self._check_aggregation()
+        self._check_strategy()
         try:
             hooks.parse_hooks(self.test_hook)
         except ValueError as exc:
@@ -214,7 +222,12 @@ class RunConfig:
     def local_training(self) -> LocalTraining:
         """The client's local recipe: the one place the training keys are read."""
         return LocalTraining(self.local_epochs, self.batch_size, self.optimizer, self.weight_decay, self.momentum,
-                             self.augment, self.lr_schedule_plan(), self.local_optimizer_state == "keep")
+                             self.augment, self.lr_schedule_plan(), self.local_optimizer_state == "keep",
+                             self.proximal_mu if self.strategy == "fedprox" else 0.0)
+
+    def server_optimizer(self) -> ServerOptimizer:
+        """The strategy's server step and its keys: the one place they are read."""
+        return ServerOptimizer(self.strategy, self.server_lr, self.server_momentum, self.tau, self.beta_1, self.beta_2)
 
     @property
     def recipe(self) -> PrecisionRecipe:
@@ -267,6 +280,22 @@ class RunConfig:
         if self.aggregation != "mean" and self.uplink in SPARSE_OR_SIGN:
             raise ConfigError(f"aggregation={self.aggregation!r} of {self.uplink} updates makes no sense (a coordinate-wise "
                               f"statistic of sparse or sign codes); use aggregation=\"mean\" or another transport-up")
+
+    def _check_strategy(self) -> None:
+        _choice("strategy", self.strategy, STRATEGIES)
+        if self.strategy in ADAPTIVE and self.server_lr >= 1:
+            raise ConfigError(f"strategy={self.strategy!r}: server-lr is its eta, and every weight moves by about eta "
+                              f"each round, so {self.server_lr:g} wrecks the model; set server-lr below 1, e.g. 0.01 "
+                              "(Flower's default is 0.1)")
+        if not 0 <= self.server_momentum < 1:
+            raise ConfigError(f"server-momentum: must be in [0, 1), got {self.server_momentum}")
+        if not 0 < self.tau <= 1:
+            raise ConfigError(f"tau: must be in (0, 1] (FedOpt's adaptivity, e.g. 0.001), got {self.tau}")
+        for key, value in (("beta-1", self.beta_1), ("beta-2", self.beta_2)):
+            if not 0 <= value < 1:
+                raise ConfigError(f"{key}: must be in [0, 1), got {value}")
+        if not 0 <= self.proximal_mu <= 10:
+            raise ConfigError(f"proximal-mu: must be in [0, 10] (FedProx's mu, e.g. 0.01), got {self.proximal_mu}")
 
     def _check_link(self) -> None:
         _choice("transport", self.transport, tuple(CODECS))

@@ -167,6 +167,7 @@ class RunRecorder:
         self.run_dir = Path(run_dir)
         self.started = time.time()
         self.tracker = tracker
+        self.server_optimizer: dict[str, Any] = {}  # a resumed run's server optimizer state (checkpoint.pt)
         self.data: dict[str, Any] = {
             "run_dir": str(self.run_dir),
             "started": _now(),
@@ -203,15 +204,21 @@ class RunRecorder:
         recorder.data["summary"] = {"status": "running", "rounds_completed": len(recorder.data["rounds"])}
         recorder.flush()
         write_status(recorder.run_dir, "running", pid=os.getpid(), attempt=len(attempts))
+        recorder.server_optimizer = dict(checkpoint.get("server_optimizer") or {})
         return recorder, last, checkpoint["state_dict"]
 
     @property
     def attempt(self) -> int:
         return len(self.data.get("attempts", [])) or 1
 
-    def add_round(self, record: Mapping[str, Any], state_dict: Mapping[str, Any]) -> None:
-        """Checkpoint first, then the metrics that describe it."""
-        save_torch(self.run_dir / CHECKPOINT_FILE, {"round": record["round"], "state_dict": as_tensors(state_dict)})
+    def add_round(self, record: Mapping[str, Any], state_dict: Mapping[str, Any],
+                  server_optimizer: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """Checkpoint first (with the server optimizer's state, so a resume continues it), then the
+        metrics that describe it."""
+        checkpoint = {"round": record["round"], "state_dict": as_tensors(state_dict)}
+        if server_optimizer:
+            checkpoint["server_optimizer"] = {name: as_tensors(values) for name, values in server_optimizer.items()}
+        save_torch(self.run_dir / CHECKPOINT_FILE, checkpoint)
         record = {**record, "attempt": self.attempt}
         self.data["rounds"].append(dict(record))
         self.data["summary"]["rounds_completed"] = len(self.data["rounds"])

@@ -49,7 +49,7 @@ def main(grid: Grid, context: Context) -> None:
         done, position, state = 0, None, to_numpy(task.make_model(cfg).state_dict())
     try:
         strategy = BudgetedFedAvg(
-            cfg.link_plan(), cfg.transport_error_feedback, cfg.lr_schedule_plan(), cfg.server_lr,
+            cfg.link_plan(), cfg.transport_error_feedback, cfg.lr_schedule_plan(), cfg.server_optimizer(),
             min_clients_fraction=cfg.min_clients_fraction, round_timeout_s=cfg.round_timeout_s,
             cost_per_mb=cfg.cost_per_mb, expected_nodes=cfg.num_supernodes, seed=cfg.seed,
             limits=lambda: task.reply_limits(cfg),  # read at the first round, after the federation check
@@ -57,6 +57,7 @@ def main(grid: Grid, context: Context) -> None:
             fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
             min_train_nodes=1, min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0, min_available_nodes=1,
         )
+        strategy.step.load(recorder.server_optimizer)  # a resumed FedAdam continues its moments
         if done < cfg.num_server_rounds:  # the federation first: a mismatch fails in seconds, before any data loads
             strategy.await_nodes(grid, budget)
         outcome = strategy.run(grid, state, cfg.num_server_rounds, budget, cfg.to_mapping(),

@@ -4,7 +4,9 @@ bookkeeping of every client asked, and quantized transport.
 Flower's `Strategy.start` is a plain loop with no early-stop hook, and raising out of it loses
 the result, so `BudgetedFedAvg.run` drives the rounds itself while reusing FedAvg's node
 sampling and message building. Clients upload *deltas* against the model they received; the
-server decodes them to float32, averages, and applies them to its float32 global model. What
+server decodes them to float32, checks them (checks.py), aggregates them (robust.py), and the
+`strategy`'s step (server_step.py: FedAvg's, or Flower's FedAdam, FedYogi, FedAdagrad, FedAvgM)
+applies the result to its float32 global model. What
 travels in which format, and what each end remembers, is `link.py`'s business; what else the
 messages say is `protocol.py`'s.
 
@@ -37,11 +39,12 @@ from flwr.serverapp.strategy import FedAvg
 
 from eurosat.fl.checks import CheckedRound, Refused, ReplyLimits, UpdateChecker
 from eurosat.fl.robust import aggregate
+from eurosat.fl.server_step import ServerOptimizer, ServerStep, scaled_step
 from eurosat.fl.config import sample_size
 from eurosat.fl.link import LINK, LinkPlan, ServerLink
 from eurosat.fl.protocol import ARRAYS, CONFIG, EvalReport, Instruction, partition_of, reply_error, weighted
 from eurosat.train.schedule import LrSchedule, RoundPlanner
-from eurosat.fl.state import State, add, contiguous, weighted_mean
+from eurosat.fl.state import State, contiguous, weighted_mean
 from eurosat.fl.codecs import CODECS, Codec
 
 log = logging.getLogger(__name__)
@@ -234,27 +237,19 @@ class Exchange:
 def aggregate_updates(codec: Codec, base: State, records: list[ArrayRecord], weights: list[float],
                       server_lr: float = 1.0) -> State:
     """base + server_lr x the example-weighted mean of the decoded (float32) deltas: codes are never averaged."""
-    return apply_update(base, weighted_mean([codec.decode(r) for r in records], weights), server_lr)
-
-
-def apply_update(base: State, mean: State, server_lr: float = 1.0) -> State:
-    """base + `server-lr` x the averaged update: a plain scaling of the step (1 = FedAvg; sign and
-    sparse updates may want another); integer buffers (`num_batches_tracked`) are added unscaled."""
-    if server_lr == 1.0:
-        return add(base, mean)
-    return {k: (v + (server_lr * mean[k] if np.issubdtype(v.dtype, np.floating) else mean[k])).astype(v.dtype)
-            for k, v in base.items()}
+    return scaled_step(base, weighted_mean([codec.decode(r) for r in records], weights), server_lr)
 
 
 class BudgetedFedAvg(FedAvg):
     def __init__(self, codec: Codec | LinkPlan, error_feedback: bool = False, schedule: LrSchedule = LrSchedule(),
-                 server_lr: float = 1.0,
+                 server: ServerOptimizer = ServerOptimizer(),
                  min_clients_fraction: float = 1.0, round_timeout_s: float = 0.0, cost_per_mb: float = 0.0,
                  expected_nodes: int = 1, seed: int = 0, limits: Callable[[], ReplyLimits] | None = None,
                  aggregation: str = "mean", trim_fraction: float = 0.2, **kwargs):
         """`limits`: what the reply checks hold each reply to (checks.py), made when the first round
         starts (it reads the partition sizes); None: no bound on `num-examples` below 2^31.
-        `aggregation`: how the checked updates become one (robust.py)."""
+        `aggregation`: how the checked updates become one (robust.py); `server`: the strategy's
+        step that applies it to the global model (server_step.py)."""
         super().__init__(**kwargs)
         self.aggregation, self.trim_fraction = aggregation, trim_fraction
         self.limits = limits or (lambda: ReplyLimits((2**31,) * max(expected_nodes, 1)))
@@ -264,7 +259,7 @@ class BudgetedFedAvg(FedAvg):
         # What travels each way, round by round (a plain codec: that codec both ways).
         self.plan = codec if isinstance(codec, LinkPlan) else LinkPlan(codec, codec, error_feedback)
         self.codec = self.plan.up  # the uplink's codec after any warm-up
-        self.server_lr = server_lr  # `server-lr`: the averaged update is scaled by it
+        self.step = ServerStep(server)  # `strategy`: how the aggregated update moves the model
         self.link = ServerLink(self.plan.down, self.plan.feedback)
         self.schedule = schedule
         self.min_clients_fraction = min_clients_fraction
@@ -438,7 +433,7 @@ class BudgetedFedAvg(FedAvg):
         self.stats.compute = tuple(sorted({r.compute for r in only}))
         self.stats.weights_capped = checked.capped
         update = aggregate(self.aggregation, [u.delta for u in checked.updates], checked.weights, self.trim_fraction)
-        new_state = apply_update(self.global_state, update, self.server_lr)
+        new_state = self.step.apply(server_round, self.global_state, update)
         if not all(np.isfinite(v).all() for v in new_state.values() if np.issubdtype(v.dtype, np.floating)):
             raise NonFiniteModel(f"round {server_round}: the aggregate of {len(only)} update(s) holds NaN or Inf; "
                                  "refused (the last good round's model is checkpoint.pt)")
@@ -522,7 +517,7 @@ class BudgetedFedAvg(FedAvg):
             log.info("round %d: %s, lr %.2e at the end, %.1f s, %.2f MB on the wire%s", rnd,
                      f"test acc {server['accuracy']:.4f}" if server else "not evaluated", train_metrics["lr_last"],
                      record["round_seconds"], wire / MB, f", {len(failures)} client failure(s)" if failures else "")
-            on_round(record, state)
+            on_round(record, state, self.step.state())
             if end.last and rnd < num_rounds:
                 return Outcome(state, rnd, "time_limit", True, failures_total)
         return Outcome(state, num_rounds, "num_server_rounds", False, failures_total)

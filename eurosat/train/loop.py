@@ -97,6 +97,7 @@ class LocalTraining:
     augment: str = "none"
     schedule: LrSchedule = LrSchedule()
     keep_optimizer_state: bool = False  # carry the optimizer's moments from round to round (per node)
+    proximal_mu: float = 0.0  # FedProx: mu/2 ||w - w_received||^2 added to the loss (0: plain local training)
 
     def make_optimizer(self, params, device: torch.device) -> torch.optim.Optimizer:
         """`adam` (L2 weight decay, the original system's), `adamw` (decoupled), `sgd` (Nesterov
@@ -108,6 +109,12 @@ class LocalTraining:
                                    weight_decay=self.weight_decay, **kernels)
         kind = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
         return kind(params, lr=lr, weight_decay=self.weight_decay, **kernels)
+
+
+def proximal_term(model: nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's mu/2 ||w - w_received||^2 over the trainable parameters (Li et al., 2020; what
+    Flower's FedProx asks its clients to add)."""
+    return (mu / 2) * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
 
 
 def train(
@@ -128,6 +135,8 @@ def train(
                                              for k, v in optimizer_state.items()},
                                    "param_groups": optimizer.state_dict()["param_groups"]})
     criterion = nn.CrossEntropyLoss()
+    # FedProx: the weights as received, which the proximal term keeps the local ones near
+    anchor = [p.detach().clone() for p in model.parameters()] if local.proximal_mu > 0 else None
     scaler = plan.scaler()
     augment = augmenter(local.augment)
     generator = torch.Generator().manual_seed(seed)
@@ -147,12 +156,13 @@ def train(
             with plan.autocast():
                 logits = model(images)
                 loss = criterion(logits, labels)
+            objective = loss if anchor is None else loss + proximal_term(model, anchor, local.proximal_mu)
             if scaler is not None:
-                scaler.scale(loss).backward()
+                scaler.scale(objective).backward()
                 scaler.step(optimizer)
                 scaler.update()
             else:
-                loss.backward()
+                objective.backward()
                 optimizer.step()
             total_loss += loss.detach().float() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
