@@ -7,6 +7,7 @@ would dominate a small CNN's step time on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from collections.abc import Callable, Iterator
@@ -208,6 +209,10 @@ def partition_sizes(source: Source, partitioner: str, num_partitions: int, alpha
     (checked before anything starts: in the clients it would fail every round)."""
 
     def build() -> tuple[int, ...]:
+        with _quiet_datasets():  # a check before the run: its one line, not the cache's progress bars
+            return _sizes()
+
+    def _sizes() -> tuple[int, ...]:
         fds = federated_dataset(source, partitioner, num_partitions, alpha, seed)
         rows = len(fds.load_split("train"))
         if rows < num_partitions:
@@ -227,6 +232,20 @@ def partition_sizes(source: Source, partitioner: str, num_partitions: int, alpha
         return sizes
 
     return _cached(("sizes", source, partitioner, num_partitions, alpha, seed), build)
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """`datasets` without its progress bars ("Generating train split ..."), restored after."""
+    import datasets
+
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
+            datasets.enable_progress_bars()
 
 
 def _hub_split(name: str, split: str):

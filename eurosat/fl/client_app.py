@@ -33,9 +33,9 @@ def train(msg: Message, context: Context) -> Message:
     try:
         cfg, instruction, link, received, pid, n = _setup(msg, context)
         kept = load_optimizer_state(context.state) if cfg.local_optimizer_state == "keep" else None
-        delta, report = task.client_update(cfg, received, pid, n, instruction, kept)
-        delta, report = hooks.apply(hooks.parse_hooks(cfg.test_hook), pid, delta, report,
-                                    task.local_seed(cfg.seed, instruction.server_round, pid))
+        misbehave = hooks.parse_hooks(cfg.test_hook)
+        delta, report = task.client_update(cfg, received, pid, n, instruction, kept, hooks.step_delay(misbehave, pid))
+        delta, report = hooks.apply(misbehave, pid, delta, report, task.local_seed(cfg.seed, instruction.server_round, pid))
         if kept is not None:
             save_optimizer_state(context.state, kept)
         return Message(RecordDict({ARRAYS: link.encode(delta), **report.to_records()}), reply_to=msg)

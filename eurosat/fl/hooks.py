@@ -7,7 +7,7 @@ and for the attack benchmark. Never part of a normal run.
 - `noise`: send Gaussian noise of its true update's norm;
 - `examples=N`: claim N examples (FedAvg's weight);
 - `partition=P`: claim to hold partition P;
-- `slow=F`: take F x its training time (sleeps the difference after training);
+- `slow=F`: train F x slower (each step sleeps F - 1 times its own length, so the deadline sees it);
 - `raise`: fail with an error after training (a client that crashes).
 The key is honoured only where $EUROSAT_TEST_HOOKS=1: the ServerApp refuses a run that sets it
 otherwise (one line), and a client applies it only if its own process has the variable too.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +73,15 @@ def apply(hooks: tuple[Hook, ...], partition: int, delta: State, report: TrainRe
     return delta, report
 
 
+def step_delay(hooks: tuple[Hook, ...], partition: int) -> Callable[[float], None] | None:
+    """The `slow=F` hook of this partition as the training loop's `on_step`: each step takes F x
+    its length, so a round deadline judges the slow client by its real pace. None if not slowed."""
+    factors = [h.value for h in hooks if h.kind == "slow" and h.partition == partition]
+    if not factors or not enabled():
+        return None
+    return lambda seconds: time.sleep((max(factors) - 1) * seconds)
+
+
 def _misbehave(hook: Hook, delta: State, report: TrainReport, seed: int) -> tuple[State, TrainReport]:
     floats = [k for k, v in delta.items() if np.issubdtype(v.dtype, np.floating)]
     if hook.kind == "nan":
@@ -90,7 +99,7 @@ def _misbehave(hook: Hook, delta: State, report: TrainReport, seed: int) -> tupl
     elif hook.kind == "partition":
         report = dataclasses.replace(report, partition=int(hook.value))
     elif hook.kind == "slow":
-        time.sleep((hook.value - 1) * report.train_seconds)
+        pass  # applied inside training, step by step (step_delay)
     elif hook.kind == "raise":
         raise RuntimeError(f"test hook: partition {hook.partition} fails on purpose")
     return delta, report

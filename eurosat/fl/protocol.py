@@ -27,7 +27,7 @@ from eurosat.train.schedule import Span
 ARRAYS, CONFIG, METRICS, INFO = "arrays", "config", "metrics", "info"
 NUM_EXAMPLES = "num-examples"
 CLIENT_FAILED = 1  # error code of a client's own failure reply
-_ROUND, _SPAN_START, _SPAN_STOP = "server-round", "lr-span-start", "lr-span-stop"
+_ROUND, _SPAN_START, _SPAN_STOP, _DEADLINE = "server-round", "lr-span-start", "lr-span-stop", "train-deadline"
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,14 @@ class Instruction:
 
     server_round: int
     span: Span | None = None
+    deadline: float | None = None  # wall-clock (Unix) time by which local training must end; None: no limit
 
     def to_config(self) -> dict[str, int | float]:
         out: dict[str, int | float] = {_ROUND: self.server_round}
         if self.span is not None:
             out.update({_SPAN_START: self.span.start, _SPAN_STOP: self.span.stop})
+        if self.deadline is not None:
+            out[_DEADLINE] = self.deadline
         return out
 
     @classmethod
@@ -49,8 +52,9 @@ class Instruction:
         values = dict(config)
         server_round = int(values.pop(_ROUND, 0))
         start, stop = values.pop(_SPAN_START, None), values.pop(_SPAN_STOP, None)
+        deadline = values.pop(_DEADLINE, None)
         span = Span(float(start), float(stop)) if start is not None and stop is not None else None
-        return cls(server_round, span), values
+        return cls(server_round, span, float(deadline) if deadline is not None else None), values
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class TrainReport:
     train_steps: int
     lr_last: float
     compute: str  # "<dtype>@<device>x<threads>": what really ran
+    planned_steps: int = 0  # what the local epochs asked for; more than train_steps when the deadline cut it
 
     def to_records(self) -> dict[str, MetricRecord | ConfigRecord]:
         numbers = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("partition", "compute",

@@ -51,7 +51,12 @@ log = logging.getLogger(__name__)
 MB = 1024 * 1024
 FP32 = CODECS["fp32"]
 NO_LIMIT_TIMEOUT_S = 3600.0  # Flower's own per-round reply timeout, for runs without a budget
-FIRST_ROUND_MIN_S = 600.0  # the first round always runs: a cold start, or emulated bf16 on a CPU, takes time
+FIRST_ROUND_MIN_S = 600.0  # with round-timeout-s: the first round's least (a cold start, emulated bf16 on a CPU)
+# Under a time limit clients stop training at the round's deadline, so a reply timeout only has to
+# cover a cold start beyond the budget in round 1 (Ray or SuperNode start-up, data decoding).
+FIRST_ROUND_GRACE_S = 120.0
+MARGIN_START_S = 10.0  # the deadline's margin before any round's after-training work was timed
+MARGIN_FACTOR = 1.2  # x the longest of the last 3 rounds' upload + aggregation + evaluation + save
 # A node that has not said which partition it holds within this long (a cold start takes ~30 s) is
 # sampled as of unknown partition (last, by node ID) and asked again next round: a hung node must
 # not hold every round's roll call for the round's whole timeout before the training even starts.
@@ -83,9 +88,12 @@ class TimeBudget:
     The clock is injectable for tests.
     """
 
-    def __init__(self, limit_s: float | None, clock: Callable[[], float] = time.monotonic, eval_every: int = 1):
+    def __init__(self, limit_s: float | None, clock: Callable[[], float] = time.monotonic, eval_every: int = 1,
+                 wall: Callable[[], float] = time.time):
         self.limit_s = limit_s
         self.clock = clock
+        self.wall = wall  # the clients' clock: a deadline travels as Unix time
+        self.after_training: list[float] = []  # per round: upload + aggregation + evaluation + save
         self.eval_every = eval_every
         self.started = clock()
         self.rounds: list[float] = []
@@ -117,13 +125,13 @@ class TimeBudget:
         self.rounds.append(seconds)
         return seconds
 
-    def finish_round(self, num_rounds: int, evaluate: Callable[[], Mapping[str, float]]) -> RoundEnd:
+    def finish_round(self, num_rounds: int, evaluate: Callable[[], Mapping[str, float]], last: bool = False) -> RoundEnd:
         """End the round's training clock, run the server's evaluation if it is due (the first
         round, every `eval_every`-th, and the last, so the final model is always evaluated), and
-        say whether this is the last round."""
+        say whether this is the last round (`last`: the caller knows it is, a deadline cut it)."""
         seconds = self.end_round()
         result = self._timed(evaluate) if self.due(self.current_round) else {}
-        last = self.current_round == num_rounds or not self.allows_another_round()
+        last = last or self.current_round == num_rounds or not self.allows_another_round()
         if last and not result:
             result = self._timed(evaluate)
         return RoundEnd(seconds, result, self.evaluations[-1] if result else None, last)
@@ -156,6 +164,19 @@ class TimeBudget:
                 break
             fit += 1
         return fit
+
+    def margin(self) -> float:
+        """What a round needs after its clients stop training: 1.2 x the longest of the last 3
+        measured upload + aggregation + evaluation + save times (MARGIN_START_S before any)."""
+        last = self.after_training[-3:]
+        return MARGIN_FACTOR * max(last) if last else MARGIN_START_S
+
+    def train_deadline(self) -> float | None:
+        """The Unix time by which this round's local training must end (the budget's end minus the
+        margin), or None without a limit. Already past: each client trains one step."""
+        if self.limit_s is None:
+            return None
+        return self.wall() + self.limit_s - self.elapsed() - self.margin()
 
     def remaining(self) -> float | None:
         return None if self.limit_s is None else self.limit_s - self.elapsed()
@@ -333,7 +354,7 @@ class BudgetedFedAvg(FedAvg):
             return max(self.round_timeout_s, FIRST_ROUND_MIN_S) if first else self.round_timeout_s
         if budget.limit_s is None:
             return NO_LIMIT_TIMEOUT_S
-        return max(budget.limit_s, FIRST_ROUND_MIN_S) if first else budget.remaining()
+        return max(budget.remaining(), 1.0) + (FIRST_ROUND_GRACE_S if first else 0.0)
 
     def _exchange(self, grid: Grid, messages: list[Message], timeout: float) -> Exchange:
         """Send and wait; record who failed and why; the link forgets the replicas of those nodes."""
@@ -439,6 +460,7 @@ class BudgetedFedAvg(FedAvg):
                                  "refused (the last good round's model is checkpoint.pt)")
         metrics = weighted(only, ("train_loss", "train_accuracy"))
         metrics.update(train_images=sum(r.train_images for r in only), train_seconds=sum(r.train_seconds for r in only),
+                       train_steps=sum(r.train_steps for r in only), planned_steps=sum(r.planned_steps for r in only),
                        lr_last=only[0].lr_last)
         return ArrayRecord({k: _array(v) for k, v in new_state.items()}), metrics
 
@@ -466,9 +488,11 @@ class BudgetedFedAvg(FedAvg):
             budget.start_round(rnd)
             train_started = budget.clock()
             self.roll_call(grid, min(self._timeout(budget), ROLL_CALL_MAX_S))
-            instruction = Instruction(rnd, planner.span(rnd))
+            instruction = Instruction(rnd, planner.span(rnd), budget.train_deadline())
             config = ConfigRecord({**run_config, **instruction.to_config()})
+            exchanged = budget.clock()
             exchange = self._exchange(grid, self.configure_train(rnd, arrays, config, grid), self._timeout(budget))
+            replied = budget.clock()
             checked, exchange = self.check_train(exchange)
             self._accept(rnd, "train", exchange)
             arrays, train_metrics = self.aggregate_checked(rnd, checked)
@@ -483,7 +507,8 @@ class BudgetedFedAvg(FedAvg):
                 client_eval = {f"client_eval_{k}": v for k, v in weighted(reports, ("loss", "accuracy")).items()}
                 failures += [dict(f, phase="evaluate") for f in evaluation.failures]
             state = {k: v.numpy() for k, v in arrays.items()}
-            end = budget.finish_round(num_rounds, lambda: evaluate_fn(state))
+            cut = train_metrics["train_steps"] < train_metrics["planned_steps"]  # the deadline stopped training
+            end = budget.finish_round(num_rounds, lambda: evaluate_fn(state), last=cut)
             server = end.evaluation
             wire = self.stats.sent_bytes + self.stats.received_bytes
             cumulative += wire
@@ -496,6 +521,8 @@ class BudgetedFedAvg(FedAvg):
                 **{f"client_{k}": v for k, v in train_metrics.items()},
                 **client_eval,
                 "lr_span": [instruction.span.start, instruction.span.stop],
+                **({"deadline_margin_s": round(budget.margin(), 3), "deadline_cut": cut}
+                   if instruction.deadline is not None else {}),
                 "clients_asked": exchange.asked,
                 "clients": self.stats.clients,
                 "partitions": list(self.stats.partitions),
@@ -518,7 +545,14 @@ class BudgetedFedAvg(FedAvg):
                      f"test acc {server['accuracy']:.4f}" if server else "not evaluated", train_metrics["lr_last"],
                      record["round_seconds"], wire / MB, f", {len(failures)} client failure(s)" if failures else "")
             on_round(record, state, self.step.state())
-            if end.last and rnd < num_rounds:
+            # after training: the replies' wait beyond the slowest client's training (upload), then
+            # aggregation, evaluations and the save; the next deadlines keep a margin for it
+            slowest = max((u.report.train_seconds for u in checked.updates), default=0.0)
+            budget.after_training.append(max(0.0, replied - exchanged - slowest) + budget.clock() - replied)
+            if cut:  # the budget's end came inside this round: its model is the run's
+                log.info("round %d: training stopped at the round's deadline (%d of %d planned steps)", rnd,
+                         train_metrics["train_steps"], train_metrics["planned_steps"])
+            if (end.last and rnd < num_rounds) or cut:
                 return Outcome(state, rnd, "time_limit", True, failures_total)
         return Outcome(state, num_rounds, "num_server_rounds", False, failures_total)
 

@@ -67,15 +67,18 @@ def on_device(data: TensorData, device: torch.device) -> TensorData:
 def client_update(
     cfg: RunConfig, received: State, partition_id: int, num_partitions: int,
     instruction: Instruction = Instruction(1), optimizer_state: dict | None = None,
+    on_step: Callable[[float], None] | None = None,
 ) -> tuple[State, TrainReport]:
-    """Train locally from `received`; return the delta to upload (trained minus received) and the report.
-    `optimizer_state`: the node's kept optimizer state, updated in place (see memory.py)."""
+    """Train locally from `received` until the round's deadline at most; return the delta to upload
+    (trained minus received) and the report. `optimizer_state`: the node's kept optimizer state,
+    updated in place (see memory.py). `num_examples` stays the partition's size (FedAvg's weight)
+    however many steps the deadline allowed; `train_images` says what was really seen."""
     plan = cfg.recipe.compute_plan(pick_device())
     trainset = on_device(client_data(cfg, partition_id, num_partitions)[0], plan.device)
     model = load_state(make_model(cfg), received)
     metrics = train(model, trainset, cfg.local_training(), plan,
                     seed=local_seed(cfg.seed, instruction.server_round, partition_id), span=instruction.span,
-                    optimizer_state=optimizer_state)
+                    optimizer_state=optimizer_state, deadline=instruction.deadline, on_step=on_step)
     report = TrainReport(partition=partition_id, num_examples=len(trainset),
                          compute=f"{plan.compute_dtype}@{plan.device}x{torch.get_num_threads()}", **metrics)
     return subtract(to_numpy(model.state_dict()), received), report

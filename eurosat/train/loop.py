@@ -11,6 +11,8 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,13 +122,22 @@ def proximal_term(model: nn.Module, anchor: list[torch.Tensor], mu: float) -> to
 def train(
     model: nn.Module, data: TensorData, local: LocalTraining, plan: ComputePlan, seed: int = 0,
     span: Span | None = None, optimizer_state: dict[str, dict[str, torch.Tensor]] | None = None,
+    deadline: float | None = None, on_step: Callable[[float], None] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> dict[str, float]:
     """`local.epochs` epochs over `data`; the learning rate follows `span` of the schedule step by
     step (None: the schedule's peak throughout). Returns the mean loss/accuracy over all seen samples.
 
     `optimizer_state` (per-parameter tensors, e.g. Adam's moments, keyed by parameter index): loaded
     into the fresh optimizer if it holds any, and replaced by the state after training.
-    Loss and accuracy are summed on the device and read once at the end: no host sync per step.
+    `deadline` (`clock()` time, wall-clock seconds: the server's round deadline): training stops at
+    the last step that fits, judged by the slowest of the last 5 steps (the first, a warm-up, always
+    runs and is left out once a second is timed),
+    and the schedule's span is fitted to the steps that will run, so it still ends where training
+    ends. `on_step(seconds)` runs after each step (the slow-client test hook). `train_steps` and
+    `train_images` say what really ran, `planned_steps` what the epochs asked for.
+    Loss and accuracy are summed on the device and read once at the end: no host sync per step
+    (with a deadline on CUDA, one per step, to time it).
     """
     model.to(plan.device, memory_format=plan.memory_format).train()
     optimizer = local.make_optimizer(model.parameters(), plan.device)
@@ -140,14 +151,22 @@ def train(
     scaler = plan.scaler()
     augment = augmenter(local.augment)
     generator = torch.Generator().manual_seed(seed)
-    steps = local.epochs * -(-len(data) // local.batch_size)
+    planned = steps = local.epochs * -(-len(data) // local.batch_size)
     total_loss = torch.zeros((), device=plan.device)
     correct = torch.zeros((), dtype=torch.long, device=plan.device)
     seen = step = 0
-    start = time.perf_counter()
+    recent: deque[float] = deque(maxlen=5)  # the last steps' seconds: what the next one may take
+    start = last = time.perf_counter()
+    out_of_time = False
     for _ in range(local.epochs):
         for images, labels in data.batches(local.batch_size, shuffle=True, generator=generator, device=plan.device,
                                            augment=augment, memory_format=plan.memory_format):
+            if deadline is not None and recent:
+                fit = int((deadline - clock()) // max(recent))
+                if fit < 1:
+                    out_of_time = True
+                    break
+                steps = min(steps, step + fit)  # the span's end moves to the last step that fits
             step += 1
             if span is not None:
                 for group in optimizer.param_groups:
@@ -167,6 +186,18 @@ def train(
             total_loss += loss.detach().float() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
+            if deadline is not None or on_step is not None:
+                if deadline is not None and plan.device.type == "cuda":
+                    torch.cuda.synchronize()
+                if on_step is not None:
+                    on_step(time.perf_counter() - last)
+                now = time.perf_counter()
+                if step == 2:
+                    recent.clear()  # the first step's warm-up (allocation, kernel choice) is not the pace
+                recent.append(now - last)
+                last = now
+        if out_of_time:
+            break
     if plan.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -181,6 +212,7 @@ def train(
         "train_seconds": seconds,
         "train_images": seen,
         "train_steps": step,
+        "planned_steps": planned,
         "lr_last": optimizer.param_groups[0]["lr"],
     }
 

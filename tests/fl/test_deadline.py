@@ -1,0 +1,102 @@
+"""A deadline that holds inside a round: the margin and the deadline with injected clocks, local
+training that stops at the last step that fits (its schedule fitted to the steps that run), and a
+real run whose first round alone is longer than the budget, with one client 3x slower."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from conftest import launch, run_dir_of
+
+from eurosat.data.loading import TensorData
+from eurosat.fl.config import load_run_config
+from eurosat.fl.protocol import Instruction
+from eurosat.fl.strategy import MARGIN_START_S, TimeBudget
+from eurosat.train.loop import LocalTraining, train
+from eurosat.train.model import Net
+from eurosat.train.schedule import LrSchedule, Span
+
+
+class Clock:
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_deadline_is_the_budgets_end_less_a_margin_of_the_measured_after_training_work():
+    clock, wall = Clock(), Clock(1_000_000.0)
+    budget = TimeBudget(limit_s=100, clock=clock, wall=wall)
+    assert budget.margin() == MARGIN_START_S
+    clock.now, wall.now = 30, 1_000_030.0  # 30 s spent (wall: the clients' Unix clock, same pace)
+    assert budget.train_deadline() == pytest.approx(1_000_030 + 70 - MARGIN_START_S)
+    for seconds in (5.0, 20.0, 8.0):
+        budget.after_training.append(seconds)
+    assert budget.margin() == pytest.approx(24.0)  # 1.2 x the longest of the last 3
+    budget.after_training += [6.0, 7.0]
+    assert budget.margin() == pytest.approx(9.6)  # the 20 s round has left the window
+    assert TimeBudget(limit_s=None).train_deadline() is None
+
+
+def test_the_deadline_rides_in_the_instruction():
+    instruction = Instruction(3, Span(0.2, 0.4), 1_765_000_000.5)
+    again, values = Instruction.split({**instruction.to_config(), "lr": 0.001})
+    assert again == instruction and values == {"lr": 0.001}
+    assert Instruction.split(Instruction(1).to_config())[0].deadline is None
+
+
+def _data(n: int = 64) -> TensorData:
+    generator = torch.Generator().manual_seed(0)
+    return TensorData(torch.randint(0, 256, (n, 3, 64, 64), dtype=torch.uint8, generator=generator),
+                      torch.randint(0, 10, (n,), generator=generator))
+
+
+def _plan():
+    return load_run_config().recipe.compute_plan(torch.device("cpu"))
+
+
+def test_local_training_stops_at_the_last_step_that_fits_and_ends_its_schedule_there():
+    schedule = LrSchedule("cosine", 1e-3, 0.1)
+    local = LocalTraining(epochs=20, batch_size=16, schedule=schedule)  # 80 planned steps
+    span, net, data, plan = Span(0.0, 1.0), Net(), _data(), _plan()
+    train(Net(), data, LocalTraining(epochs=1, batch_size=16), plan)  # warm torch up: the test times steps
+    started = time.time()
+    metrics = train(net, data, local, plan, span=span, deadline=started + 3.0,
+                    on_step=lambda seconds: time.sleep(0.2))  # ~0.25 s a step: about 10 fit
+    took = time.time() - started
+    assert metrics["planned_steps"] == 80 and 2 <= metrics["train_steps"] < 80
+    assert metrics["train_images"] == 16 * metrics["train_steps"]
+    assert took <= 3.0 + 0.4, took  # at most about one step past the deadline
+    # the span's end moved to the last step that fit: the learning rate reached (near) its floor
+    assert metrics["lr_last"] == pytest.approx(schedule.lr_at(span.stop), rel=0.1)
+
+
+def test_a_deadline_already_past_trains_one_step_and_none_trains_them_all():
+    local = LocalTraining(epochs=2, batch_size=16)
+    assert train(Net(), _data(), local, _plan(), deadline=time.time() - 5)["train_steps"] == 1
+    assert train(Net(), _data(), local, _plan())["train_steps"] == 8
+
+
+def test_a_first_round_longer_than_the_budget_ends_at_the_deadline_with_a_slow_client(tiny_data, tmp_path):
+    """200 local epochs would take many minutes; the budget is 45 s; partition 1 trains 3x slower.
+    The run ends within the limit + max(3 %, 5 s) of the ServerApp's start, with an evaluated,
+    saved model, both clients' training cut at the deadline and the records saying so."""
+    limit_min = 0.75
+    proc = launch(["-c", f"num-server-rounds=5 time-limit-min={limit_min} num-supernodes=2 fraction-train=1.0 "
+                         f"local-epochs=200 test-hook='slow=3@1' data='{tiny_data}' output-dir='{tmp_path}'"],
+                  env={"EUROSAT_TEST_HOOKS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    metrics = json.loads((run_dir_of(proc) / "metrics.json").read_text())
+    summary, rounds = metrics["summary"], metrics["rounds"]
+    limit = limit_min * 60
+    assert summary["stop_reason"] == "time_limit" and summary["time_limit_reached"]
+    assert summary["wall_seconds"] <= limit + max(0.03 * limit, 5.0), summary["wall_seconds"]
+    last = rounds[-1]
+    assert last["deadline_cut"] and last["clients"] == 2 and not last["client_failures"]
+    assert 2 <= last["client_train_steps"] < last["client_planned_steps"]
+    assert "server_test_accuracy" in last and summary["final_test_accuracy"] > 0
+    Net().load_state_dict(torch.load(run_dir_of(proc) / "final_model.pt", weights_only=True))
