@@ -65,3 +65,37 @@ def test_a_benchmark_row_records_its_provenance_and_resumes(tiny_data, tmp_path)
     assert state["provenance"]["fp32@42"]["final_model_sha256"] != state["provenance"]["fp32@43"]["final_model_sha256"]
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "== fp32@" not in again.stdout  # resumed: nothing ran again
+
+
+def _strategies():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("strategies_bench", ROOT / "bench" / "strategies.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_strategy_row_pairs_with_fedavg_only_where_it_differs_in_its_own_keys():
+    from bench.ledger import paired_rows
+
+    bench = _strategies()
+    results = {"fedavg": {"42": 70.0, "43": 72.0}, "fedadam": {"42": 75.0, "43": 76.0}}
+    provenance = {"fedavg@42": _prov(strategy="fedavg"), "fedavg@43": _prov(seed=43, strategy="fedavg"),
+                  "fedadam@42": _prov(strategy="fedadam", **{"server-lr": 0.01, "tau": 0.001}),
+                  "fedadam@43": _prov(seed=43, strategy="fedadam", **{"server-lr": 0.01, "tau": 0.001})}
+    [_, row] = paired_rows(results, [42, 43], provenance, bench.row_keys, "fedavg")
+    assert row["diff"] == pytest.approx(4.5)
+    provenance["fedadam@43"]["config"]["dirichlet-alpha"] = 0.5  # other partitions: never paired
+    with pytest.raises(ProvenanceError, match="fedadam@43 and fedavg@43 differ in dirichlet-alpha"):
+        paired_rows(results, [42, 43], provenance, bench.row_keys, "fedavg")
+
+
+def test_the_strategies_benchmark_refuses_bad_input_in_one_line(tmp_path):
+    from conftest import in_process
+
+    bench = _strategies()
+    for args, message in ((["--only", "fedsgd"], "unknown rows ['fedsgd']"), (["--seeds", "42"], "fewer than 2 seeds"),
+                          (["--data", tmp_path / "nowhere"], "no such folder"), (["--set", "lr"], "lr")):
+        proc = in_process(bench.main, *args, "--out", tmp_path / "out")
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

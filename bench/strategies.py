@@ -1,0 +1,134 @@
+"""Flower's strategies on hard non-IID data, paired by seed against FedAvg on the same partitions.
+
+    .venv/bin/python bench/strategies.py [--data ../shared/data/eurosat] [--protocol alpha0.1]
+        [--seeds 42,43,44] [--only fedavg,fedprox,...] [--set 'k=v ...'] [--out DIR]
+
+Protocols (each in its own folder):
+- `alpha0.1` (default): Dirichlet alpha 0.1 over 10 clients, every client every round, 1 local
+  epoch, 20 rounds;
+- `alpha0.3x100`: Dirichlet alpha 0.3 over 100 clients, 10 a round, 1 local epoch, 100 rounds.
+Each row is a real `python -m eurosat.launch` run, no time limit (load does not change a result),
+the rest from pyproject.toml; `--set` wins over the protocol. Rows (run with --only; the default
+set is fedavg, fedprox, fedadam, fedavgm): `fedavg`; `fedprox` (proximal-mu 0.01); `fedprox-mu0.1`;
+`fedadam` (server-lr 0.01, tau 0.001, the values of Reddi et al. for CNNs); `fedyogi`, `fedadagrad`
+(the same); `fedavgm` (server-lr 0.1, server-momentum 0.9: an effective server rate of 1, Hsu et
+al.). The seed decides the partitions, the initial model and the batch order, so a row and FedAvg
+of one seed train on the same partitions; each row's final accuracy (whole test split) is paired
+by seed with FedAvg's and given a Student-t 95 % interval.
+
+After every run the folder gets `strategies.json` (results; each run's provenance: commit, SHA-256
+of the code, machine, resolved config, model digest), `strategies.csv` and `strategies.png`. An
+interrupted benchmark resumes where it stopped; a folder of other code, protocol or machine is
+refused (bench/ledger.py).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.accuracy_benchmark import figure, make_slice  # noqa: E402
+from bench.common import bench_parser  # noqa: E402
+from bench.ledger import (ProvenanceError, launch_run, open_state, paired_rows, provenance_of,  # noqa: E402
+                          run_benchmark, write_csv)
+from eurosat.common.cli import fail  # noqa: E402
+from eurosat.common.files import write_json  # noqa: E402
+from eurosat.fl.config import override_pairs  # noqa: E402
+from eurosat.report.plots import save  # noqa: E402
+
+NAME = "strategies"
+PROTOCOLS = {
+    "alpha0.1": ("partitioner='dirichlet' dirichlet-alpha=0.1 num-supernodes=10 fraction-train=1.0 local-epochs=1", 20),
+    "alpha0.3x100": ("partitioner='dirichlet' dirichlet-alpha=0.3 num-supernodes=100 fraction-train=0.1 "
+                     "local-epochs=1", 100),
+}
+ROWS = {
+    "fedavg": "strategy='fedavg'",
+    "fedprox": "strategy='fedprox' proximal-mu=0.01",
+    "fedprox-mu0.1": "strategy='fedprox' proximal-mu=0.1",
+    "fedadam": "strategy='fedadam' server-lr=0.01 tau=0.001",
+    "fedyogi": "strategy='fedyogi' server-lr=0.01 tau=0.001",
+    "fedadagrad": "strategy='fedadagrad' server-lr=0.01 tau=0.001",
+    "fedavgm": "strategy='fedavgm' server-lr=0.1 server-momentum=0.9",
+}
+DEFAULT = ["fedavg", "fedprox", "fedadam", "fedavgm"]
+
+
+def row_keys(name: str) -> set[str]:
+    """The keys a row may differ from FedAvg in and still be paired with it."""
+    return {key for key, _ in override_pairs(ROWS[name])} | {"strategy", "server-lr"}
+
+
+def format_rows(rows: list[dict]) -> str:
+    out = [f"{'row':<16}{'seeds':>6}{'accuracy % (mean +- std)':>27}{'vs fedavg, paired (95% interval)':>36}"]
+    for r in rows:
+        diff = f"{r['diff']:+.2f} [{r['diff_low']:+.2f}, {r['diff_high']:+.2f}]" if "diff" in r else ""
+        out.append(f"{r['row']:<16}{r['seeds']:>6}{r['mean']:>18.2f} +- {r['std']:<5.2f}{diff:>36}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--protocol", default="alpha0.1", choices=sorted(PROTOCOLS), help="which setting [alpha0.1]")
+    parser.add_argument("--seeds", default="42,43,44", help="comma-separated seeds [42,43,44]")
+    parser.add_argument("--only", help=f"comma-separated rows [{','.join(DEFAULT)}]; all: {', '.join(ROWS)}")
+    parser.add_argument("--set", default="", help="run-config overrides for every run (part of the protocol)")
+    parser.add_argument("--out", type=Path, help="results folder [outputs/bench/strategies-PROTOCOL]")
+    args = parser.parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        return fail(f"--seeds {args.seeds!r}: expected comma-separated integers")
+    names = args.only.split(",") if args.only else list(DEFAULT)
+    unknown = [n for n in names if n not in ROWS]
+    if unknown or len(seeds) < 2:
+        return fail(f"unknown rows {unknown} (known: {', '.join(ROWS)}), or fewer than 2 seeds")
+    if args.set:
+        try:
+            override_pairs(args.set)
+        except ValueError as exc:
+            return fail(str(exc))
+    if "fedavg" not in names:
+        names.insert(0, "fedavg")  # the baseline every row is paired with
+    if not args.data.is_dir():
+        return fail(f"--data {args.data}: no such folder")
+    recipe, rounds = PROTOCOLS[args.protocol]
+    out = args.out or ROOT / "outputs" / "bench" / f"{NAME}-{args.protocol}"
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / f"{NAME}.json"
+    protocol = {"protocol": args.protocol, "recipe": recipe, "rounds": rounds, "set": args.set,
+                "data": str(args.data.resolve())}
+    try:
+        state = open_state(state_path, protocol)
+    except ProvenanceError as exc:
+        return fail(str(exc))
+    data = make_slice(args.data.resolve(), out / "data", 1.0)
+    title = f"{args.protocol}: {rounds} rounds; mean +- std over seeds {args.seeds}"
+
+    def persist() -> list[dict]:
+        rows = paired_rows(state["results"], seeds, state["provenance"], row_keys, "fedavg")
+        state["summary"] = rows
+        write_json(state_path, state)
+        write_csv(out / f"{NAME}.csv", rows, ["row", "seeds", "mean", "std", "diff", "diff_low", "diff_high", "real"])
+        save(figure(rows, title), out / f"{NAME}.png", 300)
+        return rows
+
+    def run_one(name: str, seed: int) -> float:
+        overrides = [f"num-server-rounds={rounds} time-limit-min=0 data='{data}' seed={seed} "
+                     f"output-dir='{out / 'runs'}' {recipe}", *[o for o in (ROWS[name], args.set) if o]]
+        run_dir, metrics = launch_run(f"{name}@{seed}", overrides)
+        state["runs"][f"{name}@{seed}"] = str(run_dir)
+        state["provenance"][f"{name}@{seed}"] = provenance_of(state, run_dir, metrics)
+        return 100 * metrics["summary"]["final_test_accuracy"]
+
+    def report(rows: list[dict]) -> str:
+        return f"\n# {title}\n\n{format_rows(rows)}\n\nwrote {state_path}, .csv and .png"
+
+    return run_benchmark(state, names, seeds, run_one, persist, lambda accuracy: f"{accuracy:.2f} %", report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
