@@ -32,13 +32,12 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from eurosat.launch import deployment, fab
+from eurosat.launch import deployment, fab, security
 from eurosat.fl.config import ENGINES, PROJECT_DIR, PROJECT_ENV, ConfigError, RunConfig, load_run_config, override_pairs, to_override_string
 from eurosat.data.loading import DataError, partition_sizes, resolve_source
 from eurosat.data.check import check_source
 from eurosat.common.paths import OutputPathError, check_output_dir, check_output_file
 from eurosat.launch.processes import TOKEN_ENV, new_token, start_watchdog, stop_run
-from eurosat.launch.deployment import check_certificates
 from eurosat.fl.record import (BAD_INPUT_EXIT, EXIT_CODES, METRICS_FILE, STATUS_FILE, RunDirError, mark_failed,
                             check_run_dir, mark_interrupted, new_run_dir, read_status, resumable_config, write_launch_result)
 
@@ -113,6 +112,13 @@ class Engine:
     certificates: Path | None = None  # deployment: TLS (ca.crt, server.pem, server.key)
     port: int | None = None  # deployment: the SuperLink's port [a free one]
     external: bool = False  # deployment: SuperNodes are started elsewhere (srun); only wait for them
+    insecure: bool = False  # deployment: no TLS, no SuperNode auth (the explicit way out)
+    register_keys: tuple[Path, ...] = ()  # deployment: a site's own SuperNodes' public keys to register
+
+    @property
+    def auth(self) -> bool:
+        """TLS and SuperNode auth: the Deployment Engine's default."""
+        return self.name == "deployment" and not self.insecure
 
     def check(self) -> None:
         if self.name not in ENGINES:
@@ -120,9 +126,11 @@ class Engine:
         if self.supernodes is not None and self.supernodes < 1:
             raise ConfigError(f"--supernodes: must be >= 1, got {self.supernodes}")
         if self.name == "simulation" and (self.supernodes is not None or self.certificates or self.host != "127.0.0.1"
-                                          or self.port or self.external):
-            raise ConfigError("--supernodes, --host, --port, --certificates and --external-supernodes are for "
-                              "--engine deployment")
+                                          or self.port or self.external or self.insecure or self.register_keys):
+            raise ConfigError("--supernodes, --host, --port, --certificates, --external-supernodes, --insecure and "
+                              "--register-key are for --engine deployment")
+        if self.insecure and (self.certificates or self.register_keys):
+            raise ConfigError("--insecure: not with --certificates or --register-key (SuperNode auth needs TLS)")
         if self.port is not None and not 0 < self.port < 65536:
             raise ConfigError(f"--port: must be a TCP port, got {self.port}")
         if self.name == "deployment":
@@ -130,8 +138,10 @@ class Engine:
                 socket.getaddrinfo(self.host, None, type=socket.SOCK_STREAM)
             except (OSError, UnicodeError):
                 raise ConfigError(f"--host {self.host!r}: not an address or host name this machine can resolve") from None
-        if self.certificates:
-            check_certificates(self.certificates)
+        if self.certificates:  # what this machine's SuperNodes and `flwr run` dial must be in it
+            security.check_certificates(self.certificates, deployment._reachable(self.host))
+        for key in self.register_keys:
+            security.read_public_key(key)
 
 
 def prepare(overrides: list[str], project: Path, flwr_home: Path | None, check_data: bool = True,
@@ -201,8 +211,11 @@ def launch(
     try:
         app = fab.stage(project, staging / "app")  # what flwr bundles, without its walk of .venv
         if engine.name == "deployment":
+            certificates, node_keys = _secrets(engine, cfg.num_supernodes, run_dir / "deployment" / "secrets")
+            public_keys = (*engine.register_keys, *sorted(node_keys.glob("*.pub") if node_keys else []))
             federation = deployment.start(home, env, cfg.num_supernodes, run_dir / "deployment", engine.host,
-                                          engine.certificates, engine.port, engine.external, cpus)
+                                          certificates, engine.port, engine.external, cpus, engine.auth,
+                                          public_keys, node_keys)
             print(f"eurosat.launch.launcher: Deployment Engine: SuperLink {federation.address}, {cfg.num_supernodes} "
                   f"SuperNodes{' (started elsewhere)' if engine.external else ''}; logs in {run_dir / 'deployment'}",
                   flush=True)
@@ -225,6 +238,23 @@ def launch(
         if temp_home:
             shutil.rmtree(home, ignore_errors=True)
     return (finish(run_dir) if code is None else code), run_dir
+
+
+def _secrets(engine: Engine, supernodes: int, folder: Path) -> tuple[Path | None, Path | None]:
+    """(TLS folder, SuperNode keys folder) of a deployment run, made in the run's own `folder`
+    unless `--insecure`: a throwaway CA unless `--certificates`, and one key pair per SuperNode
+    unless a site brings its own SuperNodes' keys (`--register-key` with `--external-supernodes`).
+    A resumed run makes new ones: an earlier attempt's are of no use to anyone."""
+    if not engine.auth:
+        return None, None
+    shutil.rmtree(folder, ignore_errors=True)
+    nodes = 0 if engine.external and engine.register_keys else supernodes
+    certificates, keys = security.make_run_secrets(folder, engine.host, engine.certificates, nodes)
+    made = [f"a throwaway CA and server certificate in {certificates}"] if not engine.certificates else []
+    made += [f"{nodes} SuperNode key pair(s) in {keys}"] if keys else []
+    print(f"eurosat.launch.launcher: TLS and SuperNode auth: {' and '.join(made) or f'TLS from {certificates}'} "
+          f"(0600); {nodes + len(engine.register_keys)} public key(s) registered", flush=True)
+    return certificates, keys
 
 
 def _run(command: list[str], env: dict[str, str], project: Path, run_dir: Path, token: str,
@@ -254,17 +284,23 @@ def _run(command: list[str], env: dict[str, str], project: Path, run_dir: Path, 
         mark_failed(run_dir, f"DeploymentError: {why}")
         return True
 
+    def name_refusals() -> None:
+        for line in federation.refusals() if federation else []:
+            print(f"eurosat.launch.launcher: {line}", flush=True)
+
     previous = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while proc.poll() is None:
             if federation_broke():
                 return EXIT_CODES["failed"]
+            name_refusals()
             time.sleep(0.5)
     except Interrupted:
         return EXIT_CODES["interrupted"]
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        name_refusals()
     if federation_broke():  # `flwr run` can end before the loop above sees the SuperLink gone
         return EXIT_CODES["failed"]
     return None
@@ -309,7 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="deployment: the address the SuperLink listens on "
                         "[127.0.0.1; a cluster: the node's address or 0.0.0.0]")
     parser.add_argument("--certificates", type=Path, metavar="DIR",
-                        help="deployment: TLS with DIR/ca.crt, server.pem, server.key [insecure]")
+                        help="deployment: TLS with DIR/ca.crt, server.pem, server.key [a throwaway CA made for the run]")
+    parser.add_argument("--insecure", action="store_true",
+                        help="deployment: no TLS and no SuperNode auth: anyone who reaches the port can join [TLS + auth]")
+    parser.add_argument("--register-key", type=Path, action="append", default=[], metavar="PUB",
+                        help="deployment: register this SuperNode public key (OpenSSH ECDSA, e.g. ssh-keygen -t ecdsa "
+                             "-b 384) so a site's own SuperNode may join; repeatable")
     parser.add_argument("--port", type=int, help="deployment: the SuperLink's port [a free one]")
     parser.add_argument("--external-supernodes", action="store_true",
                         help="deployment: start only the SuperLink; --supernodes SuperNodes are started elsewhere "
@@ -318,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="continue this failed or interrupted run from its last checkpoint, in its own folder")
     args = parser.parse_args(argv)
     resources = Resources(args.cpus, args.gpus, args.client_cpus, args.client_gpus)
-    engine = Engine(args.engine, args.supernodes, args.host, args.certificates, args.port, args.external_supernodes)
+    engine = Engine(args.engine, args.supernodes, args.host,
+                    args.certificates.expanduser().resolve() if args.certificates else None, args.port,
+                    args.external_supernodes, args.insecure, tuple(k.expanduser().resolve() for k in args.register_key))
     try:
         if args.result_json:
             check_output_file(args.result_json, "--result-json")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,6 +17,8 @@ import pytest
 import torch
 from conftest import LEARNED_ACCURACY, ROOT, launch, run_dir_of
 
+from eurosat.launch import security
+from eurosat.launch.deployment import free_port
 from eurosat.train.model import Net
 
 pytestmark = pytest.mark.slow
@@ -109,9 +113,9 @@ def test_a_hung_supernode_ends_its_round_at_the_timeout(tiny_data, tmp_path):
 
 
 def test_a_killed_superlink_fails_the_run_and_leaves_nothing(tiny_data, tmp_path):
-    """Listening on every interface without TLS, which the launcher warns of once."""
+    """Listening on every interface without TLS (--insecure), which the launcher warns of once."""
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
-    proc = _start(["--engine", "deployment", "--supernodes", "2", "--host", "0.0.0.0", "-c",
+    proc = _start(["--engine", "deployment", "--supernodes", "2", "--host", "0.0.0.0", "--insecure", "-c",
                    f"num-server-rounds=50 time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path}'"], result, log)
     run_dir, home = _live(result)
     (superlink,) = _processes(home, "flower-superlink")
@@ -128,7 +132,8 @@ def test_a_killed_superlink_fails_the_run_and_leaves_nothing(tiny_data, tmp_path
 
 
 def test_an_interrupted_run_resumes_in_its_folder(tiny_data, tmp_path):
-    """On the Deployment Engine without TLS (2 SuperNodes): stopped after its second round (of
+    """On the Deployment Engine with TLS and SuperNode auth, the default (2 SuperNodes, each with the
+    key pair the launcher made and registered): stopped after its second round (of
     many: rounds take seconds here), resumed with a new round count: the same folder, the rounds
     appended, each with its attempt, the schedule continued; no process of either attempt left."""
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
@@ -139,6 +144,8 @@ def test_an_interrupted_run_resumes_in_its_folder(tiny_data, tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143
     _no_process_left(home)
+    first_keys = {p.name: p.read_bytes() for p in (run_dir / "deployment" / "secrets" / "keys").iterdir()}
+    assert sorted(first_keys) == ["supernode-0.key", "supernode-0.pub", "supernode-1.key", "supernode-1.pub"]
     done = len(json.loads((run_dir / "metrics.json").read_text())["rounds"])
     assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
     total = done + 2
@@ -158,57 +165,67 @@ def test_an_interrupted_run_resumes_in_its_folder(tiny_data, tmp_path):
     assert metrics["summary"]["final_test_accuracy"] == metrics["rounds"][-1]["server_test_accuracy"]
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
     assert metrics["config"]["engine"] == "deployment" and (run_dir / "deployment" / "superlink.log").exists()
+    keys = run_dir / "deployment" / "secrets" / "keys"
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in keys.iterdir()) and stat.S_IMODE(keys.stat().st_mode) == 0o700
+    assert (keys / "supernode-0.key").read_bytes() != first_keys["supernode-0.key"], "a resumed run makes new keys"
     refused = launch(["--resume", str(run_dir)], timeout=120)
     assert refused.returncode == 2 and "only a failed or interrupted run can be resumed" in refused.stderr
 
 
-def _certificates(folder: Path) -> Path:
-    """A throwaway CA and a server certificate for 127.0.0.1/localhost (the `cryptography` package)."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    folder.mkdir()
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "eurosat test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    server = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-              .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-              .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                          x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                             critical=False)
-              .sign(ca_key, hashes.SHA256()))
-    (folder / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (folder / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    (folder / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
-    return folder
+def _supernode_process(address: str, ca: Path, key: Path, partition: int, partitions: int, log: Path) -> subprocess.Popen:
+    """A site's own SuperNode: TLS against the run's CA, authenticated with `key`."""
+    return subprocess.Popen([str(Path(sys.executable).with_name("flower-supernode")), "--superlink", address,
+                             "--port", str(free_port()), "--root-certificates", str(ca),
+                             "--auth-supernode-private-key", str(key),
+                             "--node-config", f"partition-id={partition} num-partitions={partitions}"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                                 "OMP_NUM_THREADS": "1"})
 
 
-def test_tls_federation_on_loopback_end_to_end(small_data, tmp_path):
-    """Three SuperNodes and a SuperLink over TLS, two rounds: the whole run and its files. (Without
-    TLS, a run is stopped and resumed in the resume test below.)"""
-    certs = _certificates(tmp_path / "certs")
-    proc = launch(["--engine", "deployment", "--supernodes", "3", "--certificates", str(certs), "-c",
-                   f"num-server-rounds=2 fraction-train=1.0 time-limit-min=0 data='{small_data}' output-dir='{tmp_path / 'out'}'"],
-                  timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run_dir = run_dir_of(proc)
+def test_only_registered_supernodes_join_over_tls(small_data, tmp_path):
+    """TLS and SuperNode auth, the default: the launcher makes a throwaway CA in the run's folder
+    (0600 in 0700) and registers the site's two public keys (--register-key); those two SuperNodes
+    join and complete a round. A third SuperNode, with a key nobody registered, is refused (it exits),
+    receives no model, and the launcher's log names its key."""
+    site = security.make_node_keys(tmp_path / "site", 3)  # 0 and 1 registered, 2 not
+    result, log = tmp_path / "result.json", tmp_path / "launcher.log"
+    proc = _start(["--engine", "deployment", "--supernodes", "2", "--external-supernodes",
+                   "--register-key", str(site[0]), "--register-key", str(site[1]), "-c",
+                   f"num-server-rounds=1 fraction-train=1.0 time-limit-min=0 data='{small_data}' "
+                   f"output-dir='{tmp_path / 'out'}'"], result, log)
+    deadline = time.monotonic() + 180
+    while not (result.exists() and (Path(json.loads(result.read_text())["run_dir"]) / "deployment" /
+                                    security.REGISTERED).exists()):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    live = json.loads(result.read_text())
+    run_dir = Path(live["run_dir"])
+    address = re.search(r'address = "([^"]+)"', (Path(live["flwr_home"]) / "config.toml").read_text())[1]
+    secrets = run_dir / "deployment" / "secrets"
+    ca = secrets / "tls" / "ca.crt"
+    intruder = _supernode_process(address, ca, security.key_paths(tmp_path / "site", 2)[0], 0, 2, tmp_path / "intruder.log")
+    assert intruder.wait(timeout=120) != 0, "an unregistered SuperNode is refused and exits"
+    nodes = [_supernode_process(address, ca, security.key_paths(tmp_path / "site", i)[0], i, 2, tmp_path / f"site-{i}.log")
+             for i in range(2)]
+    try:
+        assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    finally:
+        for node in nodes:
+            node.terminate()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["config"]["engine"] == "deployment" and metrics["summary"]["engine"] == "deployment"
-    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
-    assert all(r["clients_asked"] == 3 and r["clients"] == 3 for r in metrics["rounds"])
+    assert [(r["round"], r["clients_asked"], r["clients"]) for r in metrics["rounds"]] == [(1, 2, 2)]
     assert metrics["summary"]["final_test_accuracy"] > LEARNED_ACCURACY
     Net().load_state_dict(torch.load(run_dir / "final_model.pt", weights_only=True))
-    assert {"superlink.log", "supernode-0.log", "supernode-2.log"} <= {p.name for p in (run_dir / "deployment").iterdir()}
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+    assert "Receiving" not in (tmp_path / "intruder.log").read_text(), "the refused SuperNode got no message"
+    assert all("Receiving" in (tmp_path / f"site-{i}.log").read_text() for i in range(2))
+    key = security.read_public_key(site[2])
+    named = [line for line in log.read_text().splitlines() if "refused a SuperNode" in line]
+    assert named == [f"eurosat.launch.launcher: the SuperLink refused a SuperNode (key {security.fingerprint(key)}): "
+                     "its key is not registered"], log.read_text()[-3000:]
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700 and not (secrets / "keys").exists()  # the site has its keys
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (secrets / "tls").iterdir())
     bad = launch(["--engine", "deployment", "--certificates", str(tmp_path), "-c", f"data='{small_data}'"], timeout=60)
     assert bad.returncode == 2 and "missing ca.crt" in bad.stderr
