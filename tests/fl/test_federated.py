@@ -110,3 +110,16 @@ def test_the_staged_copy_of_this_project_bundles_like_flower(tmp_path):
 
     root = Path(__file__).parents[2]
     assert _fab(fab.stage(root, tmp_path / "staged")) == _fab(root)
+
+
+@pytest.mark.slow
+def test_a_thousand_clients_ten_a_round(small_data, tmp_path):
+    """1,000 SuperNodes in simulation, 10 sampled a round by partition (each holds one or two of
+    the slice's 1,200 images): the roll call, sampling and records hold at that size."""
+    proc = launch(["-c", f"num-supernodes=1000 fraction-train=0.01 num-server-rounds=2 time-limit-min=0 local-epochs=1 "
+                         f"data='{small_data}' output-dir='{tmp_path}'"], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    metrics = json.loads((run_dir_of(proc) / "metrics.json").read_text())
+    assert [r["clients"] for r in metrics["rounds"]] == [10, 10]
+    partitions = [set(r["partitions"]) for r in metrics["rounds"]]
+    assert all(len(p) == 10 and max(p) < 1000 for p in partitions) and partitions[0] != partitions[1]
