@@ -160,3 +160,37 @@ def write_csv(path: Path, rows: list[dict], fields: Sequence[str]) -> None:
     writer.writerows(rows)
     atomic_write(path, lambda fh: fh.write(buf.getvalue()), mode="w")
 
+
+def chosen_rows(args: Any, known: Mapping[str, Any], default: Sequence[str], base: str, min_seeds: int = 2,
+                what: str = "rows") -> tuple[list[int], list[str]]:
+    """The seeds and rows a benchmark's command line asks for (`--seeds`, `--only`, `--skip` where
+    the script has it, `--set`, `--data`), checked, the baseline `base` first: a ValueError names
+    what is wrong in one line."""
+    from eurosat.fl.config import override_pairs
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+    skip = set(getattr(args, "skip", "").split(","))
+    names = [n for n in (args.only.split(",") if args.only else default) if n not in skip]
+    unknown = [n for n in names if n not in known]
+    if unknown or len(seeds) < min_seeds:
+        plural = "s" if min_seeds > 1 else ""
+        raise ValueError(f"unknown {what} {unknown} (known: {', '.join(known)}), or fewer than {min_seeds} seed{plural}")
+    if args.set:
+        override_pairs(args.set)  # a malformed one is a ValueError naming it
+    if not args.data.is_dir():
+        raise ValueError(f"--data {args.data}: no such folder")
+    return seeds, ([base] if base not in names else []) + names
+
+
+def format_paired(rows: list[dict], base: str, width: int = 16) -> str:
+    """The report's table: each row's mean +- std over seeds and its paired difference to `base`."""
+    head = f"vs {base}, paired (95% interval)"
+    out = [f"{'row':<{width}}{'seeds':>6}{'accuracy % (mean +- std)':>27}{head:>38}"]
+    for r in rows:
+        diff = f"{r['diff']:+.2f} [{r['diff_low']:+.2f}, {r['diff_high']:+.2f}]" if "diff" in r else ""
+        out.append(f"{r['row']:<{width}}{r['seeds']:>6}{r['mean']:>18.2f} +- {r['std']:<5.2f}{diff:>38}")
+    return "\n".join(out)
+

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.accuracy_benchmark import figure, make_slice  # noqa: E402
 from bench.common import bench_parser  # noqa: E402
-from bench.ledger import (ProvenanceError, launch_run, open_state, paired_rows, provenance_of,  # noqa: E402
-                          run_benchmark, write_csv)
+from bench.ledger import (ProvenanceError, chosen_rows, format_paired, launch_run, open_state,  # noqa: E402
+                          paired_rows, provenance_of, run_benchmark, write_csv)
 from eurosat.common.cli import fail  # noqa: E402
 from eurosat.common.files import write_json  # noqa: E402
 from eurosat.fl.config import override_pairs  # noqa: E402
@@ -53,14 +53,6 @@ def row_keys(name: str) -> set[str]:
     return {key for key, _ in override_pairs(ROWS[name])} if ROWS.get(name) else set()
 
 
-def format_rows(rows: list[dict]) -> str:
-    out = [f"{'row':<20}{'seeds':>6}{'accuracy % (mean +- std)':>27}{'vs clean, paired (95% interval)':>36}"]
-    for r in rows:
-        diff = f"{r['diff']:+.2f} [{r['diff_low']:+.2f}, {r['diff_high']:+.2f}]" if "diff" in r else ""
-        out.append(f"{r['row']:<20}{r['seeds']:>6}{r['mean']:>18.2f} +- {r['std']:<5.2f}{diff:>36}")
-    return "\n".join(out)
-
-
 def refused(metrics: dict) -> dict[str, int]:
     """How often the server refused each partition's reply, by reason (the first words)."""
     counts: dict[str, int] = {}
@@ -79,15 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", default="", help="run-config overrides for every run, e.g. 'local-epochs=1'")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / NAME, help="results folder [%(default)s]")
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    names = args.only.split(",") if args.only else list(ROWS)
-    unknown = [n for n in names if n not in ROWS]
-    if unknown or len(seeds) < 2 or args.rounds < 1:
-        return fail(f"unknown rows {unknown} (known: {', '.join(ROWS)}), or fewer than 2 seeds, or --rounds below 1")
-    if "clean" not in names:
-        names.insert(0, "clean")
-    if not args.data.is_dir():
-        return fail(f"--data {args.data}: no such folder")
+    if args.rounds < 1:
+        return fail("--rounds below 1")
+    try:
+        seeds, names = chosen_rows(args, ROWS, list(ROWS), "clean")
+    except ValueError as exc:
+        return fail(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / f"{NAME}.json"
     protocol = {"rounds": args.rounds, "set": args.set, "recipe": PROTOCOL_RECIPE, "attacker": ATTACKER,
@@ -119,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def report(rows: list[dict]) -> str:
         return (f"\n# {args.rounds} rounds, 10 clients, partition {ATTACKER} attacking, seeds {args.seeds}\n\n"
-                f"{format_rows(rows)}\n\nwrote {state_path}, .csv and .png")
+                f"{format_paired(rows, 'clean', 20)}\n\nwrote {state_path}, .csv and .png")
 
     return run_benchmark(state, names, seeds, run_one, persist, lambda accuracy: f"{accuracy:.2f}%", report)
 

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.accuracy_benchmark import figure, make_slice  # noqa: E402
 from bench.common import bench_parser  # noqa: E402
-from bench.ledger import (ProvenanceError, launch_run, open_state, paired_rows, provenance_of,  # noqa: E402
-                          run_benchmark, write_csv)
+from bench.ledger import (ProvenanceError, chosen_rows, format_paired, launch_run, open_state,  # noqa: E402
+                          paired_rows, provenance_of, run_benchmark, write_csv)
 from eurosat.common.cli import fail  # noqa: E402
 from eurosat.common.files import write_json  # noqa: E402
 from eurosat.fl.config import override_pairs  # noqa: E402
@@ -62,14 +62,6 @@ def row_keys(name: str) -> set[str]:
     return {key for key, _ in override_pairs(ROWS[name])} | {"strategy", "server-lr"}
 
 
-def format_rows(rows: list[dict]) -> str:
-    out = [f"{'row':<16}{'seeds':>6}{'accuracy % (mean +- std)':>27}{'vs fedavg, paired (95% interval)':>36}"]
-    for r in rows:
-        diff = f"{r['diff']:+.2f} [{r['diff_low']:+.2f}, {r['diff_high']:+.2f}]" if "diff" in r else ""
-        out.append(f"{r['row']:<16}{r['seeds']:>6}{r['mean']:>18.2f} +- {r['std']:<5.2f}{diff:>36}")
-    return "\n".join(out)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--protocol", default="alpha0.1", choices=sorted(PROTOCOLS), help="which setting [alpha0.1]")
@@ -79,22 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="results folder [outputs/bench/strategies-PROTOCOL]")
     args = parser.parse_args(argv)
     try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        return fail(f"--seeds {args.seeds!r}: expected comma-separated integers")
-    names = args.only.split(",") if args.only else list(DEFAULT)
-    unknown = [n for n in names if n not in ROWS]
-    if unknown or len(seeds) < 2:
-        return fail(f"unknown rows {unknown} (known: {', '.join(ROWS)}), or fewer than 2 seeds")
-    if args.set:
-        try:
-            override_pairs(args.set)
-        except ValueError as exc:
-            return fail(str(exc))
-    if "fedavg" not in names:
-        names.insert(0, "fedavg")  # the baseline every row is paired with
-    if not args.data.is_dir():
-        return fail(f"--data {args.data}: no such folder")
+        seeds, names = chosen_rows(args, ROWS, DEFAULT, "fedavg")
+    except ValueError as exc:
+        return fail(str(exc))
     recipe, rounds = PROTOCOLS[args.protocol]
     out = args.out or ROOT / "outputs" / "bench" / f"{NAME}-{args.protocol}"
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 100 * metrics["summary"]["final_test_accuracy"]
 
     def report(rows: list[dict]) -> str:
-        return f"\n# {title}\n\n{format_rows(rows)}\n\nwrote {state_path}, .csv and .png"
+        return f"\n# {title}\n\n{format_paired(rows, 'fedavg')}\n\nwrote {state_path}, .csv and .png"
 
     return run_benchmark(state, names, seeds, run_one, persist, lambda accuracy: f"{accuracy:.2f} %", report)
 

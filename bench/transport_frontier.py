@@ -32,11 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.accuracy_benchmark import make_slice  # noqa: E402
 from bench.common import bench_parser  # noqa: E402
-from bench.ledger import (ProvenanceError, launch_run, open_state, paired_rows, provenance_of,  # noqa: E402
-                          run_benchmark, write_csv)
+from bench.ledger import (ProvenanceError, chosen_rows, launch_run, open_state, paired_rows,  # noqa: E402
+                          provenance_of, run_benchmark, write_csv)
 from eurosat.common.cli import fail  # noqa: E402
 from eurosat.common.files import write_json  # noqa: E402
-from eurosat.fl.config import override_pairs  # noqa: E402
 from eurosat.report.plots import OKABE_ITO, save, styled, subplots  # noqa: E402
 from eurosat.report.stats import t95  # noqa: E402
 
@@ -191,23 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", default="", help="run-config overrides for every run (part of the protocol)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / NAME, help="results folder [%(default)s]")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        return fail("--rounds below 1")
     try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        return fail(f"--seeds {args.seeds!r}: expected comma-separated integers")
-    names = [n for n in (args.only.split(",") if args.only else DEFAULT) if n not in args.skip.split(",")]
-    unknown = [n for n in names if n not in SETTINGS]
-    if unknown or not seeds or args.rounds < 1:
-        return fail(f"unknown settings {unknown} (known: {', '.join(SETTINGS)}), no seeds, or --rounds below 1")
-    if args.set:
-        try:
-            override_pairs(args.set)
-        except ValueError as exc:
-            return fail(str(exc))
-    if "fp32" not in names:
-        names.insert(0, "fp32")  # the baseline every setting is paired with
-    if not args.data.is_dir():
-        return fail(f"--data {args.data}: no such folder")
+        seeds, names = chosen_rows(args, SETTINGS, DEFAULT, "fp32", min_seeds=1, what="settings")
+    except ValueError as exc:
+        return fail(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / f"{NAME}.json"
     protocol = {"rounds": args.rounds, "clients": 10, "recipe": PROTOCOL_RECIPE, "set": args.set,

@@ -96,6 +96,18 @@ def _generated(n: int, seed: int) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
+@pytest.fixture
+def state() -> dict[str, np.ndarray]:
+    """A model's state with weights of a trained model's scale (N(0, 0.05)): the codecs' input."""
+    from eurosat.fl.state import to_numpy
+    from eurosat.train.model import Net
+
+    net = Net()
+    for p in net.parameters():
+        p.data.normal_(0, 0.05)
+    return to_numpy(net.state_dict())
+
+
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory) -> Path:
     return write_slice(tmp_path_factory.mktemp("eurosat-slice"))

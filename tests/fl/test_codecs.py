@@ -20,12 +20,6 @@ from eurosat.fl.state import to_numpy
 from eurosat.fl.codecs import get_codec
 
 
-@pytest.fixture
-def state():
-    net = Net()
-    for p in net.parameters():
-        p.data.normal_(0, 0.05)
-    return to_numpy(net.state_dict())
 
 
 def test_fp16_round_trip_is_exact_to_float16(state):

@@ -27,12 +27,6 @@ from eurosat.train.model import Net
 NPY_HEADER = 128  # np.save's header for these arrays: Flower's Array data is an .npy file
 
 
-@pytest.fixture
-def state():
-    net = Net()
-    for p in net.parameters():
-        p.data.normal_(0, 0.05)
-    return to_numpy(net.state_dict())
 
 
 def _delta(state, rng, scale=0.01):
