@@ -25,6 +25,8 @@
 #                        srun starts --clients-per-node SuperNodes on every node [1: simulation]
 #   --clients-per-node K SuperNode tasks per node [num-supernodes / N]; each gets --cpus CPUs, and with
 #                        --gpus one GPU; the federation has N x K clients
+#   --insecure           with --nodes: no TLS and no SuperNode auth (the default makes a throwaway CA and
+#                        one registered key per SuperNode in the run folder); only on a private network
 #   --resume RUN_DIR     continue that failed or interrupted run (same folder, a fresh time budget)
 #   --print-id           print only the job id (for scripts)
 #   --check              validate the arguments and the run config, then exit 0 without running or
@@ -39,7 +41,7 @@ set -euo pipefail
 PROJECT=$(cd "$(dirname "$0")" && pwd)
 source "$PROJECT/eurosat/launch/jobs.sh"
 
-LOCAL=0 PRINT_ID=0 CHECK=0 JOB_NAME="" SLURM_MINUTES="" SETS=() NODES=1 PER_NODE="" RESUME=""
+LOCAL=0 PRINT_ID=0 CHECK=0 INSECURE="" JOB_NAME="" SLURM_MINUTES="" SETS=() NODES=1 PER_NODE="" RESUME=""
 PARTITION=${SLURM_PARTITION:-} ACCOUNT=${SLURM_ACCOUNT:-}
 CPUS=${EUROSAT_CPUS:-4} MEM=${EUROSAT_MEM:-16G} GPUS=${EUROSAT_GPUS:-0}
 VENV=${EUROSAT_VENV:-$PROJECT/.venv} DATA=${EUROSAT_DATA:-}
@@ -51,6 +53,7 @@ while [ $# -gt 0 ]; do
         --local) LOCAL=1 ;;
         --print-id) PRINT_ID=1 ;;
         --check) CHECK=1 ;;
+        --insecure) INSECURE=--insecure ;;
         --gpu) GPUS=1 ;;
         --partition|--account|--cpus|--mem|--gpus|--venv|--data|--job-name|--margin|--slurm-minutes|--signal-lead|--set|--nodes|--clients-per-node|--resume)
             [ $# -ge 2 ] || die "$1 needs a value"
@@ -120,6 +123,7 @@ if [ "$NODES" -gt 1 ] || [ -n "$PER_NODE" ]; then  # the Deployment Engine acros
     [ "$LOCAL" = 0 ] || die "--nodes/--clients-per-node need Slurm (srun); here, use python -m eurosat.launch --engine deployment"
 else
     ENGINE=simulation
+    [ -z "$INSECURE" ] || die "--insecure is for --nodes/--clients-per-node (the Deployment Engine)"
 fi
 [ "$LOCAL" = 1 ] || [ "$CHECK" = 1 ] || need_sbatch
 [ "$CHECK" = 0 ] || exit 0
@@ -145,13 +149,14 @@ echo "job \$JOB_ID on \$(hostname): "$(q "$PRESET")", at most $ROUNDS rounds / $
 if [ "$ENGINE" = deployment ]; then
     # The SuperLink and the ServerApp run here, on the first node, listening on all its addresses;
     # srun starts one SuperNode per task on every node (partition = SLURM_PROCID of SLURM_NTASKS).
+    # Unless --insecure, each waits until the launcher has made the run's TLS and its key (in the run
+    # folder, 0600) and registered it (eurosat/launch/supernode.py).
     HOST=\$(hostname -I 2>/dev/null | awk '{print \$1}'); HOST=\${HOST:-127.0.0.1}
     PORT=\$(python -c 'from eurosat.launch.deployment import free_port; print(free_port("0.0.0.0"))')
     srun --nodes $NODES --ntasks-per-node $PER_NODE --cpus-per-task $CPUS $([ "$GPUS" -gt 0 ] && echo --gres=gpu:1) \\
-        --output $Q_LOG-"\$JOB_ID"-supernode-%t.log bash -c 'exec flower-supernode --insecure \\
-            --superlink '\$HOST:\$PORT' --port \$(python -c "from eurosat.launch.deployment import free_port; print(free_port())") \\
-            --node-config "partition-id=\$SLURM_PROCID num-partitions=\$SLURM_NTASKS"' &
-    exec python -m eurosat.launch $LAUNCH_CONFIG -c $(q "$OVERRIDES") --engine deployment --external-supernodes \\
+        --output $Q_LOG-"\$JOB_ID"-supernode-%t.log python -m eurosat.launch.supernode $INSECURE \\
+            --superlink "\$HOST:\$PORT" --result-json $Q_LOG-"\$JOB_ID".json &
+    exec python -m eurosat.launch $LAUNCH_CONFIG -c $(q "$OVERRIDES") --engine deployment --external-supernodes $INSECURE \\
         --host 0.0.0.0 --port "\$PORT" --supernodes $SUPERNODES --result-json $Q_LOG-"\$JOB_ID".json
 fi
 exec python -m eurosat.launch $LAUNCH_CONFIG -c $(q "$OVERRIDES") \\
