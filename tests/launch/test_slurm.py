@@ -251,7 +251,8 @@ def test_run_comparison_ends_with_report_and_plots(slurm, job_env):
 @pytest.mark.long  # a multi-process Deployment Engine inside a Slurm job
 def test_deployment_job_runs_supernodes_as_srun_tasks(slurm, job_env):
     """--clients-per-node: one job, the SuperLink and ServerApp in the batch step, srun starting
-    one SuperNode per task (here 2 tasks on the one local node); same log and result JSON."""
+    one SuperNode per task (here 2 tasks on the one local node), with TLS and SuperNode auth (the
+    default); same log and result JSON."""
     env, logs, outputs = job_env
     proc = sh(ROOT / "submit_job.sh", "--print-id", "--nodes", "1", "--clients-per-node", "2", "--cpus", "1",
               "--set", f"output-dir='{outputs}' fraction-train=1.0", "fp32", "2", "2", env=env)
@@ -264,6 +265,11 @@ def test_deployment_job_runs_supernodes_as_srun_tasks(slurm, job_env):
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed", log.read_text()[-3000:]
     assert metrics["config"]["engine"] == "deployment" and metrics["config"]["num-supernodes"] == 2
     assert all(r["clients"] == 2 for r in metrics["rounds"])
+    # TLS and SuperNode auth by default: each srun task waited for its key, made and registered by the launcher
+    assert "TLS and SuperNode auth" in log.read_text() and "refused a SuperNode" not in log.read_text()
+    keys = run_dir / "deployment" / "secrets" / "keys"
+    assert sorted(p.name for p in keys.glob("*.key")) == ["supernode-0.key", "supernode-1.key"]
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in keys.iterdir())
     assert sorted(p.name for p in logs.glob(f"*-{job}-supernode-*.log")) == [
         f"fl-fp32-r2-t2m-{job}-supernode-0.log", f"fl-fp32-r2-t2m-{job}-supernode-1.log"]
 
