@@ -237,12 +237,14 @@ class RunConfig:
     @property
     def label(self) -> str:
         """Folder name under the output root: what was really trained and sent (`fp32-txint4-ef`;
-        directions that differ: `fp32-txup-sign-ef-down-fp16`)."""
+        directions that differ: `fp32-txup-sign-ef-down-fp16`), and the strategy other than FedAvg
+        (`fp32-fedadam`)."""
         up, down = link_wires(self.to_mapping())
+        strategy = "" if self.strategy == "fedavg" else f"-{self.strategy}"  # runs of two strategies never share a folder
         if up == down == "fp32":
-            return self.recipe.label
+            return self.recipe.label + strategy
         wire = up if up == down else f"up-{up}-down-{down}"
-        return f"{self.recipe.label}-tx{wire}".replace("+", "-")
+        return f"{self.recipe.label}-tx{wire}".replace("+", "-") + strategy
 
     # --- the link (issue 30): `transport` sets both directions, `transport-up` / `-down` override one.
     @property

@@ -158,3 +158,9 @@ def test_the_other_strategies_run_end_to_end(tiny_data, tmp_path):
         runs = {s: pool.submit(_strategy_run, tiny_data, tmp_path, s) for s in ("fedyogi", "fedadagrad", "fedavgm")}
         for strategy, run in runs.items():
             _check_run(run.result(), strategy)
+
+
+def test_a_strategy_other_than_fedavg_labels_its_run_folder():
+    assert load_run_config().label == "fp32"
+    assert load_run_config(["strategy='fedadam' server-lr=0.01"]).label == "fp32-fedadam"
+    assert load_run_config(["strategy='fedprox' transport='int4' transport-error-feedback=true"]).label == "fp32-txint4-ef-fedprox"
