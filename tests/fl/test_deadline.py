@@ -81,6 +81,7 @@ def test_a_deadline_already_past_trains_one_step_and_none_trains_them_all():
     assert train(Net(), _data(), local, _plan())["train_steps"] == 8
 
 
+@pytest.mark.slow
 def test_a_first_round_longer_than_the_budget_ends_at_the_deadline_with_a_slow_client(tiny_data, tmp_path):
     """200 local epochs would take many minutes; the budget is 45 s; partition 1 trains 3x slower.
     The run ends within the limit + max(3 %, 5 s) of the ServerApp's start, with an evaluated,

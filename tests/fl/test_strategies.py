@@ -143,6 +143,7 @@ def _check_run(run_dir, strategy: str) -> None:
     Net().load_state_dict(torch.load(run_dir / "final_model.pt", weights_only=True))
 
 
+@pytest.mark.slow
 def test_fedadam_and_fedprox_run_end_to_end(tiny_data, tmp_path):
     """Real runs side by side: Flower's optimizer on the server (its moments checkpointed), the
     proximal term on the clients."""
