@@ -153,8 +153,10 @@ def test_fedadam_and_fedprox_run_end_to_end(tiny_data, tmp_path):
             _check_run(run.result(), strategy)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_the_other_strategies_run_end_to_end(tiny_data, tmp_path):
+    """Long tier: the CI tier runs FedAdam (the FedOpt path, moments checkpointed) and FedProx; these
+    three take the same paths with Flower's other optimizers, whose steps the unit tests compare."""
     with ThreadPoolExecutor(2) as pool:
         runs = {s: pool.submit(_strategy_run, tiny_data, tmp_path, s) for s in ("fedyogi", "fedadagrad", "fedavgm")}
         for strategy, run in runs.items():
