@@ -63,19 +63,14 @@ def test_an_expired_or_not_yet_valid_certificate_is_refused(tls):
         security.check_certificates(tls, "127.0.0.1", now=earlier)
 
 
-def test_a_key_of_another_certificate_is_refused(tls, tmp_path):
+@pytest.mark.parametrize("swapped, message", [("server.key", "server.key does not match .*server.pem"),
+                                              ("ca.crt", "server.pem is not signed by .*ca.crt")])
+def test_a_file_of_another_certificate_set_is_refused(tls, tmp_path, swapped, message):
+    """The server key of another certificate, or another CA: each named, before anything starts."""
     other = security.make_throwaway_tls(tmp_path / "other", "127.0.0.1")
-    (tls / "server.key").unlink()
-    shutil.copy(other / "server.key", tls / "server.key")
-    with pytest.raises(ConfigError, match="server.key does not match .*server.pem"):
-        security.check_certificates(tls, "127.0.0.1")
-
-
-def test_a_certificate_of_another_ca_is_refused(tls, tmp_path):
-    other = security.make_throwaway_tls(tmp_path / "other", "127.0.0.1")
-    (tls / "ca.crt").unlink()
-    shutil.copy(other / "ca.crt", tls / "ca.crt")
-    with pytest.raises(ConfigError, match="server.pem is not signed by .*ca.crt"):
+    (tls / swapped).unlink()
+    shutil.copy(other / swapped, tls / swapped)
+    with pytest.raises(ConfigError, match=message):
         security.check_certificates(tls, "127.0.0.1")
 
 
