@@ -71,6 +71,7 @@ class TrainReport:
     lr_last: float
     compute: str  # "<dtype>@<device>x<threads>": what really ran
     planned_steps: int = 0  # what the local epochs asked for; more than train_steps when the deadline cut it
+    finished_at: float = 0.0  # Unix time the client's training ended: the server times the upload from it
 
     def to_records(self) -> dict[str, MetricRecord | ConfigRecord]:
         numbers = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("partition", "compute",

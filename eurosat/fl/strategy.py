@@ -42,7 +42,7 @@ from eurosat.fl.robust import aggregate
 from eurosat.fl.server_step import ServerOptimizer, ServerStep, scaled_step
 from eurosat.fl.config import sample_size
 from eurosat.fl.link import LINK, LinkPlan, ServerLink
-from eurosat.fl.protocol import ARRAYS, CONFIG, EvalReport, Instruction, partition_of, reply_error, weighted
+from eurosat.fl.protocol import ARRAYS, CONFIG, EvalReport, Instruction, TrainReport, partition_of, reply_error, weighted
 from eurosat.train.schedule import LrSchedule, RoundPlanner
 from eurosat.fl.state import State, contiguous, weighted_mean
 from eurosat.fl.codecs import CODECS, Codec
@@ -492,7 +492,7 @@ class BudgetedFedAvg(FedAvg):
             config = ConfigRecord({**run_config, **instruction.to_config()})
             exchanged = budget.clock()
             exchange = self._exchange(grid, self.configure_train(rnd, arrays, config, grid), self._timeout(budget))
-            replied = budget.clock()
+            replied, replied_wall = budget.clock(), budget.wall()
             checked, exchange = self.check_train(exchange)
             self._accept(rnd, "train", exchange)
             arrays, train_metrics = self.aggregate_checked(rnd, checked)
@@ -547,14 +547,29 @@ class BudgetedFedAvg(FedAvg):
             on_round(record, state, self.step.state())
             # after training: the replies' wait beyond the slowest client's training (upload), then
             # aggregation, evaluations and the save; the next deadlines keep a margin for it
-            slowest = max((u.report.train_seconds for u in checked.updates), default=0.0)
-            budget.after_training.append(max(0.0, replied - exchanged - slowest) + budget.clock() - replied)
+            budget.after_training.append(after_training_seconds([u.report for u in checked.updates], replied_wall,
+                                                                exchanged, replied, budget.clock()))
             if cut:  # the budget's end came inside this round: its model is the run's
                 log.info("round %d: training stopped at the round's deadline (%d of %d planned steps)", rnd,
                          train_metrics["train_steps"], train_metrics["planned_steps"])
             if (end.last and rnd < num_rounds) or cut:
                 return Outcome(state, rnd, "time_limit", True, failures_total)
         return Outcome(state, num_rounds, "num_server_rounds", False, failures_total)
+
+
+def after_training_seconds(reports: list[TrainReport], replied_wall: float, exchanged: float, replied: float,
+                           ended: float) -> float:
+    """What a round spent after its clients stopped training: the upload (the replies' arrival less
+    the last client's `finished_at`, both Unix time), then aggregation, evaluations and the save
+    (`replied` to `ended` on the server's clock). Without `finished_at` (0: an older client), the
+    exchange less the slowest client's training, which also counts the clients' start-up (round 1:
+    a cold start) and so over-states it."""
+    stamps = [r.finished_at for r in reports]
+    if stamps and all(t > 0 for t in stamps):
+        upload = replied_wall - max(stamps)
+    else:
+        upload = replied - exchanged - max((r.train_seconds for r in reports), default=0.0)
+    return max(0.0, upload) + (ended - replied)
 
 
 def _array(value) -> Array:

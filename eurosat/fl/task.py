@@ -4,6 +4,7 @@ package (model, data, training loop, precision, transport). Keeps both apps a fe
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def client_update(
     metrics = train(model, trainset, cfg.local_training(), plan,
                     seed=local_seed(cfg.seed, instruction.server_round, partition_id), span=instruction.span,
                     optimizer_state=optimizer_state, deadline=instruction.deadline, on_step=on_step)
-    report = TrainReport(partition=partition_id, num_examples=len(trainset),
+    report = TrainReport(partition=partition_id, num_examples=len(trainset), finished_at=time.time(),
                          compute=f"{plan.compute_dtype}@{plan.device}x{torch.get_num_threads()}", **metrics)
     return subtract(to_numpy(model.state_dict()), received), report
 

@@ -101,3 +101,19 @@ def test_a_first_round_longer_than_the_budget_ends_at_the_deadline_with_a_slow_c
     assert 2 <= last["client_train_steps"] < last["client_planned_steps"]
     assert "server_test_accuracy" in last and summary["final_test_accuracy"] > 0
     Net().load_state_dict(torch.load(run_dir_of(proc) / "final_model.pt", weights_only=True))
+
+
+def test_the_margin_counts_the_upload_from_the_clients_end_of_training_not_their_start_up():
+    """Round 1's cold start (here 100 s before training) is before the deadline's window, not after
+    it: timed from the clients' `finished_at`, the after-training work is the upload and the save."""
+    from eurosat.fl.protocol import TrainReport
+    from eurosat.fl.strategy import after_training_seconds
+
+    def report(train_s: float, finished_at: float) -> TrainReport:
+        return TrainReport(0, 10, 0.1, 0.5, train_s, 10, 1, 1e-3, "float32@cpux2", 1, finished_at)
+
+    reports = [report(20.0, 1000.0), report(25.0, 1002.0)]  # training ended at Unix 1000 and 1002
+    # exchange from t=0 to t=130 on the server's clock (100 s of start-up inside it), replies at Unix 1005
+    assert after_training_seconds(reports, 1005.0, 0.0, 130.0, 140.0) == pytest.approx(3.0 + 10.0)
+    older = [report(25.0, 0.0)]  # a client that does not stamp: the exchange less its training
+    assert after_training_seconds(older, 1005.0, 0.0, 130.0, 140.0) == pytest.approx(105.0 + 10.0)
