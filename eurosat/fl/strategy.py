@@ -545,8 +545,8 @@ class BudgetedFedAvg(FedAvg):
                      f"test acc {server['accuracy']:.4f}" if server else "not evaluated", train_metrics["lr_last"],
                      record["round_seconds"], wire / MB, f", {len(failures)} client failure(s)" if failures else "")
             on_round(record, state, self.step.state())
-            # after training: the replies' wait beyond the slowest client's training (upload), then
-            # aggregation, evaluations and the save; the next deadlines keep a margin for it
+            # after training: the upload (from the clients' finished_at), then aggregation,
+            # evaluations and the save; the next deadlines keep a margin for it
             budget.after_training.append(after_training_seconds([u.report for u in checked.updates], replied_wall,
                                                                 exchanged, replied, budget.clock()))
             if cut:  # the budget's end came inside this round: its model is the run's
