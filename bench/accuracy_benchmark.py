@@ -24,19 +24,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eurosat.report.compare import CompareOptions, compare  # noqa: E402
 from eurosat.common.files import write_json  # noqa: E402
-from eurosat.report.plots import OKABE_ITO, save, styled, subplots  # noqa: E402
-from bench.common import bench_parser  # noqa: E402
-from bench.ledger import (ProvenanceError, launch_run, open_state, paired_rows, provenance_of,  # noqa: E402
-                          run_benchmark, write_csv)
+from eurosat.report.plots import save  # noqa: E402
+from bench.common import bench_parser, make_slice  # noqa: E402
+from bench.ledger import (ProvenanceError, chosen_rows, launch_run, open_state, paired_rows,  # noqa: E402
+                          provenance_of, run_benchmark, seed_figure, write_csv)
 from eurosat.fl.config import override_pairs  # noqa: E402
 from eurosat.common.cli import fail  # noqa: E402
 
@@ -55,25 +51,6 @@ NAME = "accuracy_benchmark"
 # The protocol's own recipe, fixed so that its figures stay comparable when the project's defaults
 # move: many short rounds (60 rounds are 6 epochs), where every row sees the same client order.
 RECIPE = "local-epochs=1 augment='none'"
-
-
-def make_slice(src: Path, dst: Path, fraction: float) -> Path:
-    """A stratified `fraction` of the train split; test and validation as they are."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for split in ("test", "validation"):
-        if not (dst / f"{split}.parquet").exists():
-            (dst / f"{split}.parquet").symlink_to(src / f"{split}.parquet")
-    if fraction >= 1:
-        if not (dst / "train.parquet").exists():
-            (dst / "train.parquet").symlink_to(src / "train.parquet")
-        return dst
-    table = pq.read_table(src / "train.parquet")
-    labels = np.asarray(table.column("label"))
-    rng = np.random.default_rng(0)
-    idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: int(fraction * (labels == c).sum())]
-                          for c in range(10)])
-    pq.write_table(table.take(pa.array(np.sort(idx))), dst / "train.parquet")
-    return dst
 
 
 def row_keys(name: str) -> set[str]:
@@ -102,19 +79,9 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-@styled
-def figure(rows: list[dict], title: str):
-    fig, ax = subplots(figsize=(max(7.0, 1.1 * len(rows)), 4.5))
-    for i, r in enumerate(rows):
-        color = OKABE_ITO[i % len(OKABE_ITO)]
-        ax.errorbar([i], [r["mean"]], yerr=[r["std"]], fmt="o", ms=7, capsize=5, color=color, zorder=3)
-        ax.scatter([i] * len(r["per_seed"]), list(r["per_seed"].values()), s=14, color=color, alpha=0.5, zorder=2)
-    ax.set_xticks(range(len(rows)), [r["row"] for r in rows], rotation=20)
-    ax.set(ylabel="test accuracy (%)", title=title)
-    return fig
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--seeds", default="42,43,44", help="comma-separated seeds [42,43,44]")
     parser.add_argument("--rounds", type=int, default=60,
@@ -124,14 +91,13 @@ def main() -> int:
     parser.add_argument("--skip", default="", help="comma-separated rows to leave out")
     parser.add_argument("--set", default="", help="run-config overrides for every run, e.g. 'local-epochs=1'")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / NAME, help="results folder [%(default)s]")
-    args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    names = [n for n in (args.only.split(",") if args.only else ROWS) if n not in args.skip.split(",")]
-    unknown = [n for n in names if n not in ROWS]
-    if unknown or len(seeds) < 2 or not 0 < args.fraction <= 1:
-        return fail(f"unknown rows {unknown}, or fewer than 2 seeds, or --fraction outside (0, 1]")
-    if "ptq-int8" in names and "fp32" not in names:
-        names.insert(0, "fp32")
+    args = parser.parse_args(argv)
+    if not 0 < args.fraction <= 1:
+        return fail(f"--fraction {args.fraction}: outside (0, 1]")
+    try:
+        seeds, names = chosen_rows(args, ROWS, list(ROWS), "fp32")
+    except ValueError as exc:
+        return fail(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / f"{NAME}.json"
     protocol = {"rounds": args.rounds, "fraction": args.fraction, "set": args.set, "clients": 10,
@@ -154,7 +120,7 @@ def main() -> int:
         if rows:
             title = (f"{args.rounds} rounds, 10 clients, {args.fraction:.0%} of the train split; "
                      f"mean +- std over seeds {args.seeds}")
-            save(figure(rows, title), args.out / f"{NAME}.png", 300)
+            save(seed_figure(rows, title), args.out / f"{NAME}.png", 300)
         return rows
 
     def run_one(name: str, seed: int) -> float:

@@ -70,3 +70,29 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def make_slice(src: Path, dst: Path, fraction: float) -> Path:
+    """A stratified `fraction` of the train split (the same rows for every run: rng seed 0), test and
+    validation as they are, as a data folder `dst` the runs read; written atomically."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for split in ("test", "validation"):
+        if not (dst / f"{split}.parquet").exists():
+            (dst / f"{split}.parquet").symlink_to(src / f"{split}.parquet")
+    if fraction >= 1:
+        if not (dst / "train.parquet").exists():
+            (dst / "train.parquet").symlink_to(src / "train.parquet")
+        return dst
+    table = pq.read_table(src / "train.parquet")
+    labels = np.asarray(table.column("label"))
+    rng = np.random.default_rng(0)
+    idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: int(fraction * (labels == c).sum())]
+                          for c in range(10)])
+    partial = dst / "train.parquet.partial"
+    pq.write_table(table.take(pa.array(np.sort(idx))), partial)
+    partial.replace(dst / "train.parquet")
+    return dst

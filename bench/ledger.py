@@ -18,6 +18,7 @@ from typing import Any
 
 from bench.common import code_fingerprint, file_sha256, machine
 from eurosat.common.files import atomic_write, read_json
+from eurosat.report.plots import OKABE_ITO, styled, subplots
 from eurosat.report.stats import mean_std, paired_difference
 
 RUN_KEYS = ("run-dir", "output-dir", "resume")  # keys that name a run rather than decide what it trains
@@ -194,3 +195,14 @@ def format_paired(rows: list[dict], base: str, width: int = 16) -> str:
         out.append(f"{r['row']:<{width}}{r['seeds']:>6}{r['mean']:>18.2f} +- {r['std']:<5.2f}{diff:>38}")
     return "\n".join(out)
 
+@styled
+def seed_figure(rows: list[dict], title: str):
+    """Each row's mean +- std over seeds, and every seed's own accuracy beside it."""
+    fig, ax = subplots(figsize=(max(7.0, 1.1 * len(rows)), 4.5))
+    for i, r in enumerate(rows):
+        color = OKABE_ITO[i % len(OKABE_ITO)]
+        ax.errorbar([i], [r["mean"]], yerr=[r["std"]], fmt="o", ms=7, capsize=5, color=color, zorder=3)
+        ax.scatter([i] * len(r["per_seed"]), list(r["per_seed"].values()), s=14, color=color, alpha=0.5, zorder=2)
+    ax.set_xticks(range(len(rows)), [r["row"] for r in rows], rotation=20)
+    ax.set(ylabel="test accuracy (%)", title=title)
+    return fig

@@ -28,10 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.accuracy_benchmark import figure, make_slice  # noqa: E402
-from bench.common import bench_parser  # noqa: E402
+from bench.common import bench_parser, make_slice  # noqa: E402
 from bench.ledger import (ProvenanceError, chosen_rows, format_paired, launch_run, open_state,  # noqa: E402
-                          paired_rows, provenance_of, run_benchmark, write_csv)
+                          paired_rows, provenance_of, run_benchmark, seed_figure, write_csv)
 from eurosat.common.cli import fail  # noqa: E402
 from eurosat.common.files import write_json  # noqa: E402
 from eurosat.fl.config import override_pairs  # noqa: E402
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(state_path, state)
         write_csv(args.out / f"{NAME}.csv", rows, ["row", "seeds", "mean", "std", "diff", "diff_low", "diff_high", "real"])
         title = f"one attacker of 10 clients, {args.rounds} rounds; mean +- std over seeds {args.seeds}"
-        save(figure(rows, title), args.out / f"{NAME}.png", 300)
+        save(seed_figure(rows, title), args.out / f"{NAME}.png", 300)
         return rows
 
     def run_one(name: str, seed: int) -> float:

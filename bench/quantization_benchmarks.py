@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.accuracy_benchmark import make_slice  # noqa: E402
+from bench.common import make_slice  # noqa: E402
 from eurosat.report.compare import CompareOptions, compare, format_table  # noqa: E402
 from eurosat.launch.launcher import Resources, launch  # noqa: E402
 

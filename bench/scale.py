@@ -25,7 +25,6 @@ and prints the table with both ratios.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -38,8 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.accuracy_benchmark import make_slice  # noqa: E402
-from bench.common import bench_parser, code_fingerprint, machine  # noqa: E402
+from bench.common import bench_parser, code_fingerprint, machine, make_slice  # noqa: E402
 from eurosat.common.cli import fail  # noqa: E402
 from eurosat.common.files import read_json, write_json  # noqa: E402
 

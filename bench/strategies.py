@@ -30,10 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.accuracy_benchmark import figure, make_slice  # noqa: E402
-from bench.common import bench_parser  # noqa: E402
+from bench.common import bench_parser, make_slice  # noqa: E402
 from bench.ledger import (ProvenanceError, chosen_rows, format_paired, launch_run, open_state,  # noqa: E402
-                          paired_rows, provenance_of, run_benchmark, write_csv)
+                          paired_rows, provenance_of, run_benchmark, seed_figure, write_csv)
 from eurosat.common.cli import fail  # noqa: E402
 from eurosat.common.files import write_json  # noqa: E402
 from eurosat.fl.config import override_pairs  # noqa: E402
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         state["summary"] = rows
         write_json(state_path, state)
         write_csv(out / f"{NAME}.csv", rows, ["row", "seeds", "mean", "std", "diff", "diff_low", "diff_high", "real"])
-        save(figure(rows, title), out / f"{NAME}.png", 300)
+        save(seed_figure(rows, title), out / f"{NAME}.png", 300)
         return rows
 
     def run_one(name: str, seed: int) -> float:

@@ -30,8 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.accuracy_benchmark import make_slice  # noqa: E402
-from bench.common import bench_parser  # noqa: E402
+from bench.common import bench_parser, make_slice  # noqa: E402
 from bench.ledger import (ProvenanceError, chosen_rows, launch_run, open_state, paired_rows,  # noqa: E402
                           provenance_of, run_benchmark, write_csv)
 from eurosat.common.cli import fail  # noqa: E402
