@@ -9,12 +9,13 @@ Protocols (each in its own folder):
 - `alpha0.3x100`: Dirichlet alpha 0.3 over 100 clients, 10 a round, 1 local epoch, 100 rounds.
 Each row is a real `python -m eurosat.launch` run, no time limit (load does not change a result),
 the rest from pyproject.toml; `--set` wins over the protocol. Rows (run with --only; the default
-set is fedavg, fedprox, fedadam, fedavgm): `fedavg`; `fedprox` (proximal-mu 0.01); `fedprox-mu0.1`;
-`fedadam` (server-lr 0.01, tau 0.001, the values of Reddi et al. for CNNs); `fedyogi`, `fedadagrad`
-(the same); `fedavgm` (server-lr 0.1, server-momentum 0.9: an effective server rate of 1, Hsu et
-al.). The seed decides the partitions, the initial model and the batch order, so a row and FedAvg
-of one seed train on the same partitions; each row's final accuracy (whole test split) is paired
-by seed with FedAvg's and given a Student-t 95 % interval.
+set is fedavg, scaffold, fedprox, fedadam, fedavgm): `fedavg`; `fedprox` (proximal-mu 0.01);
+`fedprox-mu0.1`; `fedadam` (server-lr 0.01, tau 0.001, the values of Reddi et al. for CNNs);
+`fedyogi`, `fedadagrad` (the same); `fedavgm` (server-lr 0.1, server-momentum 0.9: an effective
+server rate of 1, Hsu et al.); `scaffold` (SCAFFOLD's control variates, eurosat/fl/scaffold.py).
+The seed decides the partitions, the initial model and the batch order, so a row and FedAvg of one
+seed train on the same partitions; each row's final accuracy (whole test split) is paired by seed
+with FedAvg's and given a Student-t 95 % interval.
 
 After every run the folder gets `strategies.json` (results; each run's provenance: commit, SHA-256
 of the code, machine, resolved config, model digest), `strategies.csv` and `strategies.png`. An
@@ -52,8 +53,9 @@ ROWS = {
     "fedyogi": "strategy='fedyogi' server-lr=0.01 tau=0.001",
     "fedadagrad": "strategy='fedadagrad' server-lr=0.01 tau=0.001",
     "fedavgm": "strategy='fedavgm' server-lr=0.1 server-momentum=0.9",
+    "scaffold": "strategy='scaffold'",
 }
-DEFAULT = ["fedavg", "fedprox", "fedadam", "fedavgm"]
+DEFAULT = ["fedavg", "scaffold", "fedprox", "fedadam", "fedavgm"]
 
 
 def row_keys(name: str) -> set[str]:

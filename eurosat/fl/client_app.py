@@ -34,7 +34,8 @@ def train(msg: Message, context: Context) -> Message:
         cfg, instruction, link, received, pid, n = _setup(msg, context)
         kept = load_optimizer_state(context.state) if cfg.local_optimizer_state == "keep" else None
         misbehave = hooks.parse_hooks(cfg.test_hook)
-        delta, report = task.client_update(cfg, received, pid, n, instruction, kept, hooks.step_delay(misbehave, pid))
+        delta, report = task.client_update(cfg, received, pid, n, instruction, kept, hooks.step_delay(misbehave, pid),
+                                           correction=link.control(msg.content))
         delta, report = hooks.apply(misbehave, pid, delta, report, task.local_seed(cfg.seed, instruction.server_round, pid))
         if kept is not None:
             save_optimizer_state(context.state, kept)

@@ -298,6 +298,10 @@ class RunConfig:
                 raise ConfigError(f"{key}: must be in [0, 1), got {value}")
         if not 0 <= self.proximal_mu <= 10:
             raise ConfigError(f"proximal-mu: must be in [0, 10] (FedProx's mu, e.g. 0.01), got {self.proximal_mu}")
+        if self.strategy == "scaffold" and self.aggregation != "mean":
+            raise ConfigError(f"strategy=\"scaffold\" with aggregation={self.aggregation!r}: its control variates are "
+                              "means of every client's, which one bad client moves as much as it moves a mean; "
+                              "use aggregation=\"mean\" or another strategy")
 
     def _check_link(self) -> None:
         _choice("transport", self.transport, tuple(CODECS))

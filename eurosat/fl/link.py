@@ -29,6 +29,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from eurosat.fl.state import State, add, contiguous, subtract
 from eurosat.fl.codecs import CODECS, Codec, FloatCodec, wire_name
+from eurosat.fl.scaffold import CONTROL
 
 LINK = "transport"  # the ConfigRecord with the replica numbers, in messages that carry an update
 # kept in the node's context.state: the replica, its number, the upload residual
@@ -142,6 +143,12 @@ class ClientLink:
         self._save(REPLICA, received)
         self.store[REPLICA_NUMBER] = ConfigRecord({"replica": number})
         return received
+
+    def control(self, content: RecordDict) -> State | None:
+        """The SCAFFOLD correction `c - c_i` the server sent with the model (scaffold.py), decoded
+        with the downlink's codec; None when there is none (other strategies, or before any control)."""
+        record = content.array_records.get(CONTROL)
+        return self.codec.decode(record) if record is not None else None
 
     def encode(self, delta: State) -> ArrayRecord:
         if self.feedback:

@@ -3,7 +3,9 @@
 A train or evaluate message carries
 - `arrays` (ArrayRecord): the model in the transport format (see link.py);
 - `config` (ConfigRecord): the run config plus this round's `Instruction`;
-- `transport` (ConfigRecord, error feedback only): replica numbers (link.py).
+- `transport` (ConfigRecord, error feedback only): replica numbers (link.py);
+- `control` (ArrayRecord, `strategy="scaffold"` train messages only): the node's SCAFFOLD
+  correction `c - c_i` in the downlink codec (scaffold.py).
 
 Before sampling part of the federation (`fraction-train` < 1), the server asks each node it does
 not know yet which partition it holds (a `query` message, answered with `info`), so that it can
@@ -72,6 +74,7 @@ class TrainReport:
     compute: str  # "<dtype>@<device>x<threads>": what really ran
     planned_steps: int = 0  # what the local epochs asked for; more than train_steps when the deadline cut it
     finished_at: float = 0.0  # Unix time the client's training ended: the server times the upload from it
+    lr_sum: float = 0.0  # the sum of its steps' learning rates (SCAFFOLD's K x lr, scaffold.py)
 
     def to_records(self) -> dict[str, MetricRecord | ConfigRecord]:
         numbers = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("partition", "compute",

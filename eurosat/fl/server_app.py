@@ -21,6 +21,7 @@ from eurosat.common.cli import enable_logging
 from eurosat.data.loading import NUM_CLASSES
 from eurosat.fl import task, tracking
 from eurosat.fl.config import RunConfig, link_wires
+from eurosat.fl.scaffold import Controls
 from eurosat.fl.strategy import BudgetedFedAvg, TimeBudget
 from eurosat.fl.record import RunRecorder, new_run_dir
 from eurosat.train.loop import seed_everything
@@ -54,10 +55,11 @@ def main(grid: Grid, context: Context) -> None:
             cost_per_mb=cfg.cost_per_mb, expected_nodes=cfg.num_supernodes, seed=cfg.seed,
             limits=lambda: task.reply_limits(cfg),  # read at the first round, after the federation check
             aggregation=cfg.aggregation, trim_fraction=cfg.trim_fraction,
+            controls=Controls(task.trainable(cfg), cfg.num_supernodes) if cfg.strategy == "scaffold" else None,
             fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
             min_train_nodes=1, min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0, min_available_nodes=1,
         )
-        strategy.step.load(recorder.server_optimizer)  # a resumed FedAdam continues its moments
+        strategy.load_server_state(recorder.server_optimizer)  # a resumed FedAdam continues its moments, SCAFFOLD its controls
         if done < cfg.num_server_rounds:  # the federation first: a mismatch fails in seconds, before any data loads
             strategy.await_nodes(grid, budget)
         outcome = strategy.run(grid, state, cfg.num_server_rounds, budget, cfg.to_mapping(),

@@ -1,7 +1,8 @@
 """The server's step: how a round's aggregated update moves the global model (`strategy`).
 
-- `fedavg`, `fedprox`: base + `server-lr` x update (FedProx differs on the client: its proximal
-  term, `proximal-mu`, in eurosat/train/loop.py).
+- `fedavg`, `fedprox`, `scaffold`: base + `server-lr` x update (FedProx differs on the client: its
+  proximal term, `proximal-mu`, in eurosat/train/loop.py; SCAFFOLD in its control variates, which
+  the server keeps and sends (eurosat/fl/scaffold.py): Flower has no SCAFFOLD on its Message API).
 - `fedadam`, `fedyogi`, `fedadagrad` (`server-lr` is their eta, with `tau`, `beta-1`, `beta-2`) and
   `fedavgm` (`server-lr`, `server-momentum`): Flower's own strategy objects take the step. Each is
   handed one reply holding base + update with weight 1, so its FedAvg averaging returns exactly that
@@ -26,7 +27,7 @@ from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from eurosat.fl.robust import as_replies
 from eurosat.fl.state import State, add, contiguous
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "scaffold")
 ADAPTIVE = ("fedadam", "fedyogi", "fedadagrad")  # FedOpt: server-lr is eta, moments per weight
 FLOWER = {"fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad, "fedavgm": FedAvgM}
 
@@ -43,7 +44,7 @@ class ServerOptimizer:
     beta_2: float = 0.99
 
     def flower(self):
-        """Flower's strategy object that takes this step, or None (fedavg, fedprox)."""
+        """Flower's strategy object that takes this step, or None (fedavg, fedprox, scaffold)."""
         if self.strategy in ADAPTIVE:
             kwargs = {"eta": self.lr, "tau": self.tau}
             if self.strategy != "fedadagrad":  # FedAdagrad fixes its betas at 0 (no momentum, no decay)

@@ -39,6 +39,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from eurosat.fl.checks import CheckedRound, Refused, ReplyLimits, UpdateChecker
 from eurosat.fl.robust import aggregate
+from eurosat.fl.scaffold import CONTROL, PREFIX as SCAFFOLD_PREFIX, Controls
 from eurosat.fl.server_step import ServerOptimizer, ServerStep, scaled_step
 from eurosat.fl.config import sample_size
 from eurosat.fl.link import LINK, LinkPlan, ServerLink
@@ -266,11 +267,12 @@ class BudgetedFedAvg(FedAvg):
                  server: ServerOptimizer = ServerOptimizer(),
                  min_clients_fraction: float = 1.0, round_timeout_s: float = 0.0, cost_per_mb: float = 0.0,
                  expected_nodes: int = 1, seed: int = 0, limits: Callable[[], ReplyLimits] | None = None,
-                 aggregation: str = "mean", trim_fraction: float = 0.2, **kwargs):
+                 aggregation: str = "mean", trim_fraction: float = 0.2, controls: Controls | None = None, **kwargs):
         """`limits`: what the reply checks hold each reply to (checks.py), made when the first round
         starts (it reads the partition sizes); None: no bound on `num-examples` below 2^31.
         `aggregation`: how the checked updates become one (robust.py); `server`: the strategy's
-        step that applies it to the global model (server_step.py)."""
+        step that applies it to the global model (server_step.py); `controls`: SCAFFOLD's control
+        variates (scaffold.py), None for every other strategy."""
         super().__init__(**kwargs)
         self.aggregation, self.trim_fraction = aggregation, trim_fraction
         self.limits = limits or (lambda: ReplyLimits((2**31,) * max(expected_nodes, 1)))
@@ -281,6 +283,7 @@ class BudgetedFedAvg(FedAvg):
         self.plan = codec if isinstance(codec, LinkPlan) else LinkPlan(codec, codec, error_feedback)
         self.codec = self.plan.up  # the uplink's codec after any warm-up
         self.step = ServerStep(server)  # `strategy`: how the aggregated update moves the model
+        self.controls = controls
         self.link = ServerLink(self.plan.down, self.plan.feedback)
         self.schedule = schedule
         self.min_clients_fraction = min_clients_fraction
@@ -290,6 +293,7 @@ class BudgetedFedAvg(FedAvg):
         self.stats = RoundStats()
         self.partitions: dict[int, int] = {}  # node id -> partition, learnt from its replies
         self._nodes_checked = False  # await_nodes has passed
+        self._span = None  # this round's learning-rate span (SCAFFOLD checks each client's lr_sum against it)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Send the global model in the transport format (with error feedback: each node's update
@@ -303,7 +307,30 @@ class BudgetedFedAvg(FedAvg):
         connected = list(grid.get_node_ids())
         nodes = self.sample(connected, server_round, self.fraction_train, self.min_train_nodes)
         log.info("round %d: training %d of %d clients", server_round, len(nodes), len(connected))
-        return self._encoded(nodes, config, MessageType.TRAIN, self.global_state, server_round)
+        return self._with_controls(self._encoded(nodes, config, MessageType.TRAIN, self.global_state, server_round),
+                                   server_round)
+
+    def _with_controls(self, messages: list[Message], server_round: int) -> list[Message]:
+        """SCAFFOLD: each train message also carries its node's correction `c - c_i` in the round's
+        downlink codec, counted as traffic (none before the first controls exist: they are all 0)."""
+        if self.controls is None or not self.controls.started:
+            return messages
+        codec = self.plan.at(server_round)[0]
+        for msg in messages:
+            record = codec.encode(self.controls.correction(self.partitions.get(msg.metadata.dst_node_id)), quiet=True)
+            msg.content = RecordDict({**msg.content, CONTROL: record})  # the model's record is shared within a group
+            self.stats.sent_bytes += record.count_bytes()
+        return messages
+
+    def server_state(self) -> dict[str, dict[str, np.ndarray]]:
+        """What the checkpoint keeps of the strategy: the server optimizer's state and SCAFFOLD's controls."""
+        return {**self.step.state(), **(self.controls.state() if self.controls is not None else {})}
+
+    def load_server_state(self, saved: Mapping[str, Mapping[str, object]]) -> None:
+        """Continue from a checkpoint's `server_state()` (`--resume`)."""
+        self.step.load({k: v for k, v in saved.items() if not k.startswith(SCAFFOLD_PREFIX)})
+        if self.controls is not None:
+            self.controls.load(saved)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Evaluation messages carry the model in the transport format too, and count as traffic."""
@@ -458,11 +485,31 @@ class BudgetedFedAvg(FedAvg):
         if not all(np.isfinite(v).all() for v in new_state.values() if np.issubdtype(v.dtype, np.floating)):
             raise NonFiniteModel(f"round {server_round}: the aggregate of {len(only)} update(s) holds NaN or Inf; "
                                  "refused (the last good round's model is checkpoint.pt)")
+        if self.controls is not None:
+            self.controls.update(self._plausible([(u.report, u.delta) for u in checked.updates], server_round))
         metrics = weighted(only, ("train_loss", "train_accuracy"))
         metrics.update(train_images=sum(r.train_images for r in only), train_seconds=sum(r.train_seconds for r in only),
                        train_steps=sum(r.train_steps for r in only), planned_steps=sum(r.planned_steps for r in only),
                        lr_last=only[0].lr_last)
         return ArrayRecord({k: _array(v) for k, v in new_state.items()}), metrics
+
+    def _plausible(self, updates: list[tuple[TrainReport, State]], server_round: int) -> list[tuple[int, State, float]]:
+        """SCAFFOLD's inputs from the checked updates: a client's `lr_sum` must lie between its steps
+        times the smallest and the largest learning rate of the round's span (a false small one would
+        inflate its control by delta / lr_sum); one outside is left out of the controls, and logged."""
+        span = self._span
+        rates = [self.schedule.lr_at(span.start), self.schedule.lr_at(span.stop)] if span is not None else []
+        low, high = (min(rates), self.schedule.peak) if rates else (self.schedule.peak, self.schedule.peak)
+        kept = []
+        for report, delta in updates:
+            steps = report.train_steps
+            if steps >= 1 and low * steps * (1 - 1e-6) <= report.lr_sum <= high * steps * (1 + 1e-6):
+                kept.append((report.partition, delta, report.lr_sum))
+            else:
+                log.warning("round %d: partition %s reports lr_sum %.3g for %d steps (expected %.3g-%.3g); "
+                            "left out of SCAFFOLD's controls", server_round, report.partition, report.lr_sum, steps,
+                            low * steps, high * steps)
+        return kept
 
     def run(
         self,
@@ -489,6 +536,7 @@ class BudgetedFedAvg(FedAvg):
             train_started = budget.clock()
             self.roll_call(grid, min(self._timeout(budget), ROLL_CALL_MAX_S))
             instruction = Instruction(rnd, planner.span(rnd), budget.train_deadline())
+            self._span = instruction.span
             config = ConfigRecord({**run_config, **instruction.to_config()})
             exchanged = budget.clock()
             exchange = self._exchange(grid, self.configure_train(rnd, arrays, config, grid), self._timeout(budget))
@@ -544,7 +592,7 @@ class BudgetedFedAvg(FedAvg):
             log.info("round %d: %s, lr %.2e at the end, %.1f s, %.2f MB on the wire%s", rnd,
                      f"test acc {server['accuracy']:.4f}" if server else "not evaluated", train_metrics["lr_last"],
                      record["round_seconds"], wire / MB, f", {len(failures)} client failure(s)" if failures else "")
-            on_round(record, state, self.step.state())
+            on_round(record, state, self.server_state())
             # after training: the upload (from the clients' finished_at), then aggregation,
             # evaluations and the save; the next deadlines keep a margin for it
             budget.after_training.append(after_training_seconds([u.report for u in checked.updates], replied_wall,

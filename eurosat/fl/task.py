@@ -21,6 +21,7 @@ from eurosat.quant.qat import fp32_state
 from eurosat.quant.recipe import FP16_MODEL, INT8_MODEL, PACKED
 from eurosat.fl.protocol import EvalReport, Instruction, TrainReport
 from eurosat.fl.record import save_run_file
+from eurosat.fl.scaffold import in_order, trainable_shapes
 from eurosat.train.loop import evaluate, pick_device, train
 from eurosat.fl.state import State, subtract, to_numpy
 
@@ -32,6 +33,11 @@ def make_model(cfg: RunConfig) -> nn.Module:
 def load_state(model: nn.Module, state: Mapping[str, np.ndarray]) -> nn.Module:
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
     return model
+
+
+def trainable(cfg: RunConfig) -> dict[str, tuple[int, ...]]:
+    """The model's trainable parameters by name and shape: the tensors SCAFFOLD keeps controls for."""
+    return trainable_shapes(make_model(cfg).named_parameters())
 
 
 def local_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -68,18 +74,23 @@ def on_device(data: TensorData, device: torch.device) -> TensorData:
 def client_update(
     cfg: RunConfig, received: State, partition_id: int, num_partitions: int,
     instruction: Instruction = Instruction(1), optimizer_state: dict | None = None,
-    on_step: Callable[[float], None] | None = None,
+    on_step: Callable[[float], None] | None = None, correction: State | None = None,
 ) -> tuple[State, TrainReport]:
     """Train locally from `received` until the round's deadline at most; return the delta to upload
     (trained minus received) and the report. `optimizer_state`: the node's kept optimizer state,
     updated in place (see memory.py). `num_examples` stays the partition's size (FedAvg's weight)
-    however many steps the deadline allowed; `train_images` says what was really seen."""
+    however many steps the deadline allowed; `train_images` says what was really seen.
+    `correction`: SCAFFOLD's `c - c_i` by parameter name (scaffold.py), applied at every step."""
     plan = cfg.recipe.compute_plan(pick_device())
     trainset = on_device(client_data(cfg, partition_id, num_partitions)[0], plan.device)
     model = load_state(make_model(cfg), received)
+    if correction is not None:
+        names = [name for name, _ in model.named_parameters()]
+        correction = [torch.from_numpy(c) for c in in_order(correction, names)]
     metrics = train(model, trainset, cfg.local_training(), plan,
                     seed=local_seed(cfg.seed, instruction.server_round, partition_id), span=instruction.span,
-                    optimizer_state=optimizer_state, deadline=instruction.deadline, on_step=on_step)
+                    optimizer_state=optimizer_state, deadline=instruction.deadline, on_step=on_step,
+                    correction=correction)
     report = TrainReport(partition=partition_id, num_examples=len(trainset), finished_at=time.time(),
                          compute=f"{plan.compute_dtype}@{plan.device}x{torch.get_num_threads()}", **metrics)
     return subtract(to_numpy(model.state_dict()), received), report

@@ -123,7 +123,7 @@ def train(
     model: nn.Module, data: TensorData, local: LocalTraining, plan: ComputePlan, seed: int = 0,
     span: Span | None = None, optimizer_state: dict[str, dict[str, torch.Tensor]] | None = None,
     deadline: float | None = None, on_step: Callable[[float], None] | None = None,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] = time.time, correction: list[torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """`local.epochs` epochs over `data`; the learning rate follows `span` of the schedule step by
     step (None: the schedule's peak throughout). Returns the mean loss/accuracy over all seen samples.
@@ -135,7 +135,10 @@ def train(
     runs and is left out once a second is timed),
     and the schedule's span is fitted to the steps that will run, so it still ends where training
     ends. `on_step(seconds)` runs after each step (the slow-client test hook). `train_steps` and
-    `train_images` say what really ran, `planned_steps` what the epochs asked for.
+    `train_images` say what really ran, `planned_steps` what the epochs asked for, `lr_sum` the sum
+    of the steps' learning rates. `correction` (SCAFFOLD's `c - c_i`, one tensor per parameter in
+    `model.parameters()` order): after each optimizer step every parameter also moves by
+    `-lr x correction` (eurosat/fl/scaffold.py).
     Loss and accuracy are summed on the device and read once at the end: no host sync per step
     (with a deadline on CUDA, one per step, to time it).
     """
@@ -149,6 +152,10 @@ def train(
     # FedProx: the weights as received, which the proximal term keeps the local ones near
     anchor = [p.detach().clone() for p in model.parameters()] if local.proximal_mu > 0 else None
     scaler = plan.scaler()
+    params = list(model.parameters())
+    if correction is not None:
+        correction = [c.to(device=plan.device, dtype=p.dtype) for c, p in zip(correction, params, strict=True)]
+    lr_sum = 0.0
     augment = augmenter(local.augment)
     generator = torch.Generator().manual_seed(seed)
     planned = steps = local.epochs * -(-len(data) // local.batch_size)
@@ -183,6 +190,11 @@ def train(
             else:
                 objective.backward()
                 optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]
+            lr_sum += lr
+            if correction is not None:
+                with torch.no_grad():
+                    torch._foreach_add_(params, correction, alpha=-lr)
             total_loss += loss.detach().float() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
@@ -214,6 +226,7 @@ def train(
         "train_steps": step,
         "planned_steps": planned,
         "lr_last": optimizer.param_groups[0]["lr"],
+        "lr_sum": lr_sum,
     }
 
 
