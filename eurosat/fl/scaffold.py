@@ -20,7 +20,7 @@ After each round, for every accepted update: `c_i+ = c_i - c - delta_i / lr_sum_
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -87,10 +87,15 @@ def trainable_shapes(named_parameters: Iterable[tuple[str, object]]) -> dict[str
     return {name: tuple(p.shape) for name, p in named_parameters}
 
 
-def in_order(correction: Mapping[str, np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
-    """The correction as a list in the model's parameter order; a missing or extra name is an error
-    (a message for another model must not train this one)."""
-    if set(correction) != set(names):
-        raise ValueError(f"the SCAFFOLD correction names {sorted(set(correction) ^ set(names))[:3]} "
+def in_order(correction: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]) -> list[np.ndarray]:
+    """The correction as a list in the model's parameter order (`shapes`: `trainable_shapes` of the
+    model); a missing, extra or misshapen tensor is a ValueError (a message for another model must
+    not train this one, and a small tensor would broadcast silently)."""
+    if set(correction) != set(shapes):
+        raise ValueError(f"the SCAFFOLD correction names {sorted(set(correction) ^ set(shapes))[:3]} "
                          "that this model's parameters do not match")
-    return [np.asarray(correction[n], np.float32) for n in names]
+    wrong = [k for k, s in shapes.items() if tuple(np.shape(correction[k])) != tuple(s)]
+    if wrong:
+        raise ValueError(f"the SCAFFOLD correction for {wrong[0]} has shape {tuple(np.shape(correction[wrong[0]]))}, "
+                         f"the parameter {tuple(shapes[wrong[0]])}")
+    return [np.asarray(correction[n], np.float32) for n in shapes]

@@ -85,8 +85,7 @@ def client_update(
     trainset = on_device(client_data(cfg, partition_id, num_partitions)[0], plan.device)
     model = load_state(make_model(cfg), received)
     if correction is not None:
-        names = [name for name, _ in model.named_parameters()]
-        correction = [torch.from_numpy(c) for c in in_order(correction, names)]
+        correction = [torch.from_numpy(c) for c in in_order(correction, trainable_shapes(model.named_parameters()))]
     metrics = train(model, trainset, cfg.local_training(), plan,
                     seed=local_seed(cfg.seed, instruction.server_round, partition_id), span=instruction.span,
                     optimizer_state=optimizer_state, deadline=instruction.deadline, on_step=on_step,

@@ -9,12 +9,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import launch, run_dir_of
 
 from eurosat.data.loading import load_split, resolve_source
 from eurosat.fl.config import ConfigError, load_run_config
 from eurosat.fl.protocol import TrainReport
-from eurosat.fl.record import CHECKPOINT_FILE, RunRecorder
+from eurosat.fl.record import RunRecorder
 from eurosat.fl.scaffold import CONTROL, Controls, in_order, trainable_shapes
 from eurosat.fl.strategy import BudgetedFedAvg
 from eurosat.fl.codecs import get_codec
@@ -67,9 +66,12 @@ def test_the_client_moves_each_parameter_by_its_correction_times_the_learning_ra
 def test_a_correction_for_another_model_is_refused():
     names = [n for n, _ in Net().named_parameters()]
     shapes = trainable_shapes(Net().named_parameters())
-    assert set(shapes) == set(names) and not any("running" in n for n in names)  # batch-norm statistics have none
+    assert list(shapes) == names and not any("running" in n for n in names)  # batch-norm statistics have none
     with pytest.raises(ValueError, match="do not match"):
-        in_order({"conv9.weight": np.zeros(1, np.float32)}, names)
+        in_order({"conv9.weight": np.zeros(1, np.float32)}, shapes)
+    misshapen = {k: np.zeros(s, np.float32) for k, s in shapes.items()} | {"fc3.bias": np.zeros(1, np.float32)}
+    with pytest.raises(ValueError, match=r"fc3.bias has shape \(1,\), the parameter \(10,\)"):
+        in_order(misshapen, shapes)  # it would broadcast
 
 
 def _strategy(controls: Controls) -> BudgetedFedAvg:
