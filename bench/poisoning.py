@@ -22,6 +22,7 @@ interrupted benchmark resumes where it stopped; a folder of other code, protocol
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -53,11 +54,13 @@ def row_keys(name: str) -> set[str]:
 
 
 def refused(metrics: dict) -> dict[str, int]:
-    """How often the server refused each partition's reply, by reason (the first words)."""
+    """How often the server refused each partition's reply, by reason (its first words, numbers
+    as N: "3: refused: update norm N above N x the round's median")."""
     counts: dict[str, int] = {}
     for record in metrics["rounds"]:
         for failure in record.get("client_failures", []):
-            key = f"{failure.get('partition')}: {failure['error'].split('(')[0].strip()[:60]}"
+            reason = re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "N", failure["error"].split("(")[0].strip())[:60]
+            key = f"{failure.get('partition')}: {reason}"
             counts[key] = counts.get(key, 0) + 1
     return counts
 
