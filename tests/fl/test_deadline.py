@@ -64,13 +64,20 @@ def test_local_training_stops_at_the_last_step_that_fits_and_ends_its_schedule_t
     local = LocalTraining(epochs=20, batch_size=16, schedule=schedule)  # 80 planned steps
     span, net, data, plan = Span(0.0, 1.0), Net(), _data(), _plan()
     train(Net(), data, LocalTraining(epochs=1, batch_size=16), plan)  # warm torch up: the test times steps
+    computed: list[float] = []  # each step's own seconds, before the hook's sleep
+
+    def slow_step(seconds: float) -> None:
+        computed.append(seconds)
+        time.sleep(0.2)  # ~0.25 s a step: about 10 fit
+
     started = time.time()
-    metrics = train(net, data, local, plan, span=span, deadline=started + 3.0,
-                    on_step=lambda seconds: time.sleep(0.2))  # ~0.25 s a step: about 10 fit
+    metrics = train(net, data, local, plan, span=span, deadline=started + 3.0, on_step=slow_step)
     took = time.time() - started
     assert metrics["planned_steps"] == 80 and 2 <= metrics["train_steps"] < 80
     assert metrics["train_images"] == 16 * metrics["train_steps"]
-    assert took <= 3.0 + 0.4, took  # at most about one step past the deadline
+    # at most one step past the deadline: the longest step measured (a loaded machine's spike
+    # included), its sleep, and a little for fetching the batch
+    assert took <= 3.0 + max(computed) + 0.2 + 0.15, (took, max(computed))
     # the span's end moved to the last step that fit: the learning rate reached (near) its floor
     assert metrics["lr_last"] == pytest.approx(schedule.lr_at(span.stop), rel=0.1)
 
