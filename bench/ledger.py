@@ -1,9 +1,11 @@
 """The folder of a resumable benchmark: what ran, with which code on which machine, and which runs
 may be paired. Shared by the accuracy, transport-frontier and poisoning benchmarks.
 
-A folder holds one protocol, one code (a SHA-256 of the package, see `code_fingerprint`) and one
-machine's arithmetic (see docs/benchmarks.md, "Reproducibility"); a run of a row is paired with the
-baseline's run of the same seed only where their configs differ in nothing but the row's own keys.
+A folder holds one protocol and one code (a SHA-256 of the package, see `code_fingerprint`); each
+seed's runs come from one machine's arithmetic (see docs/benchmarks.md, "Reproducibility"), so a
+benchmark run in parts may move between machines a seed at a time. A run of a row is paired with the
+baseline's run of the same seed only where both ran the same code on the same arithmetic with configs
+that differ in nothing but the row's own keys.
 """
 
 from __future__ import annotations
@@ -39,25 +41,42 @@ def arithmetic(machine_info: Mapping[str, Any]) -> dict:
 
 
 def open_state(path: Path, protocol: Mapping[str, Any]) -> dict[str, Any]:
-    """The benchmark's JSON state (new or resumed) with `results`, `runs` and `provenance`; a folder
-    of another protocol, other code or another machine's arithmetic is refused."""
+    """The benchmark's JSON state (new or resumed) with `results`, `runs` and `provenance`, and
+    `machine` this session's machine; a folder of another protocol or other code is refused."""
     state = read_json(path) if path.exists() else {}
     if state and state.get("protocol") != dict(protocol):
         raise ProvenanceError(f"{path} holds another protocol {state.get('protocol')}; use another --out")
-    code, here = code_fingerprint(), machine()
+    code = code_fingerprint()
     if state.get("results") and state.get("code", {}).get("code_sha256") != code["code_sha256"]:
         held = state.get("code", {}).get("commit", "code of unknown provenance")
         raise ProvenanceError(f"{path} holds runs of {held}, this is {code['commit']}: runs of different code are "
                               "never paired; use another --out")
-    if state.get("results") and arithmetic(state.get("machine", {})) != arithmetic(here):
-        raise ProvenanceError(f"{path} holds runs made on {arithmetic(state.get('machine', {}))}, this machine is "
-                              f"{arithmetic(here)}: the same code and seed train other bits there; use another --out")
     state.setdefault("protocol", dict(protocol))
     state.setdefault("code", code)
-    state.setdefault("machine", here)
+    state["machine"] = machine()  # each run's provenance keeps the machine it ran on
     for key in ("results", "runs", "provenance"):
         state.setdefault(key, {})
     return state
+
+
+def set_aside_other_machines(state: dict[str, Any], seed: int, names: Sequence[str]) -> list[str]:
+    """Before `seed`'s rows run here: its runs made on another machine's arithmetic, when some of
+    `names` are still to run for it, are set aside under `superseded` (kept, with where they ran) and
+    run again, so that every pair of a seed shares one arithmetic. A seed complete elsewhere stays."""
+    results, key = state["results"], str(seed)
+    if all(key in results.get(name, {}) for name in names):
+        return []
+    here = arithmetic(state["machine"])
+    moved = []
+    for name, by_seed in results.items():
+        run = f"{name}@{seed}"
+        ran_on = state["provenance"].get(run, {}).get("machine", {})
+        if key in by_seed and arithmetic(ran_on) != here:
+            state.setdefault("superseded", []).append(
+                {"run": run, "result": by_seed.pop(key), "provenance": state["provenance"].pop(run, None),
+                 "folder": state["runs"].pop(run, None), "why": f"seed {seed} unfinished, resumed on {here}"})
+            moved.append(run)
+    return moved
 
 
 def provenance_of(state: Mapping[str, Any], run_dir: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,9 +142,15 @@ def run_all(state: dict[str, Any], names: Sequence[str], seeds: Sequence[int], r
             persist: Callable[[], Any], describe: Callable[[Any], str]) -> None:
     """Every (row, seed) not yet in `state["results"]`: each seed of every row before any row's next
     seed; after each run its result is recorded and `persist()` writes the folder, so an interrupted
-    benchmark resumes where it stopped. `run_one` records its own run folder and provenance."""
+    benchmark resumes where it stopped (on another machine, a seed left unfinished runs again:
+    `set_aside_other_machines`). `run_one` records its own run folder and provenance."""
     results = state["results"]
     for seed in seeds:
+        moved = set_aside_other_machines(state, seed, names)
+        if moved:
+            persist()
+            print(f"== seed {seed}: {len(moved)} runs made on another machine set aside ({', '.join(moved)}); "
+                  "the seed runs again here", flush=True)
         for name in names:
             if str(seed) in results.get(name, {}):
                 continue

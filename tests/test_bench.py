@@ -1,5 +1,5 @@
-"""The accuracy benchmark's provenance: a folder holds one code's runs, and a row pairs with fp32 only
-where the two runs' configs differ in nothing but the row's own keys."""
+"""The benchmarks' provenance: a folder holds one code's runs, a seed's runs one machine's, and a row
+pairs with fp32 only where the two runs' configs differ in nothing but the row's own keys."""
 
 import json
 import subprocess
@@ -34,6 +34,26 @@ def test_rows_pair_only_with_runs_of_the_same_code_and_config():
         summarize(results, [42, 43], {**provenance, "tx-int8@42": _prov(transport="int8", machine=avx2)})
     with pytest.raises(ProvenanceError, match="tx-int8@42 and fp32@42 differ in local-epochs: not paired"):
         summarize(results, [42, 43], {**provenance, "tx-int8@42": _prov(transport="int8", **{"local-epochs": 8})})
+
+
+def test_a_seed_unfinished_on_another_machine_runs_again_here_and_a_finished_one_stays():
+    from bench.ledger import arithmetic, paired_rows, set_aside_other_machines
+
+    amd = {**MACHINE, "cpu_flags": ["avx2", "avx512f", "avx512_bf16"]}
+    results = {"fp32": {"42": 88.0, "43": 87.0}, "tx-int8": {"42": 87.5}}
+    provenance = {"fp32@42": _prov(machine=amd), "tx-int8@42": _prov(machine=amd, transport="int8"),
+                  "fp32@43": _prov(machine=amd, seed=43)}
+    state = {"results": results, "provenance": provenance, "runs": {"fp32@43": "runs/a"}, "machine": MACHINE}
+    assert set_aside_other_machines(state, 42, ["fp32", "tx-int8"]) == []  # finished on its machine: stays
+    assert set_aside_other_machines(state, 43, ["fp32", "tx-int8"]) == ["fp32@43"]
+    assert results == {"fp32": {"42": 88.0}, "tx-int8": {"42": 87.5}} and "fp32@43" not in provenance
+    [kept] = state["superseded"]
+    assert kept["result"] == 87.0 and kept["folder"] == "runs/a" and arithmetic(kept["provenance"]["machine"]) == arithmetic(amd)
+    # seed 43 runs again here; its pairs share this machine, seed 42's pair its own
+    results["fp32"]["43"], results["tx-int8"]["43"] = 86.0, 86.5
+    provenance.update({"fp32@43": _prov(seed=43), "tx-int8@43": _prov(seed=43, transport="int8")})
+    [_, row] = paired_rows(results, [42, 43], provenance, lambda name: {"transport"}, "fp32")
+    assert row["diff"] == pytest.approx(0.0)
 
 
 def test_a_folder_of_other_code_is_refused_before_anything_runs(tmp_path):
