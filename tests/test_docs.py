@@ -103,7 +103,8 @@ def test_every_command_names_an_existing_script_and_its_options():
             problems.append(f"{where}: {script[1]} does not exist")
             continue
         positional = [a for a in args if not a.startswith("-")]
-        subcommand = positional[0] if positional and positional[0] in ("download", "check") else None
+        listed = re.search(r"\{([\w,-]+)\}", help_text(tuple(script), None))  # argparse's {sub,commands}
+        subcommand = positional[0] if listed and positional and positional[0] in listed.group(1).split(",") else None
         text = help_text(tuple(script), subcommand)
         for arg in args:
             option = arg.split("=", 1)[0]

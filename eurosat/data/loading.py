@@ -22,7 +22,9 @@ HUB_DATASET = "tanganke/eurosat"
 DATA_ENV = "EUROSAT_DATA"
 PARTITIONERS = ("iid", "dirichlet")
 DIRICHLET_MIN_PARTITION = 10  # rows; flwr-datasets redraws until every partition has this many
-NUM_CLASSES = 10  # EuroSAT's land-use classes; the model's output layer follows the data
+CLASS_NAMES = ("AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
+               "PermanentCrop", "Residential", "River", "SeaLake")  # label i is CLASS_NAMES[i]
+NUM_CLASSES = len(CLASS_NAMES)  # the model's output layer follows the data
 
 
 class DataError(ValueError):
@@ -261,19 +263,23 @@ def _hub_split(name: str, split: str):
                         "offline, give a local parquet folder (`data` or $EUROSAT_DATA)") from None
 
 
+def raw_split(source: Source, split: str):
+    """A split as a `datasets.Dataset`, its images still encoded."""
+    if not source.is_local:
+        return _hub_split(source.name, split)
+    if split not in source.data_files:
+        raise DataError(f"data: {source.name} has no '{split}' split")
+    from datasets import load_dataset
+
+    return load_dataset("parquet", data_files={split: source.data_files[split]}, split=split)
+
+
 def load_split(source: Source, split: str = "test", sample: int | None = None, seed: int = 0) -> TensorData:
     """A split (server-side evaluation), decoded once per process; `sample` = a seeded random
     subset, chosen before decoding (calibration needs 1,024 images, not 21,600)."""
 
     def build() -> TensorData:
-        if source.is_local:
-            if split not in source.data_files:
-                raise DataError(f"data: {source.name} has no '{split}' split")
-            from datasets import load_dataset
-
-            ds = load_dataset("parquet", data_files={split: source.data_files[split]}, split=split)
-        else:
-            ds = _hub_split(source.name, split)
+        ds = raw_split(source, split)
         if sample is not None and sample < len(ds):
             ds = ds.shuffle(seed=seed).select(range(sample))
         return TensorData(*decode(ds))

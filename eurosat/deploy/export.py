@@ -44,12 +44,12 @@ from torch import nn
 from eurosat.common.cli import one_line_errors
 from eurosat.common.files import atomic_write
 from eurosat.common.paths import check_output_dir
-from eurosat.data.loading import DATA_ENV, DataError, resolve_source
+from eurosat.data.loading import CLASS_NAMES, DATA_ENV, DataError, resolve_source
 from eurosat.deploy.qdq import INPUT, IR_VERSION, OPSET, OUTPUT, qdq_model
 from eurosat.fl.config import project_defaults
 from eurosat.quant import ptq
 from eurosat.quant.registry import CONFIGS, Fp32Config, load, needs_calibration, quantize, read
-from eurosat.report.compare import CLASS_NAMES, calibration_batches, load_fp32_net, run_data
+from eurosat.report.compare import calibration_batches, load_fp32_net, run_data
 from eurosat.train.checkpoints import load_checkpoint
 from eurosat.train.model import Net
 
@@ -188,7 +188,7 @@ def onnx_model(model: nn.Module, precision: str, metadata: dict[str, str] | None
     exporter = EXPORTERS[precision]
     proto = exporter.build(model)
     props = {"eurosat.precision": precision, "eurosat.holds": exporter.holds, "eurosat.input": INPUT_SPEC,
-             "eurosat.classes": json.dumps(CLASS_NAMES), "eurosat.compute_cpu": exporter.compute_cpu,
+             "eurosat.classes": json.dumps(list(CLASS_NAMES)), "eurosat.compute_cpu": exporter.compute_cpu,
              "eurosat.compute_cuda": exporter.compute_cuda, **(metadata or {})}
     onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto, full_check=True)

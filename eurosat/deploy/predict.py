@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from eurosat.common.cli import one_line_errors
-from eurosat.data.loading import normalize
+from eurosat.data.loading import CLASS_NAMES, normalize
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 SIZE = 64
@@ -87,7 +87,7 @@ class Classifier:
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for a bad file
             raise ValueError(f"{path}: not an ONNX model ONNX Runtime can load ({str(exc).splitlines()[0][:160]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.classes = json.loads(meta["eurosat.classes"]) if "eurosat.classes" in meta else _class_names()
+        self.classes = json.loads(meta["eurosat.classes"]) if "eurosat.classes" in meta else list(CLASS_NAMES)
         self.compute = meta.get("eurosat.compute_cpu", "onnxruntime")
 
     def _load_torch(self, path: Path) -> None:
@@ -97,7 +97,7 @@ class Classifier:
         model, config = load(path)
         loaded = evaluation(model, config, torch.device("cpu"))
         self.model, self.dtype = for_inference(loaded.model).eval(), loaded.input_dtype
-        self.classes, self.compute = _class_names(), loaded.compute
+        self.classes, self.compute = list(CLASS_NAMES), loaded.compute
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         images = normalize(torch.from_numpy(pixels).permute(0, 3, 1, 2)).contiguous()
@@ -107,12 +107,6 @@ class Classifier:
             with torch.no_grad():
                 logits = self.model(images.to(self.dtype).contiguous(memory_format=torch.channels_last)).float()
         return torch.softmax(logits.float(), dim=1).numpy()
-
-
-def _class_names() -> list[str]:
-    from eurosat.report.compare import CLASS_NAMES
-
-    return list(CLASS_NAMES)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

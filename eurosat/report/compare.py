@@ -32,7 +32,7 @@ from eurosat.report.cost import (MEASURED, WHAT_IF_CLIENTS, WHAT_IF_ROUNDS, Cost
                                   read_run_traffic, reference, run_cost, savings)
 from eurosat.fl.config import project_defaults
 from eurosat.fl.record import METRICS_FILE
-from eurosat.data.loading import TensorData, load_split, resolve_source
+from eurosat.data.loading import CLASS_NAMES, TensorData, load_split, resolve_source
 from eurosat.quant.registry import CONFIGS, Evaluation, Fp32Config, read, evaluation, is_fully_quantized, load, needs_calibration, quantize, save
 from eurosat.train.checkpoints import CheckpointError, load_checkpoint, net_from_state, state_dict_of
 from eurosat.data.check import check_source
@@ -48,8 +48,6 @@ DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")  # what --precisions compares unle
 JUDGED = "int8"  # the precision verdict.py's thresholds were written for
 ROBUSTNESS_REFERENCE = "fp16"  # under corruption, JUDGED is held against this one's drop
 ROBUSTNESS_MARGIN = 0.5  # points: INT8 may lose at most this much more than FP16 under corruption
-CLASS_NAMES = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
-               "PermanentCrop", "Residential", "River", "SeaLake"]
 
 
 @dataclass(frozen=True)
