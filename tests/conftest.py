@@ -43,11 +43,22 @@ HOST_VARIABLES = ("QUANTIZATION_BITS", "WANDB_MODE", "WANDB_DIR", "FLWR_HOME")
 
 
 def pytest_configure(config):
-    """Hermetic: no EUROSAT_* or removed variable from the calling shell, and a private cache."""
+    """Hermetic: no EUROSAT_* or removed variable from the calling shell, and every cache and home
+    the suite's processes would write (the project's, Hugging Face's, Flower's, Ray's, matplotlib's,
+    wandb's) in one private folder, removed at the end; nothing goes to the network."""
     for name in [n for n in os.environ if n.startswith("EUROSAT_") or n in HOST_VARIABLES]:
         if not name.startswith("EUROSAT_TEST_"):  # the suite's own opt-ins stay
             del os.environ[name]
-    os.environ["EUROSAT_CACHE"] = config._eurosat_cache = tempfile.mkdtemp(prefix="eurosat-test-cache-")
+    assert "datasets" not in sys.modules, "datasets read its cache folder before the suite chose it"
+    config._eurosat_cache = tempfile.mkdtemp(prefix="eurosat-test-cache-")
+    private = Path(config._eurosat_cache)
+    os.environ.update({"EUROSAT_CACHE": str(private / "eurosat"), "HF_HOME": str(private / "hf"),
+                       "HF_DATASETS_CACHE": str(private / "hf" / "datasets"), "HF_HUB_OFFLINE": "1",
+                       "HF_DATASETS_OFFLINE": "1", "FLWR_HOME": str(private / "flwr"),
+                       "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                       "MPLCONFIGDIR": str(private / "matplotlib"), "RAY_TMPDIR": str(private / "ray"),
+                       "WANDB_CONFIG_DIR": str(private / "wandb"), "WANDB_CACHE_DIR": str(private / "wandb"),
+                       "WANDB_DATA_DIR": str(private / "wandb")})  # WANDB_DIR unset: runs keep theirs in the run folder
 
 
 def pytest_unconfigure(config):

@@ -72,13 +72,15 @@ def test_the_readme_walkthrough_runs_on_the_slice(tiny_data, tmp_path):
     for png in ("comparison_plots.png", "comparison_plots_highres.png"):
         assert (run_dir / png).stat().st_size > 10_000, png
 
-    # 5. to a device: ONNX files beside the model, then chips/ (real test chips) classified
-    (project / "chips").mkdir()
-    for i, row in enumerate(pq.read_table(tiny_data / "test.parquet").slice(0, 3).to_pylist()):
-        (project / "chips" / f"chip_{i}.jpg").write_bytes(row["image"]["bytes"])
+    # 5. to a device: ONNX files beside the model, then chips/ (real test chips, written by the
+    # README's own command, named by row and true class) classified
     proc = bash(f"RUN={run_dir}\n{deploy}", project, env)
     assert {"model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx"} <= {p.name for p in run_dir.iterdir()}
-    assert len([line for line in proc.stdout.splitlines() if line.startswith("chips/chip_")]) == 3, proc.stdout
+    chips = sorted((project / "chips").iterdir())
+    table = pq.read_table(tiny_data / "test.parquet").to_pylist()
+    assert len(chips) == 20 and all(p.read_bytes() == table[int(p.name[:5])]["image"]["bytes"] for p in chips)
+    classified = [line for line in proc.stdout.splitlines() if line.startswith("chips/")]
+    assert [line.split(":")[0] for line in classified] == [f"chips/{p.name}" for p in chips], proc.stdout
 
     # 4. the one-command version, here without Slurm (the --local line)
     [local] = [line for line in one_command.splitlines() if "--local" in line]

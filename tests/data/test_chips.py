@@ -5,16 +5,10 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
-import pytest
 from conftest import ROOT, in_process
 
 from eurosat.data.__main__ import main
 from eurosat.data.loading import CLASS_NAMES
-
-
-@pytest.fixture(autouse=True)
-def private_caches(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
 
 
 def test_chips_are_the_splits_own_bytes_named_by_row_and_class(small_data, tmp_path):

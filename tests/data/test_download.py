@@ -25,7 +25,6 @@ def hub_layout(src: Path, dst: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def private_caches(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("EUROSAT_CACHE", str(tmp_path / "eurosat-cache"))
 
 

@@ -68,11 +68,12 @@ def test_bad_input_fails_before_anything_starts(tmp_path):
                              ("time-limit-min=-1", "time-limit-min"), ("fraction-train=0.0", "fraction-train"),
                              (f"data='{tmp_path}'", "no parquet files")]:
         # the first case through the real command line, the others through its main()
-        proc = launch(["-c", override], timeout=60) if "fp8" in override else in_process(launch_main, "-c", override)
+        override += f" output-dir='{tmp_path / 'out'}'"  # nothing, not even the write check, in the project
+        proc = launch(["-c", override], timeout=300) if "fp8" in override else in_process(launch_main, "-c", override)
         assert proc.returncode == 2, (override, proc.stdout, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], proc.stderr
-        assert "run folder" not in proc.stdout
+        assert "run folder" not in proc.stdout and not (tmp_path / "out").exists()
 
 
 def _fab(folder: Path) -> bytes:

@@ -22,6 +22,7 @@ SLURM = Path(__file__).parents[1] / "slurm"
 
 
 LOCAL_SLURM_ENV = "EUROSAT_TEST_LOCAL_SLURM"
+REAL_SLURM_ENV = "EUROSAT_TEST_REAL_SLURM"  # jobs on a cluster are the user's to allow
 
 
 def _real_slurm() -> bool:
@@ -46,7 +47,9 @@ def _cannot_run_slurm() -> str | None:
 @pytest.fixture(scope="module")
 def slurm():
     if os.environ.get(LOCAL_SLURM_ENV) != "1" and _real_slurm():
-        yield  # a real cluster: submit to it as it is
+        if os.environ.get(REAL_SLURM_ENV) != "1":
+            pytest.skip(f"this machine belongs to a Slurm cluster: set {REAL_SLURM_ENV}=1 to submit the tests' jobs to it")
+        yield  # a real cluster, by the user's choice: submit to it as it is
         return
     reason = _cannot_run_slurm()
     if reason:
@@ -62,7 +65,7 @@ def slurm():
     subprocess.run([str(SLURM / "stop-local-slurm.sh")], capture_output=True, text=True, timeout=120)
 
 
-def sh(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def sh(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
