@@ -15,7 +15,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,35 @@ def state() -> dict[str, np.ndarray]:
     for p in net.parameters():
         p.data.normal_(0, 0.05)
     return to_numpy(net.state_dict())
+
+
+def reap(started: list[subprocess.Popen], grace: float = 90) -> None:
+    """SIGTERM to each process still running (a launcher then stops its own federation and closes
+    its run), SIGKILL to any still running after `grace` seconds."""
+    for proc in started:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in started:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen]]:
+    """`subprocess.Popen` for processes a test does not wait for: a failing assertion cannot leave
+    them running (a launcher, its SuperLink and SuperNodes) to load the tests after it."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args, **kwargs) -> subprocess.Popen:
+        started.append(subprocess.Popen(*args, **kwargs))
+        return started[-1]
+
+    yield start
+    reap(started)
 
 
 @pytest.fixture(scope="session")

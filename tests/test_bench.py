@@ -83,8 +83,13 @@ def test_a_benchmark_row_records_its_provenance_and_resumes(tiny_data, tmp_path)
         assert prov["config"]["seed"] == seed and prov["config"]["data"] == str(tmp_path / "data")
         assert len(prov["final_model_sha256"]) == 64 and prov["client_compute"] and prov["final_test_loss"] > 0
     assert state["provenance"]["fp32@42"]["final_model_sha256"] != state["provenance"]["fp32@43"]["final_model_sha256"]
+    runs = sorted((tmp_path / "runs").rglob("status.json"))
+    assert len(runs) == 2
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "== fp32@" not in again.stdout  # resumed: nothing ran again
+    assert sorted((tmp_path / "runs").rglob("status.json")) == runs  # no new run folder
+    resumed = json.loads((tmp_path / "accuracy_benchmark.json").read_text())
+    assert (resumed["results"], resumed["provenance"]) == (state["results"], state["provenance"])
 
 
 def _strategies():

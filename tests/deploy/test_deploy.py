@@ -87,11 +87,21 @@ def test_int8_file_holds_int8_weights_and_runs_fused_int8_kernels(deployed):
 
 
 def test_runtimes_panel_is_drawn(deployed, tmp_path):
-    from eurosat.report.figures import draw_all
+    """The panel holds the report's numbers: each precision's two accuracies, latency, throughput
+    and file size, in the report's order."""
+    from eurosat.report.figures import draw_all, figures
 
     work, _, _ = deployed
-    written = draw_all([work / "quantization_comparison.json"], tmp_path / "none", tmp_path)
+    report_path = work / "quantization_comparison.json"
+    written = draw_all([report_path], tmp_path / "none", tmp_path)
     assert tmp_path / "onnx_runtimes.png" in written
+    rows = json.loads(report_path.read_text())["runtimes"]["precisions"]
+    accuracy, latency, throughput, size = {n: f for n, f, _ in figures([report_path], tmp_path / "none")}["onnx_runtimes.png"].axes
+    assert [t.get_text() for t in accuracy.get_xticklabels()] == list(rows)
+    heights = [bar.get_height() for bar in accuracy.patches]
+    assert heights == [rows[k]["pytorch_accuracy"] for k in rows] + [rows[k]["accuracy"] for k in rows]
+    for ax, key in ((latency, "latency_ms_batch1"), (throughput, "throughput_images_per_s_batch64"), (size, "file_size_mb")):
+        assert [bar.get_height() for bar in ax.patches] == [rows[k][key] for k in rows], key
 
 
 def test_export_command_writes_the_same_int8_model_and_refuses_kinds_by_name(deployed, small_data, tmp_path):

@@ -154,6 +154,15 @@ def _transport_figure(outputs: Path, fp32_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     with Image.open(outputs / "figures" / "transport_comparison.png") as img:
         assert img.format == "PNG"
+    from eurosat.report.figures import figures  # what the PNG holds: each run's MB and accuracy
+
+    drawn = {name: fig for name, fig, _ in figures([], outputs)}
+    left = drawn["transport_comparison.png"].axes[0]
+    assert len(left.lines) == 2 and all(line.get_label().endswith(" on the wire") for line in left.lines)
+    evaluated = [[r for r in json.loads(m.read_text())["rounds"] if "server_test_accuracy" in r]
+                 for m in outputs.glob("*/*/*/metrics.json")]
+    assert sorted(line.get_xydata().tolist() for line in left.lines) == sorted(
+        [[r["cumulative_mb"], 100 * r["server_test_accuracy"]] for r in rounds] for rounds in evaluated)
 
 
 @pytest.mark.long  # int4 with error feedback below is CI's real transport run; the codecs' sizes are tested above

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_dir_of
+from conftest import ROOT, reap, run_dir_of
 from flwr.app import RecordDict
 
 from eurosat.fl.codecs import CODECS, get_codec
@@ -271,12 +271,15 @@ def low_bit_runs(tiny_data, tmp_path_factory):
     runs = {"sign-int2": _start(["-c", f'{common} transport-up="sign" transport-down="int2"']),
             "topk": _start(["-c", f'{common} transport="topk" topk-fraction=0.05 transport-warmup-rounds=1 server-lr=1.5'])}
     done = {}
-    for name, (proc, result) in runs.items():
-        log, _ = proc.communicate(timeout=900)
-        proc.result = json.loads(Path(result).read_text()) if Path(result).exists() else {}
-        Path(result).unlink(missing_ok=True)
-        assert proc.returncode == 0, f"{name}: {log[-4000:]}"
-        done[name] = json.loads((run_dir_of(proc) / "metrics.json").read_text()) | {"dir": str(run_dir_of(proc))}
+    try:
+        for name, (proc, result) in runs.items():
+            log, _ = proc.communicate(timeout=900)
+            proc.result = json.loads(Path(result).read_text()) if Path(result).exists() else {}
+            Path(result).unlink(missing_ok=True)
+            assert proc.returncode == 0, f"{name}: {log[-4000:]}"
+            done[name] = json.loads((run_dir_of(proc) / "metrics.json").read_text()) | {"dir": str(run_dir_of(proc))}
+    finally:
+        reap([proc for proc, _ in runs.values()])  # the other run, if one failed
     return out, done
 
 

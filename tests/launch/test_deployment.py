@@ -24,9 +24,11 @@ from eurosat.train.model import Net
 pytestmark = pytest.mark.slow
 
 
-def _start(args: list[str], result: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "eurosat.launch.launcher", *args, "--result-json", str(result)], cwd=ROOT,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)
+def _start(spawn, args: list[str], result: Path, log: Path, netns: list[str] = ()) -> subprocess.Popen:
+    """A launcher in the background (`spawn`: conftest's, reaped if the test fails); `netns`: a
+    command prefix that runs it in a network namespace of its own."""
+    return spawn([*netns, sys.executable, "-m", "eurosat.launch.launcher", *args, "--result-json", str(result)],
+                 cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)
 
 
 def _live(result: Path, timeout: float = 300, rounds: int = 1) -> tuple[Path, str]:
@@ -72,19 +74,20 @@ def _no_process_left(home: str, timeout: float = 60) -> None:
 
 
 @pytest.mark.long  # waits out a round timeout
-def test_a_killed_supernode_is_named_and_rejoins_after_a_restart(tiny_data, tmp_path):
+def test_a_killed_supernode_is_named_and_rejoins_after_a_restart(tiny_data, tmp_path, spawn):
     """SuperNode 1 is killed during round 2: the round completes with the other two and names it.
     Started again, it rejoins; with error feedback it is sent the whole model."""
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
-    proc = _start(["--engine", "deployment", "--supernodes", "3", "-c",
-                   f"num-server-rounds=6 fraction-train=1.0 time-limit-min=0 min-clients-fraction=0.5 round-timeout-s=90 "
-                   f"transport=int8 transport-error-feedback=true data='{tiny_data}' output-dir='{tmp_path}'"],
+    proc = _start(spawn, ["--engine", "deployment", "--supernodes", "3", "-c",
+                          f"num-server-rounds=6 fraction-train=1.0 time-limit-min=0 min-clients-fraction=0.5 "
+                          f"round-timeout-s=90 "
+                          f"transport=int8 transport-error-feedback=true data='{tiny_data}' output-dir='{tmp_path}'"],
                   result, log)
     run_dir, home = _live(result)
     pid, argv, env = _supernode(home, 1)
     os.kill(pid, signal.SIGKILL)
     _live(result, rounds=2)
-    subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # the same node again
+    spawn(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # the same node again
     assert proc.wait(timeout=900) == 3, log.read_text()[-3000:]
     rounds = json.loads((run_dir / "metrics.json").read_text())["rounds"]
     failed = [r for r in rounds if r["client_failures"]]
@@ -96,11 +99,12 @@ def test_a_killed_supernode_is_named_and_rejoins_after_a_restart(tiny_data, tmp_
 
 
 @pytest.mark.long  # waits out a round timeout
-def test_a_hung_supernode_ends_its_round_at_the_timeout(tiny_data, tmp_path):
+def test_a_hung_supernode_ends_its_round_at_the_timeout(tiny_data, tmp_path, spawn):
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
-    proc = _start(["--engine", "deployment", "--supernodes", "2", "-c",
-                   f"num-server-rounds=3 fraction-train=1.0 time-limit-min=0 min-clients-fraction=0.5 round-timeout-s=60 "
-                   f"data='{tiny_data}' output-dir='{tmp_path}'"], result, log)
+    proc = _start(spawn, ["--engine", "deployment", "--supernodes", "2", "-c",
+                          f"num-server-rounds=3 fraction-train=1.0 time-limit-min=0 min-clients-fraction=0.5 "
+                          f"round-timeout-s=60 "
+                          f"data='{tiny_data}' output-dir='{tmp_path}'"], result, log)
     run_dir, home = _live(result)
     for pid in _processes(home, "partition-id=0"):
         os.kill(pid, signal.SIGSTOP)  # hangs: alive, never answers
@@ -112,11 +116,27 @@ def test_a_hung_supernode_ends_its_round_at_the_timeout(tiny_data, tmp_path):
     _no_process_left(home)
 
 
-def test_a_killed_superlink_fails_the_run_and_leaves_nothing(tiny_data, tmp_path):
-    """Listening on every interface without TLS (--insecure), which the launcher warns of once."""
+def _private_network() -> list[str]:
+    """A command prefix that runs its command in a network namespace of its own, loopback its only
+    interface: a SuperLink listening on every interface there is reachable from nowhere else."""
+    prefix = ["unshare", "--net", *([] if os.geteuid() == 0 else ["--map-root-user"]),
+              "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+    try:
+        probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=30)
+    except OSError as exc:
+        pytest.skip(f"no private network namespace here: {exc}")
+    if probe.returncode:
+        pytest.skip(f"no private network namespace here: {probe.stderr.strip()[-200:]}")
+    return prefix
+
+
+def test_a_killed_superlink_fails_the_run_and_leaves_nothing(tiny_data, tmp_path, spawn):
+    """Listening on every interface without TLS (--insecure), which the launcher warns of once; in a
+    network namespace of the test's own, so no other machine could reach that SuperLink."""
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
-    proc = _start(["--engine", "deployment", "--supernodes", "2", "--host", "0.0.0.0", "--insecure", "-c",
-                   f"num-server-rounds=50 time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path}'"], result, log)
+    proc = _start(spawn, ["--engine", "deployment", "--supernodes", "2", "--host", "0.0.0.0", "--insecure", "-c",
+                          f"num-server-rounds=50 time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path}'"],
+                  result, log, netns=_private_network())
     run_dir, home = _live(result)
     (superlink,) = _processes(home, "flower-superlink")
     os.kill(superlink, signal.SIGKILL)
@@ -131,14 +151,15 @@ def test_a_killed_superlink_fails_the_run_and_leaves_nothing(tiny_data, tmp_path
     assert len(warnings) == 1 and warnings[0].startswith("warning: ")
 
 
-def test_an_interrupted_run_resumes_in_its_folder(tiny_data, tmp_path):
+def test_an_interrupted_run_resumes_in_its_folder(tiny_data, tmp_path, spawn):
     """On the Deployment Engine with TLS and SuperNode auth, the default (2 SuperNodes, each with the
     key pair the launcher made and registered): stopped after its second round (of
     many: rounds take seconds here), resumed with a new round count: the same folder, the rounds
     appended, each with its attempt, the schedule continued; no process of either attempt left."""
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
     engine = ["--engine", "deployment", "--supernodes", "2"]
-    proc = _start([*engine, "-c", f"num-server-rounds=40 time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path}'"],
+    proc = _start(spawn, [*engine, "-c",
+                          f"num-server-rounds=40 time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path}'"],
                   result, log)
     run_dir, home = _live(result, rounds=2)
     proc.send_signal(signal.SIGTERM)
@@ -172,28 +193,29 @@ def test_an_interrupted_run_resumes_in_its_folder(tiny_data, tmp_path):
     assert refused.returncode == 2 and "only a failed or interrupted run can be resumed" in refused.stderr
 
 
-def _supernode_process(address: str, ca: Path, key: Path, partition: int, partitions: int, log: Path) -> subprocess.Popen:
+def _supernode_process(spawn, address: str, ca: Path, key: Path, partition: int, partitions: int,
+                       log: Path) -> subprocess.Popen:
     """A site's own SuperNode: TLS against the run's CA, authenticated with `key`."""
-    return subprocess.Popen([str(Path(sys.executable).with_name("flower-supernode")), "--superlink", address,
-                             "--port", str(free_port()), "--root-certificates", str(ca),
-                             "--auth-supernode-private-key", str(key),
-                             "--node-config", f"partition-id={partition} num-partitions={partitions}"],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                                 "OMP_NUM_THREADS": "1"})
+    return spawn([str(Path(sys.executable).with_name("flower-supernode")), "--superlink", address,
+                  "--port", str(free_port()), "--root-certificates", str(ca),
+                  "--auth-supernode-private-key", str(key),
+                  "--node-config", f"partition-id={partition} num-partitions={partitions}"],
+                 stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                 env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                      "OMP_NUM_THREADS": "1"})
 
 
-def test_only_registered_supernodes_join_over_tls(small_data, tmp_path):
+def test_only_registered_supernodes_join_over_tls(small_data, tmp_path, spawn):
     """TLS and SuperNode auth, the default: the launcher makes a throwaway CA in the run's folder
     (0600 in 0700) and registers the site's two public keys (--register-key); those two SuperNodes
     join and complete a round. A third SuperNode, with a key nobody registered, is refused (it exits),
     receives no model, and the launcher's log names its key."""
     site = security.make_node_keys(tmp_path / "site", 3)  # 0 and 1 registered, 2 not
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
-    proc = _start(["--engine", "deployment", "--supernodes", "2", "--external-supernodes",
-                   "--register-key", str(site[0]), "--register-key", str(site[1]), "-c",
-                   f"num-server-rounds=1 fraction-train=1.0 time-limit-min=0 data='{small_data}' "
-                   f"output-dir='{tmp_path / 'out'}'"], result, log)
+    proc = _start(spawn, ["--engine", "deployment", "--supernodes", "2", "--external-supernodes",
+                          "--register-key", str(site[0]), "--register-key", str(site[1]), "-c",
+                          f"num-server-rounds=1 fraction-train=1.0 time-limit-min=0 data='{small_data}' "
+                          f"output-dir='{tmp_path / 'out'}'"], result, log)
     deadline = time.monotonic() + 180
     while not (result.exists() and (Path(json.loads(result.read_text())["run_dir"]) / "deployment" /
                                     security.REGISTERED).exists()):
@@ -204,15 +226,15 @@ def test_only_registered_supernodes_join_over_tls(small_data, tmp_path):
     address = re.search(r'address = "([^"]+)"', (Path(live["flwr_home"]) / "config.toml").read_text())[1]
     secrets = run_dir / "deployment" / "secrets"
     ca = secrets / "tls" / "ca.crt"
-    intruder = _supernode_process(address, ca, security.key_paths(tmp_path / "site", 2)[0], 0, 2, tmp_path / "intruder.log")
+    intruder = _supernode_process(spawn, address, ca, security.key_paths(tmp_path / "site", 2)[0], 0, 2,
+                                  tmp_path / "intruder.log")
     assert intruder.wait(timeout=120) != 0, "an unregistered SuperNode is refused and exits"
-    nodes = [_supernode_process(address, ca, security.key_paths(tmp_path / "site", i)[0], i, 2, tmp_path / f"site-{i}.log")
+    nodes = [_supernode_process(spawn, address, ca, security.key_paths(tmp_path / "site", i)[0], i, 2,
+                                tmp_path / f"site-{i}.log")
              for i in range(2)]
-    try:
-        assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
-    finally:
-        for node in nodes:
-            node.terminate()
+    assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    for node in nodes:
+        node.terminate()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["config"]["engine"] == "deployment" and metrics["summary"]["engine"] == "deployment"
     assert [(r["round"], r["clients_asked"], r["clients"]) for r in metrics["rounds"]] == [(1, 2, 2)]

@@ -23,9 +23,10 @@ from eurosat.train.model import Net
 ROOT_USER = os.geteuid() == 0
 
 
-def _launcher(args: list[str], result: Path, log=subprocess.PIPE) -> subprocess.Popen:
-    """A launcher in the background; `log`: where its output goes (a pipe must be drained)."""
-    return subprocess.Popen([sys.executable, "-m", "eurosat.launch.launcher", *args, "--result-json", str(result)], cwd=ROOT,
+def _launcher(spawn, args: list[str], result: Path, log=subprocess.PIPE) -> subprocess.Popen:
+    """A launcher in the background (`spawn`: conftest's, reaped if the test fails); `log`: where its
+    output goes (a pipe must be drained)."""
+    return spawn([sys.executable, "-m", "eurosat.launch.launcher", *args, "--result-json", str(result)], cwd=ROOT,
                             text=True, stdout=log, stderr=subprocess.STDOUT if log is not subprocess.PIPE else log)
 
 
@@ -45,7 +46,7 @@ def _copy_slice(small_data: Path, dst: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_two_launches_in_the_same_second_keep_apart_and_kill_9_stops_only_its_own(tiny_data, tmp_path):
+def test_two_launches_in_the_same_second_keep_apart_and_kill_9_stops_only_its_own(tiny_data, tmp_path, spawn):
     """Side by side, the same recipe: their own folders (same second: the -2 suffix) and, sampling
     2 of 4 clients a round, the same partitions and the same results round by round (node IDs are
     random in every run; the sample is drawn by partition with the seed; a constant learning rate,
@@ -56,7 +57,7 @@ def test_two_launches_in_the_same_second_keep_apart_and_kill_9_stops_only_its_ow
               f"time-limit-min=0 data='{tiny_data}' output-dir='{tmp_path}'")
     results = [tmp_path / "short.json", tmp_path / "long.json"]
     logs = [open(tmp_path / "short.log", "w"), open(tmp_path / "long.log", "w")]
-    short, long_ = (_launcher(["-c", f"num-server-rounds={n} {common}"], r, log)
+    short, long_ = (_launcher(spawn, ["-c", f"num-server-rounds={n} {common}"], r, log)
                     for n, r, log in zip((2, 200), results, logs))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (results[1].exists() and

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, reap
 
 SLURM = Path(__file__).parents[1] / "slurm"
 
@@ -119,7 +119,9 @@ def test_bad_arguments_fail_before_anything_is_submitted(job_env):
         assert proc.returncode == 2 and needle in proc.stderr, (script, args, proc.stderr)
         assert "training" not in proc.stdout, proc.stdout
         assert not logs.exists() or not any(logs.iterdir())
-    assert sh(ROOT / "submit_job.sh", "--check", "fp32", "10", "1", env=env).returncode == 0
+    proc = sh(ROOT / "submit_job.sh", "--check", "fp32", "10", "1", env=env)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr  # valid: checked, nothing run or submitted
+    assert not logs.exists() or not any(logs.iterdir())
 
 
 def test_job_values_are_quoted_never_run_and_resume_is_checked(job_env, tmp_path):
@@ -205,8 +207,7 @@ def test_the_job_runs_through_slurm_and_in_local_mode_side_by_side(job_env, requ
             assert json.loads((run_dir / "metrics.json").read_text())["summary"]["rounds_completed"] >= 1
         out, err = local.communicate(timeout=600)
     finally:
-        if local.poll() is None:
-            local.kill()
+        reap([local])  # SIGTERM first: the launcher stops its federation
     assert local.returncode == 0, err[-3000:]
     job = out.strip()
     assert job.startswith("local-")

@@ -1,5 +1,6 @@
 """Quantization-aware training: fake quantization, packed storage, and real 1-round runs."""
 
+import csv
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -140,6 +141,15 @@ def test_analyze_results_and_bit_figures_cover_the_runs(qat_runs, tmp_path):
     for name in ("bits_accuracy.png", "bits_parallel.png"):
         with Image.open(tmp_path / name) as img:
             assert img.format == "PNG"
+    from eurosat.report.figures import figures  # the figure holds the table's numbers (2 decimals there)
+
+    table = sorted(csv.DictReader(csv_path.open()), key=lambda r: int(r["weight_bits"]))
+    ax, twin = {name: fig for name, fig, _ in figures([], qat_outputs)}["bits_accuracy.png"].axes
+    accuracy = [xy for line in ax.lines for xy in line.get_xydata().tolist()]  # one line per activation width
+    for points, column in ((accuracy, "accuracy"), (twin.lines[0].get_xydata().tolist(), "compression")):
+        drawn = sorted(points)
+        assert [x for x, _ in drawn] == [float(r["weight_bits"]) for r in table]
+        assert [y for _, y in drawn] == pytest.approx([float(r[column]) for r in table], abs=0.006), column
 
 
 def test_measure_compression_reports_any_checkpoint(e2e_run, tmp_path):
