@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -121,18 +120,13 @@ def state() -> dict[str, np.ndarray]:
 
 
 def reap(started: list[subprocess.Popen], grace: float = 90) -> None:
-    """SIGTERM to each process still running (a launcher then stops its own federation and closes
-    its run), SIGKILL to any still running after `grace` seconds."""
+    """The launcher's own stop (`stop_pids`): SIGTERM to each process still running (a launcher then
+    stops its federation and closes its run), SIGKILL after `grace` seconds; then collect them."""
+    from eurosat.launch.processes import stop_pids
+
+    stop_pids([proc.pid for proc in started if proc.poll() is None], grace)
     for proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + grace
-    for proc in started:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.wait()
 
 
 @pytest.fixture
