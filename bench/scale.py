@@ -2,7 +2,7 @@
 1,000 clients, 10 of them a round, with error feedback off and on.
 
     .venv/bin/python bench/scale.py [--data ../shared/data/eurosat] [--clients 10,100,1000]
-        [--rounds 5] [--fraction 0.1] [--out DIR]
+        [--rounds 5] [--fraction 0.1] [--ef off,on] [--client-cpus N] [--out DIR]
 
 Each setting is a real `python -m eurosat.launch` run in simulation: `num-supernodes` = N, 10 clients
 a round (`fraction-train` = 10/N), 1 local epoch, `--rounds` rounds, the server evaluating only in
@@ -21,6 +21,11 @@ Targets (issue 28): at most 2 GB in all at 1,000 clients without error feedback,
 at 1,000 clients at most 1.3 x that at 10. Settings run one after another on this machine, never
 beside other work: the overheads are times. Writes `scale.json` (each setting with its provenance)
 and prints the table with both ratios.
+
+The clients that train side by side are Ray workers, each a process with torch, its data and a
+model (~0.6 GB); `--client-cpus` (the launcher's option) sets how many: the CPUs // it. With
+`--client-cpus` equal to the CPUs one worker trains the round's clients one after another, with all
+CPUs each: the least memory, whatever the federation's size.
 """
 
 from __future__ import annotations
@@ -102,18 +107,20 @@ def overhead_per_round(metrics: dict, side_by_side: int) -> float:
     return statistics.median(r["train_phase_seconds"] - r["client_train_seconds"] / side_by_side for r in later)
 
 
-def run_setting(clients: int, ef: bool, rounds: int, data: Path, out: Path) -> dict:
+def run_setting(clients: int, ef: bool, rounds: int, data: Path, out: Path, client_cpus: int | None = None) -> dict:
     flwr_home = tempfile.mkdtemp(prefix="flwr-home-scale-")
     transport = "transport='int8' transport-error-feedback=true" if ef else "transport='fp32'"
-    result = out / f"launch-{clients}-{'ef' if ef else 'noef'}.json"
-    command = [sys.executable, "-m", "eurosat.launch", "--flwr-home", flwr_home, "--result-json", str(result), "-c",
+    name = f"{clients}-{'ef' if ef else 'noef'}" + (f"-cpus{client_cpus}" if client_cpus else "")
+    result = out / f"launch-{name}.json"
+    workers = ["--client-cpus", str(client_cpus)] if client_cpus else []
+    command = [sys.executable, "-m", "eurosat.launch", "--flwr-home", flwr_home, "--result-json", str(result), *workers, "-c",
                f"num-supernodes={clients} fraction-train={PER_ROUND / clients} num-server-rounds={rounds} "
                f"time-limit-min=0 local-epochs=1 server-eval-every={rounds} {transport} data='{data}' "
                f"output-dir='{out / 'runs'}'"]
     sampler = PeakMemory(flwr_home)
     sampler.start()
     started = time.perf_counter()
-    with open(out / f"launch-{clients}-{'ef' if ef else 'noef'}.log", "w") as log:
+    with open(out / f"launch-{name}.log", "w") as log:
         code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
     sampler.stop()
     if code != 0:
@@ -121,18 +128,19 @@ def run_setting(clients: int, ef: bool, rounds: int, data: Path, out: Path) -> d
     run_dir = Path(read_json(result)["run_dir"])
     metrics = read_json(run_dir / "metrics.json")
     cpus = os.cpu_count() or 1
-    side_by_side = max(1, min(PER_ROUND, cpus))  # the launcher gives each client cpus // clients-a-round (>= 1)
+    # the launcher gives each client cpus // clients-a-round (>= 1) unless --client-cpus says otherwise
+    side_by_side = max(1, min(PER_ROUND, cpus // (client_cpus or 1)))
     trained = len({p for r in metrics["rounds"] for p in r["partitions"]})
     return {"clients": clients, "error_feedback": ef, "rounds": rounds, "trained_clients": trained,
             "peak_pss_total_gb": sampler.total / GB, "peak_pss_serverapp_gb": sampler.server / GB,
             "processes": sampler.processes, "overhead_s": overhead_per_round(metrics, side_by_side),
-            "side_by_side": side_by_side, "wall_s": time.perf_counter() - started, "run_dir": str(run_dir)}
+            "side_by_side": side_by_side, "client_cpus": client_cpus, "wall_s": time.perf_counter() - started, "run_dir": str(run_dir)}
 
 
 def report(rows: list[dict]) -> str:
-    out = [f"{'clients':>8}{'EF':>5}{'trained':>9}{'peak PSS, all (GB)':>20}{'ServerApp (GB)':>16}{'overhead/round (s)':>20}"]
+    out = [f"{'clients':>8}{'EF':>5}{'workers':>9}{'trained':>9}{'peak PSS, all (GB)':>20}{'ServerApp (GB)':>16}{'overhead/round (s)':>20}"]
     for r in rows:
-        out.append(f"{r['clients']:>8}{'on' if r['error_feedback'] else 'off':>5}{r['trained_clients']:>9}"
+        out.append(f"{r['clients']:>8}{'on' if r['error_feedback'] else 'off':>5}{r['side_by_side']:>9}{r['trained_clients']:>9}"
                    f"{r['peak_pss_total_gb']:>20.2f}{r['peak_pss_serverapp_gb']:>16.2f}{r['overhead_s']:>20.2f}")
     by = {(r["clients"], r["error_feedback"]): r for r in rows}
     lo, hi = min(r["clients"] for r in rows), max(r["clients"] for r in rows)
@@ -153,12 +161,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="10,100,1000", help="comma-separated federation sizes [10,100,1000]")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per run (>= 2; the overhead is rounds 2..) [5]")
     parser.add_argument("--fraction", type=float, default=0.1, help="share of the train split used [0.1]")
+    parser.add_argument("--ef", default="off,on", help="error feedback settings to run, comma-separated [off,on]")
+    parser.add_argument("--client-cpus", type=int, help="CPUs per client, so CPUs // it Ray workers train side by side "
+                                                        "[the launcher's: CPUs // 10, at least 1]")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "scale", help="results folder [%(default)s]")
     args = parser.parse_args(argv)
     try:
         sizes = [int(c) for c in args.clients.split(",")]
     except ValueError:
         return fail(f"--clients {args.clients!r}: expected comma-separated integers")
+    efs = [e.strip() for e in args.ef.split(",")]
+    if not efs or any(e not in ("off", "on") for e in efs):
+        return fail(f"--ef {args.ef!r}: expected off, on or off,on")
+    if args.client_cpus is not None and not 1 <= args.client_cpus <= (os.cpu_count() or 1):
+        return fail(f"--client-cpus {args.client_cpus}: must be in [1, {os.cpu_count() or 1}] (this machine's CPUs)")
     if args.rounds < 2 or not 0 < args.fraction <= 1 or any(c < PER_ROUND for c in sizes):
         return fail(f"--rounds must be >= 2, --fraction in (0, 1], every --clients >= {PER_ROUND}")
     if not args.data.is_dir():
@@ -167,10 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     data = make_slice(args.data.resolve(), args.out / "data", args.fraction)
     rows = []
     for clients in sizes:
-        for ef in (False, True):
+        for ef in (e == "on" for e in efs):
             print(f"== {clients} clients, error feedback {'on' if ef else 'off'} ...", flush=True)
             try:
-                rows.append(run_setting(clients, ef, args.rounds, data, args.out))
+                rows.append(run_setting(clients, ef, args.rounds, data, args.out, args.client_cpus))
             except RuntimeError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1

@@ -92,13 +92,17 @@ def test_a_benchmark_row_records_its_provenance_and_resumes(tiny_data, tmp_path)
     assert (resumed["results"], resumed["provenance"]) == (state["results"], state["provenance"])
 
 
-def _strategies():
+def _bench(name: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("strategies_bench", ROOT / "bench" / "strategies.py")
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _strategies():
+    return _bench("strategies")
 
 
 def test_a_strategy_row_pairs_with_fedavg_only_where_it_differs_in_its_own_keys():
@@ -124,3 +128,23 @@ def test_the_strategies_benchmark_refuses_bad_input_in_one_line(tmp_path):
                           (["--data", tmp_path / "nowhere"], "no such folder"), (["--set", "lr"], "lr")):
         proc = in_process(bench.main, *args, "--out", tmp_path / "out")
         assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_the_scale_benchmark_refuses_bad_input_in_one_line(tmp_path):
+    from conftest import in_process
+
+    bench = _bench("scale")
+    for args, message in ((["--ef", "maybe"], "--ef 'maybe'"), (["--client-cpus", "0"], "--client-cpus 0: must be in [1,"),
+                          (["--clients", "5"], "every --clients >= 10"), (["--clients", "ten"], "comma-separated integers"),
+                          (["--data", tmp_path / "nowhere"], "no such folder")):
+        proc = in_process(bench.main, *args, "--out", tmp_path / "out")
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing written before the input is checked
+
+
+def test_the_scale_report_shows_how_many_workers_trained_side_by_side():
+    bench = _bench("scale")
+    row = {"clients": 1000, "error_feedback": False, "side_by_side": 1, "trained_clients": 49, "peak_pss_total_gb": 1.6,
+           "peak_pss_serverapp_gb": 0.7, "overhead_s": 0.5}
+    header, line = bench.report([row]).splitlines()[:2]
+    assert header.split()[:3] == ["clients", "EF", "workers"] and line.split()[:4] == ["1000", "off", "1", "49"]
