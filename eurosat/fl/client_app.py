@@ -23,7 +23,7 @@ def _setup(msg: Message, context: Context):
     instruction, values = Instruction.split(msg.content[CONFIG])
     cfg = RunConfig.from_mapping(values, environ={})  # the server already applied the environment
     down, up = cfg.link_plan().at(instruction.server_round)  # this round's codecs (a warm-up's are int8)
-    link = ClientLink(down, context.state, cfg.transport_error_feedback, up=up)
+    link = ClientLink(down, context.state, cfg.transport_error_feedback, up=up, initial=lambda: task.initial_state(cfg))
     node = context.node_config
     return cfg, instruction, link, link.decode(msg.content), int(node["partition-id"]), int(node["num-partitions"])
 

@@ -15,19 +15,23 @@ With `transport-error-feedback = true` a lossy codec's rounding error is carried
   replica, so what the node trains from tracks the global model within one update's rounding,
   instead of the whole model being re-rounded each round (int4 models lose ~5 points of
   accuracy that way). A replica is numbered; a node that lost its replica, or that the server
-  lost track of (an error, no reply), starts again from zeros, i.e. gets the whole model.
+  lost track of (an error, no reply), starts again from the run's *initial* model: each node
+  rebuilds it from the seed (`task.initial_state`) and checks its digest against the server's, so
+  the first message is the change since the run began, not the whole model through a 1-bit or 1 %
+  codec (which would leave the node training from per-channel signs, or from 1 % of the weights).
+  Without an initial model the replicas start at zeros, as before.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from eurosat.fl.state import State, add, contiguous, subtract
+from eurosat.fl.state import State, add, contiguous, digest, subtract
 from eurosat.fl.codecs import CODECS, Codec, FloatCodec, wire_name
 from eurosat.fl.scaffold import CONTROL
 
@@ -77,10 +81,13 @@ def error_feedback(codec: Codec, delta: State, residual: State | None) -> tuple[
 class ServerLink:
     """Server end: the global model in the transport format for each node, and which replica each node holds."""
 
-    def __init__(self, codec: Codec, feedback: bool):
-        """`codec`: the downlink's; a round may send another (`encode`'s `codec`, a warm-up's)."""
+    def __init__(self, codec: Codec, feedback: bool, initial: State | None = None):
+        """`codec`: the downlink's; a round may send another (`encode`'s `codec`, a warm-up's).
+        `initial`: the model every node can rebuild from the seed, where replicas start (else zeros)."""
         self.codec = codec
         self.feedback = feedback and codec.lossy
+        self.initial = initial
+        self.initial_digest = digest(initial) if initial is not None else None
         self.replicas: dict[int, State] = {}
         self.held: dict[int, int] = {}  # node id -> replica number
         self._numbers = iter(range(FRESH + 1, 2**62))
@@ -96,12 +103,17 @@ class ServerLink:
             groups[self.held.get(node, FRESH)].append(node)
         out = []
         for base, nodes in groups.items():
-            held = self.replicas.get(base) or {k: np.zeros_like(v) for k, v in state.items()}
+            link: dict[str, int | str] = {"base": base}
+            held = self.replicas.get(base)
+            if held is None:  # FRESH: the node starts from the initial model (its digest to check), or zeros
+                held = self.initial if self.initial is not None else {k: np.zeros_like(v) for k, v in state.items()}
+                if self.initial_digest:
+                    link["initial"] = self.initial_digest
             update = codec.encode(subtract(state, held))
             number = next(self._numbers)
             self.replicas[number] = add(held, codec.decode(update))
             self.held.update(dict.fromkeys(nodes, number))
-            out.append((nodes, update, ConfigRecord({"base": base, "replica": number})))
+            out.append((nodes, update, ConfigRecord({**link, "replica": number})))
         self._drop_unused()
         return out
 
@@ -122,9 +134,13 @@ class ClientLink:
     `context.state`, which Flower keeps for the node between rounds. `codec` decodes what
     arrives; `up` encodes what is sent (default: the same)."""
 
-    def __init__(self, codec: Codec, store: RecordDict, feedback: bool, up: Codec | None = None):
+    def __init__(self, codec: Codec, store: RecordDict, feedback: bool, up: Codec | None = None,
+                 initial: Callable[[], State] | None = None):
+        """`initial`: rebuilds the run's initial model (`task.initial_state`), where a fresh replica
+        starts when the server says so; called only then."""
         self.codec, self.up, self.store = codec, up or codec, store
         self.feedback = feedback and self.up.lossy
+        self.initial = initial
 
     def decode(self, content: RecordDict) -> State:
         received = self.codec.decode(content["arrays"])
@@ -140,6 +156,8 @@ class ClientLink:
                 raise RuntimeError(f"transport: this node holds {holds}, the server sent an update to replica {base}; "
                                    "the server sends the whole model next time")
             received = add(held, received)
+        elif "initial" in link:
+            received = add(self._initial(str(link["initial"])), received)
         self._save(REPLICA, received)
         self.store[REPLICA_NUMBER] = ConfigRecord({"replica": number})
         return received
@@ -155,6 +173,16 @@ class ClientLink:
             delta, residual = error_feedback(self.up, delta, self._load(RESIDUAL))
             self._save(RESIDUAL, residual)
         return self.up.encode(delta)
+
+    def _initial(self, expected: str) -> State:
+        """The initial model, rebuilt here and checked against the server's digest."""
+        if self.initial is None:
+            raise RuntimeError("transport: the server's update starts from the run's initial model, which this node cannot rebuild")
+        start = self.initial()
+        if (found := digest(start)) != expected:
+            raise RuntimeError(f"transport: this node's initial model (SHA-256 {found[:12]}…) differs from the server's "
+                               f"({expected[:12]}…): the same code, torch and run config on both ends?")
+        return start
 
     def _load(self, key: str) -> State | None:
         record = self.store.array_records.get(key)

@@ -47,7 +47,7 @@ def main(grid: Grid, context: Context) -> None:
         print(f"eurosat: resuming after round {done} (attempt {recorder.attempt})", flush=True)
     else:
         recorder = RunRecorder(run_dir, cfg.to_mapping(), extra, tracker)
-        done, position, state = 0, None, to_numpy(task.make_model(cfg).state_dict())
+        done, position, state = 0, None, task.initial_state(cfg)
     try:
         strategy = BudgetedFedAvg(
             cfg.link_plan(), cfg.transport_error_feedback, cfg.lr_schedule_plan(), cfg.server_optimizer(),
@@ -56,6 +56,7 @@ def main(grid: Grid, context: Context) -> None:
             limits=lambda: task.reply_limits(cfg),  # read at the first round, after the federation check
             aggregation=cfg.aggregation, trim_fraction=cfg.trim_fraction,
             controls=Controls(task.trainable(cfg), cfg.num_supernodes) if cfg.strategy == "scaffold" else None,
+            initial=task.initial_state(cfg),  # nodes rebuild it: error feedback's replicas start there
             fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
             min_train_nodes=1, min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0, min_available_nodes=1,
         )

@@ -7,6 +7,7 @@ sums and example-weighted means live here, once, for all of them.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -24,6 +25,17 @@ def contiguous(x: np.ndarray) -> np.ndarray:
 def raw_nbytes(state: Mapping[str, np.ndarray]) -> int:
     """Bytes the tensors take in their own dtype (the fp32 baseline for float models)."""
     return sum(np.asarray(v).nbytes for v in state.values())
+
+
+def digest(state: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes, in key order: two ends check they hold the
+    same model without sending it."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = contiguous(state[k])
+        h.update(f"{k}:{v.dtype.str}:{v.shape};".encode())
+        h.update(v.tobytes())
+    return h.hexdigest()
 
 
 def to_numpy(state_dict: Mapping[str, object]) -> State:

@@ -267,12 +267,14 @@ class BudgetedFedAvg(FedAvg):
                  server: ServerOptimizer = ServerOptimizer(),
                  min_clients_fraction: float = 1.0, round_timeout_s: float = 0.0, cost_per_mb: float = 0.0,
                  expected_nodes: int = 1, seed: int = 0, limits: Callable[[], ReplyLimits] | None = None,
-                 aggregation: str = "mean", trim_fraction: float = 0.2, controls: Controls | None = None, **kwargs):
+                 aggregation: str = "mean", trim_fraction: float = 0.2, controls: Controls | None = None,
+                 initial: State | None = None, **kwargs):
         """`limits`: what the reply checks hold each reply to (checks.py), made when the first round
         starts (it reads the partition sizes); None: no bound on `num-examples` below 2^31.
         `aggregation`: how the checked updates become one (robust.py); `server`: the strategy's
         step that applies it to the global model (server_step.py); `controls`: SCAFFOLD's control
-        variates (scaffold.py), None for every other strategy."""
+        variates (scaffold.py), None for every other strategy; `initial`: the model every node can
+        rebuild from the seed (task.initial_state), where error feedback's replicas start (link.py)."""
         super().__init__(**kwargs)
         self.aggregation, self.trim_fraction = aggregation, trim_fraction
         self.limits = limits or (lambda: ReplyLimits((2**31,) * max(expected_nodes, 1)))
@@ -284,7 +286,7 @@ class BudgetedFedAvg(FedAvg):
         self.codec = self.plan.up  # the uplink's codec after any warm-up
         self.step = ServerStep(server)  # `strategy`: how the aggregated update moves the model
         self.controls = controls
-        self.link = ServerLink(self.plan.down, self.plan.feedback)
+        self.link = ServerLink(self.plan.down, self.plan.feedback, initial)
         self.schedule = schedule
         self.min_clients_fraction = min_clients_fraction
         self.round_timeout_s = round_timeout_s

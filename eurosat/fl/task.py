@@ -30,6 +30,14 @@ def make_model(cfg: RunConfig) -> nn.Module:
     return cfg.recipe.make_model()
 
 
+def initial_state(cfg: RunConfig) -> State:
+    """The model a run starts from, made from `seed` alone (the global RNG is left as it was): a node
+    rebuilds it instead of receiving it, so error feedback's replicas start there, not at zeros."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return to_numpy(make_model(cfg).state_dict())
+
+
 def load_state(model: nn.Module, state: Mapping[str, np.ndarray]) -> nn.Module:
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
     return model

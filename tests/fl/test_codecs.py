@@ -127,6 +127,43 @@ def test_a_node_that_lost_its_replica_is_told_and_gets_the_whole_model_next(stat
     assert set(server.replicas) == {server.held[3]}  # replicas no node holds are dropped
 
 
+@pytest.mark.parametrize("name", ["sign", "topk"])
+def test_a_fresh_replica_starts_from_the_seeded_initial_model_not_from_zeros(name):
+    """A node rebuilds the run's initial model from the seed, so its first message is the change
+    since then: a 1-bit or 1 % code of that change, not of the whole model."""
+    import torch
+    from eurosat.fl import task
+    from eurosat.fl.state import digest
+
+    cfg = load_run_config(["seed=7", f'transport="{name}"', "topk-fraction=0.01", "transport-error-feedback=true"])
+    before = torch.random.get_rng_state()
+    initial = task.initial_state(cfg)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global RNG is left as it was
+    torch.manual_seed(7)
+    assert digest(initial) == digest(to_numpy(task.make_model(cfg).state_dict()))  # what the server trained from before
+    codec, rng = cfg.link_plan().down, np.random.default_rng(0)
+    trained = _drift(_drift(initial, rng), rng)  # two rounds of training later
+    with_start = ServerLink(codec, feedback=True, initial=initial)
+    [(_, arrays, link)] = with_start.encode(trained, [5])
+    assert link["base"] == 0 and link["initial"] == digest(initial)
+    node = ClientLink(codec, RecordDict(), feedback=True, initial=lambda: task.initial_state(cfg))
+    held = node.decode(_payload(arrays, link))
+    assert all(np.array_equal(held[k], v) for k, v in with_start.replicas[with_start.held[5]].items())
+    [(_, zero_arrays, zero_link)] = ServerLink(codec, feedback=True).encode(trained, [5])  # as before: from zeros
+    from_zeros = ClientLink(codec, RecordDict(), feedback=True).decode(_payload(zero_arrays, zero_link))
+    change = codec.decode(codec.encode({k: trained[k] - initial[k] for k in trained}))
+    assert all(np.array_equal(held[k], (initial[k] + change[k]).astype(initial[k].dtype)) for k in trained)
+    weights = [k for k, v in trained.items() if v.ndim >= 2]
+    error = sum(np.abs(held[k] - trained[k]).sum() for k in weights)
+    assert error < 0.5 * sum(np.abs(from_zeros[k] - trained[k]).sum() for k in weights), name
+    other = load_run_config(["seed=8", f'transport="{name}"', "transport-error-feedback=true"])
+    stranger = ClientLink(codec, RecordDict(), feedback=True, initial=lambda: task.initial_state(other))
+    with pytest.raises(RuntimeError, match=r"this node's initial model \(SHA-256 \w+…\) differs from the server's"):
+        stranger.decode(_payload(arrays, link))
+    with pytest.raises(RuntimeError, match="cannot rebuild"):
+        ClientLink(codec, RecordDict(), feedback=True).decode(_payload(arrays, link))
+
+
 def test_removed_switches_say_what_to_write_instead(monkeypatch):
     with pytest.raises(ConfigError, match=r'^use-quantization: no longer a run-config key; write transport="fp16"'):
         load_run_config(["use-quantization=true"])
