@@ -76,7 +76,7 @@ def _no_process_left(home: str, timeout: float = 60) -> None:
 @pytest.mark.long  # waits out a round timeout
 def test_a_killed_supernode_is_named_and_rejoins_after_a_restart(tiny_data, tmp_path, spawn):
     """SuperNode 1 is killed during round 2: the round completes with the other two and names it.
-    Started again, it rejoins; with error feedback it is sent the whole model."""
+    Started again, it rejoins; with error feedback it starts again from the initial model."""
     result, log = tmp_path / "result.json", tmp_path / "launcher.log"
     proc = _start(spawn, ["--engine", "deployment", "--supernodes", "3", "-c",
                           f"num-server-rounds=6 fraction-train=1.0 time-limit-min=0 min-clients-fraction=0.5 "
