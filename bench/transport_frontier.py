@@ -54,6 +54,9 @@ SETTINGS = {  # name -> run-config keys on top of the protocol; the default set 
     "sign+ef slr0.5": f'transport="sign" {EF} server-lr=0.5',
     "sign+ef slr2": f'transport="sign" {EF} server-lr=2.0',
     "up sign+ef down fp16": f'transport-up="sign" transport-down="fp16" {EF}',
+    # the same for topk: which direction loses the accuracy, and whether int8 warm-up rounds help
+    "up topk10%+ef down fp16": f'transport-up="topk" transport-down="fp16" topk-fraction=0.1 {EF}',
+    "topk10%+ef warmup2": f'transport="topk" topk-fraction=0.1 {EF} transport-warmup-rounds=2',
 }
 DEFAULT = ["fp32", "int8", "int4+ef", "int2+ef", "sign+ef", "topk10%+ef", "topk1%+ef", "fp16", "sign"]
 # The issue's targets: at most this share of fp32's bytes (both directions), a mean paired
