@@ -101,14 +101,10 @@ def _bench(name: str):
     return module
 
 
-def _strategies():
-    return _bench("strategies")
-
-
 def test_a_strategy_row_pairs_with_fedavg_only_where_it_differs_in_its_own_keys():
     from bench.ledger import paired_rows
 
-    bench = _strategies()
+    bench = _bench("strategies")
     results = {"fedavg": {"42": 70.0, "43": 72.0}, "fedadam": {"42": 75.0, "43": 76.0}}
     provenance = {"fedavg@42": _prov(strategy="fedavg"), "fedavg@43": _prov(seed=43, strategy="fedavg"),
                   "fedadam@42": _prov(strategy="fedadam", **{"server-lr": 0.01, "tau": 0.001}),
@@ -123,7 +119,7 @@ def test_a_strategy_row_pairs_with_fedavg_only_where_it_differs_in_its_own_keys(
 def test_the_strategies_benchmark_refuses_bad_input_in_one_line(tmp_path):
     from conftest import in_process
 
-    bench = _strategies()
+    bench = _bench("strategies")
     for args, message in ((["--only", "fedsgd"], "unknown rows ['fedsgd']"), (["--seeds", "42"], "fewer than 2 seeds"),
                           (["--data", tmp_path / "nowhere"], "no such folder"), (["--set", "lr"], "lr")):
         proc = in_process(bench.main, *args, "--out", tmp_path / "out")

@@ -87,7 +87,7 @@ class ServerLink:
         self.codec = codec
         self.feedback = feedback and codec.lossy
         self.initial = initial
-        self.initial_digest = digest(initial) if initial is not None else None
+        self.initial_digest = digest(initial) if initial is not None and self.feedback else None
         self.replicas: dict[int, State] = {}
         self.held: dict[int, int] = {}  # node id -> replica number
         self._numbers = iter(range(FRESH + 1, 2**62))
@@ -105,10 +105,10 @@ class ServerLink:
         for base, nodes in groups.items():
             link: dict[str, int | str] = {"base": base}
             held = self.replicas.get(base)
-            if held is None:  # FRESH: the node starts from the initial model (its digest to check), or zeros
-                held = self.initial if self.initial is not None else {k: np.zeros_like(v) for k, v in state.items()}
-                if self.initial_digest:
-                    link["initial"] = self.initial_digest
+            if held is None and self.initial_digest:  # FRESH: the node starts from the initial model, checked by digest
+                held, link["initial"] = self.initial, self.initial_digest
+            elif held is None:  # FRESH without an initial model: from zeros
+                held = {k: np.zeros_like(v) for k, v in state.items()}
             update = codec.encode(subtract(state, held))
             number = next(self._numbers)
             self.replicas[number] = add(held, codec.decode(update))

@@ -41,13 +41,14 @@ def main(grid: Grid, context: Context) -> None:
     extra = {"versions": {"flwr": flwr.__version__, "torch": torch.__version__, "python": platform.python_version()}}
     tracker = tracking.start(cfg.wandb_project, run_dir, cfg.to_mapping(), group=cfg.label)
     seed_everything(cfg.seed)
+    initial = task.initial_state(cfg)  # where a fresh run starts, and where error feedback's replicas start
     if cfg.resume:  # the same folder, from the last completed round; the budget starts anew
         recorder, done, checkpoint = RunRecorder.resume(run_dir, cfg.to_mapping(), extra, tracker)
         state, position = to_numpy(checkpoint), recorder.data["rounds"][-1]["lr_span"][1]
         print(f"eurosat: resuming after round {done} (attempt {recorder.attempt})", flush=True)
     else:
         recorder = RunRecorder(run_dir, cfg.to_mapping(), extra, tracker)
-        done, position, state = 0, None, task.initial_state(cfg)
+        done, position, state = 0, None, initial
     try:
         strategy = BudgetedFedAvg(
             cfg.link_plan(), cfg.transport_error_feedback, cfg.lr_schedule_plan(), cfg.server_optimizer(),
@@ -56,7 +57,7 @@ def main(grid: Grid, context: Context) -> None:
             limits=lambda: task.reply_limits(cfg),  # read at the first round, after the federation check
             aggregation=cfg.aggregation, trim_fraction=cfg.trim_fraction,
             controls=Controls(task.trainable(cfg), cfg.num_supernodes) if cfg.strategy == "scaffold" else None,
-            initial=task.initial_state(cfg),  # nodes rebuild it: error feedback's replicas start there
+            initial=initial,  # nodes rebuild it from the seed
             fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
             min_train_nodes=1, min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0, min_available_nodes=1,
         )
