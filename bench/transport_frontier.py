@@ -138,37 +138,44 @@ def format_rows(rows: list[dict]) -> str:
 
 @styled
 def figure(rows: list[dict], title: str):
-    """Left: accuracy against bytes (log), each setting's mean with its 95 % interval over seeds,
-    the Pareto front as a line. Right: each setting's paired difference to fp32 with its interval."""
+    """Left: the frontier of the main settings (DEFAULT): accuracy against bytes (log), each mean with
+    its 95 % interval over seeds, the Pareto front as a line. Diagnostics (run with --only) stay off
+    it, so the front compares codecs only. Right: every paired difference to fp32 with its interval,
+    the main settings first."""
     fig, (ax, bx) = subplots(1, 2, figsize=(14.0, 5.5))
+    main = [r for r in rows if r["setting"] in DEFAULT]
     colors = {r["setting"]: OKABE_ITO[i % len(OKABE_ITO)] for i, r in enumerate(rows)}
     markers = "osD^vP*Xh<>p"
-    for i, r in enumerate(rows):
-        yerr = None if math.isnan(r["accuracy_low"]) else [[r["accuracy"] - r["accuracy_low"]], [r["accuracy_high"] - r["accuracy"]]]
+    for i, r in enumerate(main):
+        yerr = None if math.isnan(r["accuracy_low"]) else [[r["accuracy"] - max(0.0, r["accuracy_low"])],
+                                                            [min(100.0, r["accuracy_high"]) - r["accuracy"]]]
         ax.errorbar([r["bytes_ratio_to_fp32"]], [r["accuracy"]], yerr=yerr, fmt=markers[i % len(markers)], ms=8,
-                    capsize=4, color=colors[r["setting"]], label=f"{r['setting']} ({r['seeds']} seed{'s' * (r['seeds'] > 1)})",
-                    zorder=3)
-        ax.annotate(r["setting"], (r["bytes_ratio_to_fp32"], r["accuracy"]), textcoords="offset points", xytext=(6, 6),
-                    fontsize=8, color=colors[r["setting"]])
-    front = pareto(rows)
+                    capsize=4, color=colors[r["setting"]], zorder=3,
+                    label=f"{r['setting']}: {r['bytes_ratio_to_fp32']:.3f} of the bytes ({r['seeds']} seed{'s' * (r['seeds'] > 1)})")
+    front = pareto(main)
     if len(front) > 1:
         ax.plot([r["bytes_ratio_to_fp32"] for r in front], [r["accuracy"] for r in front], "--", color="0.4", lw=1.2,
                 label="Pareto front", zorder=2)
     ax.set_xscale("log")
+    ax.set_ylim(0, 100)  # an interval of few seeds can pass 0 or 100: drawn to the bounds
     ax.set(xlabel="bytes on the wire, both directions (fraction of fp32, log scale)", ylabel="final test accuracy (%)",
            title="Accuracy against bytes (mean, 95 % interval over seeds)")
-    ax.legend(fontsize=8, loc="best")
-    paired = [r for r in rows if "diff_vs_fp32" in r]
+    ax.legend(fontsize=8, loc="lower right")
+    paired = [r for r in main if "diff_vs_fp32" in r] + [r for r in rows if r["setting"] not in DEFAULT and "diff_vs_fp32" in r]
     for i, r in enumerate(paired):
         bx.errorbar([r["diff_vs_fp32"]], [i], xerr=[[r["diff_vs_fp32"] - r["diff_low"]], [r["diff_high"] - r["diff_vs_fp32"]]],
-                    fmt="o", ms=7, capsize=4, color=colors[r["setting"]])
+                    fmt="o" if r["setting"] in DEFAULT else "s", mfc=None if r["setting"] in DEFAULT else "white",
+                    ms=7, capsize=4, color=colors[r["setting"]])
     bx.axvline(0, color="0.3", lw=1)
     bx.axvline(-1, color="0.6", lw=1, ls=":", label="-1 point (the targets' bar)")
-    bx.set_yticks(range(len(paired)), [f"{r['setting']}  ({r['bytes_ratio_to_fp32']:.3f} of the bytes)" for r in paired])
+    bx.yaxis.tick_right()
+    bx.set_yticks(range(len(paired)), [f"{r['setting']} ({r['bytes_ratio_to_fp32']:.3f}, {r['paired_seeds']} seeds)"
+                                       + ("" if r["setting"] in DEFAULT else " *") for r in paired])
+    bx.invert_yaxis()
     bx.set(xlabel="accuracy difference to fp32, paired by seed (points, 95 % interval)",
-           title="Paired difference to fp32")
+           title="Paired difference to fp32 (* a diagnostic, run with --only)")
     if paired:
-        bx.legend(fontsize=8, loc="lower left")
+        bx.legend(fontsize=8, loc="best")
     fig.suptitle(title)
     return fig
 

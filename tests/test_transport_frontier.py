@@ -63,14 +63,16 @@ def test_a_setting_that_differs_beyond_its_transport_keys_is_not_paired():
 
 
 def test_the_figure_draws_every_setting(tmp_path):
-    """Each setting a point at (its bytes, its mean) with its interval, on a log bytes axis; the
-    Pareto front through exactly the front's points; each paired difference on the right."""
+    """Each main setting a point at (its bytes, its mean) with its interval, on a log bytes axis; the
+    Pareto front through exactly the front's points; a diagnostic (run with --only) stays off the
+    frontier but has its paired difference on the right, after the main settings."""
     from eurosat.report.plots import save
 
     rows = frontier.summarize(_state(), [42, 43, 44])
-    fig = frontier.figure(rows, "test")
+    diagnostic = {**next(r for r in rows if r["setting"] == "sign+ef"), "setting": "sign+ef slr2", "accuracy": 95.0}
+    fig = frontier.figure([*rows, diagnostic], "test")
     ax, bx = fig.axes
-    assert ax.get_xscale() == "log"
+    assert ax.get_xscale() == "log" and ax.get_ylim() == (0.0, 100.0)
     points = sorted(tuple(line.get_xydata()[0]) for line in ax.lines  # the markers, not the error bars' caps
                     if line.get_linestyle() == "None" and line.get_marker() not in ("_", "|"))
     assert points == sorted((r["bytes_ratio_to_fp32"], r["accuracy"]) for r in rows)
@@ -78,9 +80,11 @@ def test_the_figure_draws_every_setting(tmp_path):
     assert [tuple(xy) for xy in front.get_xydata()] == [(r["bytes_ratio_to_fp32"], r["accuracy"])
                                                          for r in frontier.pareto(rows)]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert all(any(label.startswith(r["setting"] + " (") for label in labels) for r in rows)
-    paired = [r for r in rows if "diff_vs_fp32" in r]
-    assert [t.get_text().split()[0] for t in bx.get_yticklabels()] == [r["setting"] for r in paired]
+    assert all(any(label.startswith(r["setting"] + ": ") for label in labels) for r in rows)
+    assert not any(label.startswith("sign+ef slr2") for label in labels)
+    paired = [r["setting"] for r in rows if "diff_vs_fp32" in r] + ["sign+ef slr2"]
+    assert [t.get_text().split(" (")[0] for t in bx.get_yticklabels()] == paired
+    assert bx.get_yticklabels()[-1].get_text().endswith(" *")
     save(fig, tmp_path / "f.png", 100)
     with Image.open(tmp_path / "f.png") as img:
         assert img.format == "PNG" and img.size[0] > 800
