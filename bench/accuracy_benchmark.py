@@ -32,7 +32,7 @@ from eurosat.common.files import write_json  # noqa: E402
 from eurosat.report.plots import save  # noqa: E402
 from bench.common import bench_parser, make_slice  # noqa: E402
 from bench.ledger import (ProvenanceError, chosen_rows, launch_run, open_state, paired_rows,  # noqa: E402
-                          provenance_of, run_benchmark, seed_figure, write_csv)
+                          provenance_of, run_benchmark, seeds_label, seed_figure, write_csv)
 from eurosat.fl.config import override_pairs  # noqa: E402
 from eurosat.common.cli import fail  # noqa: E402
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    "diff_high", "real"])
         if rows:
             title = (f"{args.rounds} rounds, 10 clients, {args.fraction:.0%} of the train split; "
-                     f"mean +- std over seeds {args.seeds}")
+                     f"mean +- std over seeds {seeds_label(results, seeds)}")
             save(seed_figure(rows, title), args.out / f"{NAME}.png", 300)
         return rows
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def report(rows: list[dict]) -> str:
         return (f"\n# {args.rounds} rounds, 10 clients, {args.fraction:.0%} of the train split, full test split, "
-                f"seeds {args.seeds}\n\n{format_rows(rows)}\n\nwrote {state_path}, .csv and .png")
+                f"seeds {seeds_label(results, seeds)}\n\n{format_rows(rows)}\n\nwrote {state_path}, .csv and .png")
 
     return run_benchmark(state, names, seeds, run_one, persist, lambda accuracy: f"{accuracy:.2f}%", report)
 

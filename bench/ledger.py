@@ -105,11 +105,22 @@ def check_pairable(name: str, seed: int, provenance: Mapping[str, dict], ignore:
         raise ProvenanceError(f"{name}@{seed} and {base}@{seed} differ in {', '.join(differ)}: not paired")
 
 
+def ledger_seeds(results: Mapping[str, Mapping[str, float]], seeds: Sequence[int]) -> list[int]:
+    """`seeds` and every seed the ledger already holds: a later call over fewer seeds (say, one
+    more row at seed 42) must not narrow the summary of the runs already made."""
+    return sorted(set(seeds) | {int(s) for by_seed in results.values() for s in by_seed})
+
+
+def seeds_label(results: Mapping[str, Mapping[str, float]], seeds: Sequence[int]) -> str:
+    return ",".join(map(str, ledger_seeds(results, seeds)))
+
+
 def paired_rows(results: Mapping[str, Mapping[str, float]], seeds: list[int], provenance: Mapping[str, dict],
                 keys_of: Callable[[str], set[str]], base: str) -> list[dict]:
-    """Per row: mean and std over seeds, and its difference to `base` paired by seed (`diff`,
-    `diff_low`, `diff_high`: a Student-t 95 % interval; `real`: it excludes 0), over the seeds both
-    have whose runs are pairable."""
+    """Per row: mean and std over seeds (`ledger_seeds`), and its difference to `base` paired by seed
+    (`diff`, `diff_low`, `diff_high`: a Student-t 95 % interval; `real`: it excludes 0), over the
+    seeds both have whose runs are pairable."""
+    seeds = ledger_seeds(results, seeds)
     rows = []
     reference = results.get(base, {})
     for name, by_seed in results.items():

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import bench_parser, make_slice  # noqa: E402
 from bench.ledger import (ProvenanceError, chosen_rows, format_paired, launch_run, open_state,  # noqa: E402
-                          paired_rows, provenance_of, run_benchmark, seed_figure, write_csv)
+                          paired_rows, provenance_of, run_benchmark, seeds_label, seed_figure, write_csv)
 from eurosat.common.cli import fail  # noqa: E402
 from eurosat.common.files import write_json  # noqa: E402
 from eurosat.fl.config import override_pairs  # noqa: E402
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         state["summary"] = rows
         write_json(state_path, state)
         write_csv(args.out / f"{NAME}.csv", rows, ["row", "seeds", "mean", "std", "diff", "diff_low", "diff_high", "real"])
-        title = f"one attacker of 10 clients, {args.rounds} rounds; mean +- std over seeds {args.seeds}"
+        title = f"one attacker of 10 clients, {args.rounds} rounds; mean +- std over seeds {seeds_label(results, seeds)}"
         save(seed_figure(rows, title), args.out / f"{NAME}.png", 300)
         return rows
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 100 * metrics["summary"]["final_test_accuracy"]
 
     def report(rows: list[dict]) -> str:
-        return (f"\n# {args.rounds} rounds, 10 clients, partition {ATTACKER} attacking, seeds {args.seeds}\n\n"
+        return (f"\n# {args.rounds} rounds, 10 clients, partition {ATTACKER} attacking, seeds {seeds_label(results, seeds)}\n\n"
                 f"{format_paired(rows, 'clean', 20)}\n\nwrote {state_path}, .csv and .png")
 
     return run_benchmark(state, names, seeds, run_one, persist, lambda accuracy: f"{accuracy:.2f}%", report)

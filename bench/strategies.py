@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import bench_parser, make_slice  # noqa: E402
 from bench.ledger import (ProvenanceError, chosen_rows, format_paired, launch_run, open_state,  # noqa: E402
-                          paired_rows, provenance_of, run_benchmark, seed_figure, write_csv)
+                          paired_rows, provenance_of, run_benchmark, seeds_label, seed_figure, write_csv)
 from eurosat.common.cli import fail  # noqa: E402
 from eurosat.common.files import write_json  # noqa: E402
 from eurosat.fl.config import override_pairs  # noqa: E402
@@ -86,14 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     except ProvenanceError as exc:
         return fail(str(exc))
     data = make_slice(args.data.resolve(), out / "data", 1.0)
-    title = f"{args.protocol}: {rounds} rounds; mean +- std over seeds {args.seeds}"
+
+    def title() -> str:
+        return f"{args.protocol}: {rounds} rounds; mean +- std over seeds {seeds_label(state['results'], seeds)}"
 
     def persist() -> list[dict]:
         rows = paired_rows(state["results"], seeds, state["provenance"], row_keys, "fedavg")
         state["summary"] = rows
         write_json(state_path, state)
         write_csv(out / f"{NAME}.csv", rows, ["row", "seeds", "mean", "std", "diff", "diff_low", "diff_high", "real"])
-        save(seed_figure(rows, title), out / f"{NAME}.png", 300)
+        save(seed_figure(rows, title()), out / f"{NAME}.png", 300)
         return rows
 
     def run_one(name: str, seed: int) -> float:
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 100 * metrics["summary"]["final_test_accuracy"]
 
     def report(rows: list[dict]) -> str:
-        return f"\n# {title}\n\n{format_paired(rows, 'fedavg')}\n\nwrote {state_path}, .csv and .png"
+        return f"\n# {title()}\n\n{format_paired(rows, 'fedavg')}\n\nwrote {state_path}, .csv and .png"
 
     return run_benchmark(state, names, seeds, run_one, persist, lambda accuracy: f"{accuracy:.2f} %", report)
 

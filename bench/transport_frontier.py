@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import bench_parser, make_slice  # noqa: E402
 from bench.ledger import (ProvenanceError, chosen_rows, launch_run, open_state, paired_rows,  # noqa: E402
-                          provenance_of, run_benchmark, write_csv)
+                          provenance_of, run_benchmark, ledger_seeds, seeds_label, write_csv)
 from eurosat.common.cli import fail  # noqa: E402
 from eurosat.common.files import write_json  # noqa: E402
 from eurosat.report.plots import OKABE_ITO, save, styled, subplots  # noqa: E402
@@ -82,6 +82,7 @@ def summarize(state: dict, seeds: list[int]) -> list[dict]:
     """Per setting: accuracy mean, std and 95 % interval of the mean over seeds; bytes (ratio to fp32,
     MB both ways, each direction's share); the difference to fp32 paired by seed (bench/ledger.py,
     which refuses runs that must not be paired); its target."""
+    seeds = ledger_seeds(state["results"], seeds)
     rows = []
     for paired in paired_rows(state["results"], seeds, state["provenance"], transport_keys, "fp32"):
         name, n = paired["row"], paired["seeds"]
@@ -217,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     except ProvenanceError as exc:
         return fail(str(exc))
     data = make_slice(args.data.resolve(), args.out / "data", 1.0)
-    title = (f"{args.rounds} rounds, 5 of 10 clients a round, 1 local epoch; EuroSAT test split; "
-             f"seeds {args.seeds}{'; ' + args.set if args.set else ''}")
+
+    def title() -> str:
+        return (f"{args.rounds} rounds, 5 of 10 clients a round, 1 local epoch; EuroSAT test split; "
+                f"seeds {seeds_label(state['results'], seeds)}{'; ' + args.set if args.set else ''}")
 
     def persist() -> list[dict]:
         rows = summarize(state, seeds)
@@ -227,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(state_path, state)
         write_csv(args.out / f"{NAME}.csv", rows, CSV_FIELDS)
         if rows:
-            save(figure(rows, title), args.out / f"{NAME}.png", 200)
+            save(figure(rows, title()), args.out / f"{NAME}.png", 200)
         return rows
 
     def run_one(name: str, seed: int) -> float:
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         return f"{accuracy:.2f} %"
 
     def report(rows: list[dict]) -> str:
-        return (f"\n# {title}\n\n{format_rows(rows)}\n\nPareto front: {', '.join(state['pareto'])}\n"
+        return (f"\n# {title()}\n\n{format_rows(rows)}\n\nPareto front: {', '.join(state['pareto'])}\n"
                 f"wrote {state_path}, .csv and .png")
 
     return run_benchmark(state, names, seeds, run_one, persist, describe, report)

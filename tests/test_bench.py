@@ -36,6 +36,16 @@ def test_rows_pair_only_with_runs_of_the_same_code_and_config():
         summarize(results, [42, 43], {**provenance, "tx-int8@42": _prov(transport="int8", **{"local-epochs": 8})})
 
 
+def test_a_call_over_fewer_seeds_still_summarizes_every_seed_in_the_ledger():
+    from bench.ledger import seeds_label
+    results = {"fp32": {"42": 88.4, "43": 88.5}, "tx-int8": {"42": 88.3, "43": 88.2}}
+    provenance = {"fp32@42": _prov(), "fp32@43": _prov(seed=43),
+                  "tx-int8@42": _prov(transport="int8"), "tx-int8@43": _prov(seed=43, transport="int8")}
+    [_, row] = summarize(results, [42], provenance)  # say, `--seeds 42 --only` one more row
+    assert row["seeds"] == 2 and row["diff_vs_fp32"] == pytest.approx(-0.2)
+    assert seeds_label(results, [44]) == "42,43,44"
+
+
 def test_a_seed_unfinished_on_another_machine_runs_again_here_and_a_finished_one_stays():
     from bench.ledger import arithmetic, paired_rows, set_aside_other_machines
 
