@@ -10,8 +10,12 @@
   The update itself comes from this project's checked, decoded, possibly robust aggregate
   (robust.py), so every strategy keeps the budget, the transport, the checks and the records.
 
-Only floating-point arrays take the optimizer's step; integer buffers (`num_batches_tracked`) are
-added as they come. The optimizer's state (`state()`) is saved with each checkpoint and `load()`ed
+Only the model's parameters take the optimizer's step. Its buffers are not parameters: batch-norm
+running statistics (`running_mean`, `running_var`) take the clients' average as FedAvg does, and
+integer buffers (`num_batches_tracked`) are added as they come. Flower's strategies step every
+array, which breaks batch norm: FedAvgM's momentum overshoots a falling `running_var` below zero
+(NaN at evaluation: chance accuracy at Dirichlet alpha 0.1), and FedAdam's eta-sized steps all but
+freeze the statistics at their initial values. The optimizer's state (`state()`) is saved with each checkpoint and `load()`ed
 on `--resume`, so a resumed FedAdam continues its moments.
 """
 
@@ -66,7 +70,7 @@ class ServerStep:
         """The new global model from the float32 `base` and the round's aggregated `update`."""
         if self.flower is None:
             return scaled_step(base, update, self.options.lr)
-        floats = [k for k, v in base.items() if np.issubdtype(v.dtype, np.floating)]
+        floats = [k for k, v in base.items() if is_parameter(k, v)]
         moved = {k: contiguous(base[k] + update[k]) for k in floats}
         current = {k: np.asarray(base[k]) for k in floats}
         # Flower's FedOpt keeps the model as a dict of arrays, FedAvgM as an ArrayRecord.
@@ -99,10 +103,19 @@ class ServerStep:
         f.m_t, f.v_t = arrays.get("m_t"), arrays.get("v_t")
 
 
+def is_parameter(key: str, value: np.ndarray) -> bool:
+    """A trained weight, which a server optimizer may step; not a buffer (batch-norm statistics by
+    torch's names, integer counters), which takes the clients' average."""
+    return np.issubdtype(value.dtype, np.floating) and not key.endswith(STATISTICS)
+
+
+STATISTICS = (".running_mean", ".running_var")  # torch's batch-norm buffers
+
+
 def scaled_step(base: State, mean: State, server_lr: float = 1.0) -> State:
     """base + `server-lr` x the averaged update: a plain scaling of the step (1 = FedAvg; sign and
-    sparse updates may want another); integer buffers (`num_batches_tracked`) are added unscaled."""
+    sparse updates may want another); buffers take the update unscaled (`is_parameter`)."""
     if server_lr == 1.0:
         return add(base, mean)
-    return {k: (v + (server_lr * mean[k] if np.issubdtype(v.dtype, np.floating) else mean[k])).astype(v.dtype)
+    return {k: (v + (server_lr * mean[k] if is_parameter(k, v) else mean[k])).astype(v.dtype)
             for k, v in base.items()}

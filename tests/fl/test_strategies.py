@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import FedAvg
 from eurosat.fl.config import ConfigError, load_run_config
 from eurosat.fl.record import CHECKPOINT_FILE, RunRecorder
 from eurosat.fl.robust import as_replies
-from eurosat.fl.server_step import STRATEGIES, ServerOptimizer, ServerStep
+from eurosat.fl.server_step import STRATEGIES, ServerOptimizer, ServerStep, is_parameter, scaled_step
 from eurosat.fl.state import to_numpy, weighted_mean
 from eurosat.train.loop import proximal_term
 from eurosat.train.model import Net
@@ -25,6 +25,7 @@ from eurosat.train.model import Net
 with torch.random.fork_rng():  # one initial model for every run of the suite, the global RNG untouched
     torch.manual_seed(0)
     FLOATS = {k: v for k, v in to_numpy(Net().state_dict()).items() if v.dtype == np.float32}
+PARAMS = {k: v for k, v in FLOATS.items() if is_parameter(k, v)}  # Flower's optimizers step these
 OPTIONS = {"fedavg": ServerOptimizer("fedavg"), "fedprox": ServerOptimizer("fedprox"),
            "fedadam": ServerOptimizer("fedadam", lr=0.01), "fedyogi": ServerOptimizer("fedyogi", lr=0.01),
            "fedadagrad": ServerOptimizer("fedadagrad", lr=0.01),
@@ -51,21 +52,47 @@ def _flower_round(flower, server_round: int, base: dict, deltas: list[dict], wei
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_each_strategys_step_equals_flowers_own_on_the_same_replies(name):
-    """Three rounds, so moments and momentum carry over; Flower's FedAvg stands for fedavg/fedprox/scaffold."""
+    """Three rounds, so moments and momentum carry over; Flower's FedAvg stands for fedavg/fedprox/scaffold.
+    Flower's strategy sees the parameters; the batch-norm statistics take the plain average."""
     options = OPTIONS[name]
     ours, flower = ServerStep(options), options.flower() or FedAvg()
-    mine = theirs = dict(FLOATS)
+    mine, theirs = dict(FLOATS), dict(PARAMS)
     for rnd in (1, 2, 3):
         deltas, weights = _deltas(rnd), [100.0, 300.0, 50.0]
-        mine = ours.apply(rnd, mine, weighted_mean(deltas, weights))
-        theirs = _flower_round(flower, rnd, theirs, deltas, weights)
-        off = sum(int((~np.isclose(mine[k], theirs[k].astype(np.float32), rtol=1e-5, atol=1e-7)).sum()) for k in FLOATS)
+        before, mean = mine, weighted_mean(deltas, weights)
+        mine = ours.apply(rnd, mine, mean)
+        theirs = _flower_round(flower, rnd, theirs, [{k: d[k] for k in PARAMS} for d in deltas], weights)
+        assert all(np.array_equal(mine[k], before[k] + mean[k]) for k in FLOATS if k not in PARAMS)
+        off = sum(int((~np.isclose(mine[k], theirs[k].astype(np.float32), rtol=1e-5, atol=1e-7)).sum()) for k in PARAMS)
         # Flower averages the clients' models and subtracts the base, this project averages their
         # deltas: the same update up to float32 rounding, which FedYogi's sign(v - delta^2) turns
         # into a visible difference where the two nearly tie (1 of 434,602 values on some draws)
         assert off <= (3 if name == "fedyogi" else 0), f"{name}: {off} values differ"
     moved = max(float(np.abs(mine[k] - FLOATS[k]).max()) for k in FLOATS)
     assert moved > 1e-4  # the step did something
+
+
+@pytest.mark.parametrize("name", ["fedavgm", "fedadam", "fedyogi", "fedadagrad"])
+def test_batch_norm_statistics_follow_the_clients_under_every_server_optimizer(name):
+    """Twenty rounds in which the clients' running variance falls from 1 to 0.05 and another rises
+    to 400: stepped by Flower's optimizers, FedAvgM's momentum took the first below zero (NaN at
+    evaluation) and FedAdam's eta-sized steps left both near where they started. As buffers they
+    take the clients' average, as under FedAvg."""
+    step, key = ServerStep(OPTIONS[name]), "bn1.running_var"
+    state = {key: np.array([1.0, 50.0], np.float32), "fc.weight": np.zeros(2, np.float32)}
+    target = np.array([0.05, 400.0], np.float32)
+    for rnd in range(1, 21):
+        state = step.apply(rnd, state, {key: target - state[key], "fc.weight": np.full(2, 1e-2, np.float32)})
+        assert (state[key] > 0).all()
+    np.testing.assert_allclose(state[key], target, rtol=1e-6)
+    assert not np.allclose(state["fc.weight"], 0)  # the parameters did take the optimizer's step
+
+
+def test_a_server_learning_rate_scales_the_parameters_not_the_statistics():
+    base = {"bn1.running_var": np.ones(2, np.float32), "fc.weight": np.ones(2, np.float32)}
+    update = {k: np.full(2, -0.75, np.float32) for k in base}
+    new = scaled_step(base, update, 2.0)
+    assert (new["bn1.running_var"] == 0.25).all() and (new["fc.weight"] == -0.5).all()
 
 
 def test_integer_buffers_are_added_not_optimized():
