@@ -79,7 +79,7 @@ else
     [ ${#POS[@]} -eq 3 ] || { usage >&2; die "expected PRESET ROUNDS MINUTES, got ${#POS[@]} argument(s)"; }
     PRESET=${POS[0]} ROUNDS=${POS[1]} MINUTES=${POS[2]}
     CONFIG="configs/$PRESET.toml"
-    [ -f "$PROJECT/$CONFIG" ] || die "unknown precision/preset '$PRESET'; allowed: $(cd "$PROJECT/configs" && ls *.toml | sed 's/\.toml$//' | tr '\n' ' ')"
+    [[ "$PRESET" =~ ^[A-Za-z0-9_][A-Za-z0-9._-]*$ && -f "$PROJECT/$CONFIG" ]] || die "unknown precision/preset '$PRESET'; allowed: $(cd "$PROJECT/configs" && ls *.toml | sed 's/\.toml$//' | tr '\n' ' ')"
 fi
 positive --nodes "$NODES"
 [ -z "$PER_NODE" ] || positive --clients-per-node "$PER_NODE"

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from eurosat.common.paths import OutputPathError, check_output_dir
+from eurosat.data.check import check_source
 from eurosat.data.loading import CLASS_NAMES, DataError, Source, raw_split
 
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif"}  # what predict reads; anything else becomes PNG
@@ -24,11 +26,19 @@ EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif"}  # what predict reads;
 def write_chips(source: Source, out: Path, split: str = "test", count: int = 20, seed: int = 0) -> list[Path]:
     """`count` chips of `split` (a seeded sample, in row order) as files of the new folder `out`,
     written into a hidden folder beside it and renamed into place: `out` is whole or absent. An
-    existing `out` that is not an empty folder is refused; nothing is overwritten."""
+    existing `out` that is not an empty folder is refused; nothing is overwritten. The options, `out`
+    and the split's files (as `data check` checks them) are checked before anything is written."""
     if count < 1:
         raise DataError(f"chips: --count {count}: at least 1")
+    if not 0 <= seed < 2**32:
+        raise DataError(f"chips: --seed {seed}: must be in [0, 2^32 - 1]")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"chips: {out} exists and is not an empty folder; give a new one (nothing is overwritten)")
+    try:
+        check_output_dir(out, "chips: OUT")
+    except OutputPathError as exc:
+        raise DataError(str(exc)) from None
+    check_source(source.only(split))
     from datasets import Image as ImageFeature
 
     ds = raw_split(source, split).cast_column("image", ImageFeature(decode=False))

@@ -35,11 +35,14 @@ def download(dest: Path, source: str = HUB_DATASET, expected: Mapping[str, int] 
     present = [str(p) for p in targets.values() if p.exists()]
     if present:
         raise DataError(f"download: {', '.join(present)} already exist; remove them or choose another folder")
+    made = [folder for folder in (dest, *dest.parents) if not folder.exists()]  # innermost first
     try:
         dest.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
     except OSError as exc:
+        _remove_empty(made)
         raise DataError(f"download: cannot write to {dest} ({exc.strerror})") from None
+    done = False
     try:
         dataset = _load(source, progress)
         missing = sorted(set(expected) - set(dataset))
@@ -56,11 +59,23 @@ def download(dest: Path, source: str = HUB_DATASET, expected: Mapping[str, int] 
             progress(f"{split}: {rows:,} rows -> {targets[split]} ({path.stat().st_size / 1e6:.1f} MB)")
         for split, target in targets.items():
             (staging / target.name).rename(target)
+        done = True
     except OSError as exc:
         raise DataError(f"download: cannot write to {dest} ({exc.strerror or exc})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not done:
+            _remove_empty(made)
     return targets
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Undo the folders this download made (innermost first), each only while it is still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _load(source: str, progress: Callable[[str], None]):

@@ -46,6 +46,10 @@ class Source:
     def data_files(self) -> dict[str, str]:
         return dict(self.files or ())
 
+    def only(self, *splits: str) -> "Source":
+        """The same source with only `splits` (a command that reads one split checks only that one)."""
+        return self if self.files is None else Source(self.name, tuple(f for f in self.files if f[0] in splits))
+
 
 def _split_files(folder: Path, split: str) -> str | None:
     flat = folder / f"{split}.parquet"
@@ -74,6 +78,8 @@ def resolve_source(data: str = HUB_DATASET, splits: tuple[str, ...] = ("train", 
     if not looks_like_path(data):
         return Source(name=data)
     folder = Path(data).expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"data: {folder} is a file, not a folder (give the folder that holds train.parquet and test.parquet)")
     if not folder.is_dir():
         raise DataError(f"data: folder {folder} does not exist (set `data` or ${DATA_ENV})")
     files = {}
@@ -216,7 +222,12 @@ def partition_sizes(source: Source, partitioner: str, num_partitions: int, alpha
 
     def _sizes() -> tuple[int, ...]:
         fds = federated_dataset(source, partitioner, num_partitions, alpha, seed)
-        rows = len(fds.load_split("train"))
+        try:
+            rows = len(fds.load_split("train"))
+        except Exception as exc:  # noqa: BLE001 - see _hub_split
+            if source.is_local:
+                raise
+            raise hub_error(source.name, "train", exc) from None
         if rows < num_partitions:
             raise DataError(f"partitioner: {rows} train rows cannot fill {num_partitions} partitions (num-supernodes); "
                             "lower num-supernodes")
@@ -238,14 +249,18 @@ def partition_sizes(source: Source, partitioner: str, num_partitions: int, alpha
 
 @contextlib.contextmanager
 def _quiet_datasets() -> Iterator[None]:
-    """`datasets` without its progress bars ("Generating train split ..."), restored after."""
+    """`datasets` without its progress bars ("Generating train split ...") and the Hub client
+    without its retry lines (an offline node: ten lines before the one that matters), restored after."""
     import datasets
+    from huggingface_hub.utils import logging as hub_logging
 
-    was = datasets.is_progress_bar_enabled()
+    was, verbosity = datasets.is_progress_bar_enabled(), hub_logging.get_verbosity()
     datasets.disable_progress_bars()
+    hub_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hub_logging.set_verbosity(verbosity)
         if was:
             datasets.enable_progress_bars()
 
@@ -258,9 +273,14 @@ def _hub_split(name: str, split: str):
     try:
         return load_dataset(name, split=split)
     except Exception as exc:  # noqa: BLE001 - datasets raises ConnectionError, FileNotFoundError, DatasetNotFoundError, ...
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise DataError(f"data: cannot load {name!r} split '{split}' from the Hugging Face Hub ({reason}); "
-                        "offline, give a local parquet folder (`data` or $EUROSAT_DATA)") from None
+        raise hub_error(name, split, exc) from None
+
+
+def hub_error(name: str, split: str, exc: BaseException) -> DataError:
+    """The one line for a Hub id that cannot be read (no such dataset, or no network)."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return DataError(f"data: cannot load {name!r} split '{split}' from the Hugging Face Hub ({reason}); "
+                     "offline, give a local parquet folder (`data` or $EUROSAT_DATA)")
 
 
 def raw_split(source: Source, split: str):

@@ -161,6 +161,9 @@ class RunConfig:
         _choice("augment", self.augment, AUGMENTATIONS)
         _choice("engine", self.engine, ENGINES)
         _choice("local-optimizer-state", self.local_optimizer_state, ("reset", "keep"))
+        if not self.output_dir.strip():
+            raise ConfigError("output-dir: empty; give the folder runs are written under (relative to the project, "
+                              "e.g. outputs, or absolute)")
         if self.resume and not self.run_dir:
             raise ConfigError("resume=true needs run-dir: the folder of the run to continue")
         if self.time_limit_min < 0:
@@ -398,8 +401,10 @@ def _coerce(key: str, value: object, kind: object) -> object:
             return int(value)
         if kind == "float":
             number = float(value)
-        else:
-            return str(value)
+        elif isinstance(value, str):
+            return value
+        else:  # `data = 5` in a TOML file is not the folder "5"
+            raise TypeError
     except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{key}: expected {kind}, got {value!r}") from None
     if not math.isfinite(number):
@@ -443,19 +448,38 @@ def override_pairs(override: str, repeats: bool = False) -> list[tuple[str, str]
     return pairs
 
 
+def _check_values(override: str) -> None:
+    """Each value of a "k=v" string is a TOML value: Flower's own error names neither the key nor
+    what it expects (`num-server-rounds=abc`)."""
+    kinds = {f.name.replace("_", "-"): f.type for f in fields(RunConfig)}
+    for key, raw in override_pairs(override):
+        try:
+            tomllib.loads(f"v = {raw}")
+        except tomllib.TOMLDecodeError:
+            kind = kinds.get(key)
+            hint = "" if kind in ("int", "float", "bool") else f' (a string goes in double quotes: {key}="...")'
+            raise ConfigError(f"--run-config {override!r}: {key}: expected {kind or 'a TOML value'}, "
+                              f"got {raw!r}{hint}") from None
+
+
 def load_run_config(overrides: list[str] | None = None, project: Path = PROJECT_DIR) -> RunConfig:
     """Defaults + `--run-config` overrides (TOML files or "k=v k=v" strings), as `flwr run` merges them."""
+    return RunConfig.from_mapping(run_config_values(overrides, project))
+
+
+def run_config_values(overrides: list[str] | None = None, project: Path = PROJECT_DIR) -> dict[str, object]:
+    """The merged keys of `load_run_config`, not yet checked."""
     from flwr.common.config import parse_config_args
 
     values = project_defaults(project)
     for item in overrides or []:  # flwr takes one TOML file *or* k=v strings; merge both, in order
         if not item.endswith(".toml"):
-            override_pairs(item)
+            _check_values(item)
         try:
             values.update(parse_config_args([item]))
         except Exception as exc:  # noqa: BLE001 - flwr raises several types for unreadable overrides
             raise ConfigError(f"--run-config {item!r}: {getattr(exc, 'message', exc)}") from None
-    return RunConfig.from_mapping(values)
+    return values
 
 
 def to_override_string(values: Mapping[str, object]) -> str:

@@ -96,9 +96,12 @@ RESUMABLE = ("failed", "interrupted")
 
 def check_resumable(run_dir: Path) -> dict[str, Any]:
     """The metrics of a run that can be resumed: failed or interrupted, with a checkpoint."""
-    state = read_status(run_dir).get("state", "unknown")
-    if not (run_dir / METRICS_FILE).is_file() or state == "unknown":
+    if not (run_dir / STATUS_FILE).is_file() or not (run_dir / METRICS_FILE).is_file():
         raise RunDirError(f"--resume {run_dir}: not a run folder (no status.json and metrics.json)")
+    state = read_status(run_dir).get("state", "unknown")
+    if state == "unknown":
+        raise RunDirError(f"--resume {run_dir}: status.json is not readable (not JSON with a \"state\"); "
+                          "the run folder is left as it is")
     if state not in RESUMABLE:
         raise RunDirError(f"--resume {run_dir}: the run is {state}; only a failed or interrupted run can be resumed")
     if not (run_dir / CHECKPOINT_FILE).is_file():
@@ -112,7 +115,7 @@ def check_resumable(run_dir: Path) -> dict[str, Any]:
         checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
         state_dict_of(checkpoint, run_dir / CHECKPOINT_FILE, finite=True)
     except CheckpointError as exc:
-        raise RunDirError(f"--resume {run_dir}: {exc}; the run folder is left as it is") from None
+        raise RunDirError(f"--resume {run_dir}: cannot be resumed: {exc}; the run folder is left as it is") from None
     return {"metrics": metrics, "config": config}
 
 

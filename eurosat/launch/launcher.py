@@ -33,13 +33,16 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from eurosat.launch import deployment, fab, security
-from eurosat.fl.config import ENGINES, PROJECT_DIR, PROJECT_ENV, ConfigError, RunConfig, load_run_config, override_pairs, to_override_string
+from eurosat.fl.config import (ENGINES, PROJECT_DIR, PROJECT_ENV, ConfigError, RunConfig, load_run_config, override_pairs,
+                               project_defaults, run_config_values, to_override_string)
 from eurosat.data.loading import DataError, partition_sizes, resolve_source
 from eurosat.data.check import check_source
 from eurosat.common.paths import OutputPathError, check_output_dir, check_output_file
 from eurosat.launch.processes import TOKEN_ENV, new_token, start_watchdog, stop_run
-from eurosat.fl.record import (BAD_INPUT_EXIT, EXIT_CODES, METRICS_FILE, STATUS_FILE, RunDirError, mark_failed,
-                            check_run_dir, mark_interrupted, new_run_dir, read_status, resumable_config, write_launch_result)
+from eurosat.fl.record import (BAD_INPUT_EXIT, CHECKPOINT_FILE, EXIT_CODES, METRICS_FILE, STATUS_FILE, RunDirError,
+                            mark_failed, check_run_dir, mark_interrupted, new_run_dir, read_status, resumable_config,
+                            write_launch_result)
+from eurosat.train.checkpoints import load_checkpoint
 
 INPUT_ERRORS = (ConfigError, DataError, OutputPathError, RunDirError)
 class Interrupted(Exception):
@@ -153,20 +156,63 @@ def prepare(overrides: list[str], project: Path, flwr_home: Path | None, check_d
     if flwr_home is not None:
         check_output_dir(flwr_home, "--flwr-home")
     base = [to_override_string(resumable_config(resume))] if resume else []
+    given = base + [quote_strings(o) for o in overrides]
+    check_engine_key(run_config_values(given, project).get("engine"), project_defaults(project).get("engine"), engine)
     extra = [f"engine={json.dumps(engine.name)}"]
     if engine.name == "deployment" and engine.supernodes:
         extra.append(f"num-supernodes={engine.supernodes}")
     if resume:
         extra.append(f"run-dir={json.dumps(str(resume))} resume=true")
-    cfg = load_run_config(base + [quote_strings(o) for o in overrides] + extra, project)
+    cfg = load_run_config(given + extra, project)
     check_output_dir(cfg.output_root(), "output-dir")
     if cfg.run_dir:  # a taken folder is named before the data is read (which may take a while)
         check_run_dir(cfg.output_root(), cfg.run_dir, cfg.resume)
+    if resume:
+        check_resume_model(resume, cfg)
     source = resolve_source(cfg.data)
     if check_data:
         check_source(source)
         partition_sizes(source, cfg.partitioner, cfg.num_supernodes, cfg.dirichlet_alpha, cfg.seed)
     return cfg, new_run_dir(cfg.output_root(), cfg.label, cfg.run_dir, resume=cfg.resume)
+
+
+def check_engine_key(given: object, default: object, engine: Engine) -> None:
+    """`engine` in the run config records what `--engine` ran: a value set there (a typo, or the
+    other engine) would be silently replaced, so it is refused."""
+    if given != default and given != engine.name:
+        raise ConfigError(f"engine={given!r} in --run-config: the launcher's --engine sets it (allowed: "
+                          f"{', '.join(ENGINES)}; this run: --engine {engine.name}); drop it from the run config")
+
+
+def check_resume_model(run_dir: Path, cfg: RunConfig) -> None:
+    """The checkpoint of a run to resume must name its round and load, strictly, into the model this
+    run trains, as the clients load it: other keys or shapes would start the run and fail its next
+    round, after its record was reopened. One line instead, the run folder untouched."""
+    from eurosat.fl.state import to_numpy
+    from eurosat.fl.task import load_state, make_model
+
+    path = run_dir / CHECKPOINT_FILE
+    checkpoint = load_checkpoint(path)  # check_resumable has read it once: a mapping with a state dict
+    done = checkpoint.get("round") if isinstance(checkpoint, dict) else None
+    why = "names no completed round (not a round checkpoint of this project)"
+    if isinstance(done, int) and not isinstance(done, bool) and done >= 1:
+        try:
+            load_state(make_model(cfg), to_numpy(checkpoint["state_dict"]))
+            return
+        except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            why = f"does not fit this run's {cfg.label} model ({(lines[1:] or lines or [type(exc).__name__])[0][:200].rstrip('.')})"
+    raise RunDirError(f"--resume {run_dir}: cannot be resumed: {path} {why}; the run folder is left as it is")
+
+
+def warn_if_no_gpu(resources: Resources, engine: Engine) -> None:
+    """`--gpus N` where no GPU is visible: Ray would be told of GPUs that are not there and the
+    clients would train on the CPU without a word."""
+    import torch
+
+    if engine.name == "simulation" and resources.gpus > 0 and torch.cuda.device_count() == 0:
+        print(f"warning: --gpus {resources.gpus:g}: no GPU is visible on this machine; the clients train on the CPU",
+              file=sys.stderr, flush=True)
 
 
 def launch(
@@ -183,6 +229,7 @@ def launch(
     resources.check()
     engine.check()
     cfg, run_dir = prepare(overrides, project, flwr_home, check_data, engine, resume)
+    warn_if_no_gpu(resources, engine)
     cpus, client_cpus, client_gpus = resources.for_run(cfg)
     overrides_str = to_override_string({**cfg.to_mapping(), "data": cfg.data, "run-dir": str(run_dir)})
     temp_home = flwr_home is None

@@ -73,7 +73,11 @@ def test_an_unreachable_hub_is_one_line(tmp_path, monkeypatch):
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("error: download: cannot load tanganke/eurosat (") and "copy the folder" in line
-    assert not any((tmp_path / "eurosat").iterdir())
+    assert not (tmp_path / "eurosat").exists()  # the folder it made is removed again: nothing left behind
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    assert in_process(main, "download", kept).returncode == 2
+    assert kept.is_dir() and not any(kept.iterdir())  # a folder that was there stays, as it was
 
 
 def test_check_names_the_bad_row(tmp_path):

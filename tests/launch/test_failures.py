@@ -125,6 +125,91 @@ def test_resume_of_a_truncated_checkpoint_is_refused_before_anything_starts(e2e_
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
+def _interrupted_run(folder: Path, data: Path, checkpoint: object) -> Path:
+    """A run folder as the ServerApp leaves it after a round and a SIGTERM, made by the real recorder,
+    with `checkpoint` as its checkpoint.pt."""
+    from eurosat.common.files import save_torch
+    from eurosat.fl.config import load_run_config
+    from eurosat.fl.record import RunRecorder, mark_interrupted
+
+    run_dir = folder / "run"
+    run_dir.mkdir(parents=True)
+    cfg = load_run_config([f"data='{data}' output-dir='{folder}'"])
+    RunRecorder(run_dir, {**cfg.to_mapping(), "run-dir": str(run_dir)})
+    save_torch(run_dir / "checkpoint.pt", checkpoint)
+    mark_interrupted(run_dir)
+    return run_dir
+
+
+def test_resume_of_a_checkpoint_of_another_model_is_refused_before_anything_starts(small_data, tmp_path):
+    """Wrong shapes or keys (a run of another model), no round, NaN, an unreadable status.json: each is
+    one line naming what is wrong, exit 2, and every file of the run folder as it was."""
+    good = Net().state_dict()
+    cases = {
+        "shape": ({"round": 1, "state_dict": {**good, "conv1.weight": torch.zeros(2, 2)}},
+                  "does not fit this run's fp32 model (size mismatch for conv1.weight"),
+        "keys": ({"round": 1, "state_dict": {k: v for k, v in good.items() if k != "fc2.bias"}},
+                 'does not fit this run\'s fp32 model (Missing key(s) in state_dict: "fc2.bias"'),
+        "no_round": (good, "names no completed round"),
+        "nan": ({"round": 1, "state_dict": {**good, "fc2.bias": torch.full_like(good["fc2.bias"], float("nan"))}},
+                "cannot be resumed: "),
+        "status": ({"round": 1, "state_dict": good}, "status.json is not readable"),
+    }
+    for kind, (checkpoint, needle) in cases.items():
+        run_dir = _interrupted_run(tmp_path / kind, small_data, checkpoint)
+        if kind == "status":
+            (run_dir / "status.json").write_text("garbage{")
+        before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+        proc = in_process(launch_main, "--resume", run_dir)
+        assert proc.returncode == 2, (kind, proc.stderr)
+        [line] = proc.stderr.strip().splitlines()
+        assert needle in line and "the run folder is left as it is" in line, (kind, line)
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before, kind
+    from eurosat.fl.config import load_run_config
+    from eurosat.launch.launcher import check_resume_model
+
+    # the same folder with the run's own model passes (what a real resume then trains from)
+    check_resume_model(_interrupted_run(tmp_path / "good", small_data, {"round": 1, "state_dict": good}),
+                       load_run_config([]))
+    proc = launch(["--resume", str(tmp_path / "shape" / "run")], timeout=120)  # the command itself
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "size mismatch" in proc.stderr, proc.stderr
+
+
+def test_run_config_values_the_launcher_would_drop_or_misread_are_refused(small_data, tmp_path):
+    """`engine` is the launcher's (--engine); an empty output-dir would write into the project; a
+    value that is not TOML is named with its key; a Hub id that cannot be reached (the suite is
+    offline) is the one-line data error, as in the other tools."""
+    out = f"output-dir='{tmp_path / 'out'}'"
+    for override, needle in [
+        ("engine=bogus", "engine='bogus' in --run-config: the launcher's --engine sets it"),
+        ("engine=deployment", "this run: --engine simulation"),
+        ('output-dir=""', "output-dir: empty"),
+        ("num-server-rounds=abc", "num-server-rounds: expected int, got 'abc'"),
+    ]:
+        proc = in_process(launch_main, "-c", f"data='{small_data}' {out}", "-c", override)
+        assert proc.returncode == 2, (override, proc.stderr)
+        [line] = proc.stderr.strip().splitlines()
+        assert needle in line, (override, line)
+    for data in ("tanganke/eurosat", "bogus/x"):
+        proc = launch(["-c", f"data='{data}' {out}"], timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith(f"error: data: cannot load '{data}' split 'train' from the Hugging Face Hub (")
+        assert "give a local parquet folder" in line
+    assert not (tmp_path / "out").exists() and not (ROOT / "fp32").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")
+def test_gpus_without_a_visible_gpu_is_one_warning(capsys):
+    from eurosat.launch.launcher import Engine, Resources, warn_if_no_gpu
+
+    warn_if_no_gpu(Resources(gpus=1), Engine())
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: --gpus 1: no GPU is visible on this machine; the clients train on the CPU"]
+    warn_if_no_gpu(Resources(), Engine())
+    assert capsys.readouterr().err == ""
+
+
 def test_a_key_repeated_in_one_run_config_string_is_named(tmp_path):
     proc = launch(["-c", f"lr=0.1 seed=3 lr=0.2 output-dir='{tmp_path}'"], timeout=120)
     assert proc.returncode == 2 and "lr given twice in one string" in proc.stderr, proc.stderr
