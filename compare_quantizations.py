@@ -30,7 +30,7 @@ from eurosat.report.cost import WHAT_IF_CLIENTS, WHAT_IF_ROUNDS
 from eurosat.fl.config import project_defaults
 from eurosat.report.corruptions import CORRUPTIONS, parse_corruptions, parse_severities
 from eurosat.data.loading import DATA_ENV, DataError
-from eurosat.deploy.export import require_onnx
+from eurosat.deploy.export import EXPORTERS, require_onnx
 from eurosat.deploy.runtime import format_runtimes, runtimes
 from eurosat.quant.registry import CONFIGS
 
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         parse_corruptions(args.corruptions) if args.corruptions else (), parse_severities(args.severity), args.seed)
     print(f"comparing {', '.join(['fp32'] + [p for p in opts.precisions if p != 'fp32'])} for {args.checkpoint}",
           flush=True)
-    report = compare(args.checkpoint, opts, [runtimes] if args.export else [])
+    onnx_files = [f"model_{p}.onnx" for p in EXPORTERS if p == "fp32" or p in opts.precisions] if args.export else []
+    report = compare(args.checkpoint, opts, [runtimes] if args.export else [], onnx_files)
     print(format_table(report))
     if "runtimes" in report:
         print(format_runtimes(report["runtimes"]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -44,3 +45,25 @@ def check_output_file(path: Path, flag: str) -> Path:
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputPathError(f"{flag} {path}: is not writable")
     return path
+
+
+def check_output_files(folder: Path, names: Iterable[str], flag: str, inputs: Iterable[Path] = ()) -> Path:
+    """Refuse, before any work, every file a command will write into `folder` that cannot be: a name
+    taken by a folder (or anything but a file), a file that is not writable, or one of the command's
+    own `inputs` (never rewritten). A command writing several files checks them all here, so a bad
+    one is found before the first is written."""
+    folder = check_output_dir(folder, flag)
+    sources = [Path(p) for p in inputs if Path(p).exists()]
+    for name in names:
+        target = folder / name
+        if target.is_dir():
+            raise OutputPathError(f"{flag} {folder}: {name} there is a folder; move it away or choose another {flag}")
+        if target.exists() and not target.is_file():
+            raise OutputPathError(f"{flag} {folder}: {name} there is not a regular file; move it away or choose "
+                                  f"another {flag}")
+        if target.exists() and any(os.path.samefile(target, source) for source in sources):
+            raise OutputPathError(f"{flag} {folder}: {name} there is the input file itself, which would be "
+                                  f"overwritten; choose another {flag}")
+        if target.exists() and not os.access(target, os.W_OK):
+            raise OutputPathError(f"{flag} {folder}: {name} there is not writable")
+    return folder

@@ -43,7 +43,8 @@ from torch import nn
 
 from eurosat.common.cli import one_line_errors
 from eurosat.common.files import atomic_write
-from eurosat.common.paths import check_output_dir
+from eurosat.common.paths import check_output_files
+from eurosat.data.check import check_source
 from eurosat.data.loading import CLASS_NAMES, DATA_ENV, DataError, resolve_source
 from eurosat.deploy.qdq import INPUT, IR_VERSION, OPSET, OUTPUT, qdq_model
 from eurosat.fl.config import project_defaults
@@ -244,8 +245,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def plan(path: Path, asked: str | None) -> tuple[str, list[str]]:
     """(the file's own precision, the precisions to export), or a one-line error before any work."""
+    names = [p.strip() for p in asked.split(",") if p.strip()] if asked is not None else None
+    if names == []:
+        raise ValueError(f"--precisions: empty; name at least one of: {', '.join(EXPORTERS)}")
     _, config = read(load_checkpoint(path), path)
-    names = [p.strip() for p in asked.split(",") if p.strip()] if asked else None
     if not isinstance(config, Fp32Config):
         if config.name not in EXPORTERS:
             raise ValueError(f"{path}: {refusal(config.name)}")
@@ -271,15 +274,18 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.calibration_samples <= 10**6:
         raise ValueError(f"--calibration-samples: must be in [1, 1000000], got {args.calibration_samples}")
     own, names = plan(args.model, args.precisions)
-    out_dir = check_output_dir(args.out_dir or args.model.resolve().parent, "--out-dir")
+    out_dir = check_output_files(args.out_dir or args.model.resolve().parent, [f"model_{n}.onnx" for n in names],
+                                 "--out-dir", inputs=[args.model])
     calibration, about = None, {}
     if own == "fp32" and any(needs_calibration(CONFIGS[n]) for n in names):
         data = args.data or run_data(args.model) or os.environ.get(DATA_ENV) or str(project_defaults()["data"])
         source = resolve_source(data, splits=(args.calibration_split,))
-        print(f"calibrating INT8 on {args.calibration_samples} {args.calibration_split} images of {source.name}", flush=True)
+        check_source(source)  # the PTQ report's data check: a bad folder is one line, before any work
         calibration = calibration_batches(source, args.calibration_split, args.calibration_samples)
+        samples = sum(len(b) for b in calibration)  # the split may hold fewer than asked
+        print(f"calibrating INT8 on {samples} {args.calibration_split} images of {source.name}", flush=True)
         about = {"eurosat.calibration": json.dumps({"source": source.name, "split": args.calibration_split,
-                                                    "samples": sum(len(b) for b in calibration)})}
+                                                    "samples": samples})}
     net = load_fp32_net(args.model) if own == "fp32" else None
     files = {}
     for name in names:  # every file made and checked before the first is written

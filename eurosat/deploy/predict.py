@@ -27,6 +27,7 @@ import torch
 
 from eurosat.common.cli import one_line_errors
 from eurosat.data.loading import CLASS_NAMES, normalize
+from eurosat.deploy.qdq import INPUT, OUTPUT
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 SIZE = 64
@@ -65,6 +66,11 @@ def read_chip(path: Path) -> Chip:
     return Chip(path, np.asarray(rgb, dtype=np.uint8), resized_from)
 
 
+def _reason(exc: Exception) -> str:
+    """ONNX Runtime's message, first line only (its own are many lines long)."""
+    return str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+
+
 class Classifier:
     """Probabilities of a batch of uint8 chips, from a .pt of any precision or an .onnx file."""
 
@@ -85,10 +91,32 @@ class Classifier:
         try:
             self.session = session(path)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for a bad file
-            raise ValueError(f"{path}: not an ONNX model ONNX Runtime can load ({str(exc).splitlines()[0][:160]})") from None
+            raise ValueError(f"{path}: not an ONNX model ONNX Runtime can load ({_reason(exc)})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.classes = json.loads(meta["eurosat.classes"]) if "eurosat.classes" in meta else list(CLASS_NAMES)
+        try:
+            self.classes = json.loads(meta["eurosat.classes"]) if "eurosat.classes" in meta else list(CLASS_NAMES)
+        except ValueError:
+            self.classes = None
+        if not (isinstance(self.classes, list) and self.classes and all(isinstance(c, str) for c in self.classes)):
+            raise ValueError(f"{path}: its metadata eurosat.classes is not a JSON list of class names")
         self.compute = meta.get("eurosat.compute_cpu", "onnxruntime")
+        self._check_graph()
+
+    def _check_graph(self) -> None:
+        """The graph takes and gives what `python -m eurosat.export` writes (one float32 input `images`,
+        batch x 3 x 64 x 64, and batch x classes logits), or the file is refused before any image runs."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        expected = f"{INPUT} tensor(float) [batch, 3, {SIZE}, {SIZE}] -> {OUTPUT} tensor(float) [batch, {len(self.classes)}]"
+        found = " -> ".join(", ".join(f"{v.name} {v.type} {v.shape}" for v in vs) or "nothing" for vs in (inputs, outputs))
+
+        def fits(shape: list, want: list) -> bool:  # want None: the batch, which must be dynamic (named)
+            return len(shape) == len(want) and all(not isinstance(d, int) if w is None else d in (w, None) or isinstance(d, str)
+                                                   for d, w in zip(shape, want))
+
+        if not (len(inputs) == 1 and inputs[0].name == INPUT and inputs[0].type == "tensor(float)"
+                and fits(inputs[0].shape, [None, 3, SIZE, SIZE]) and outputs and outputs[0].type == "tensor(float)"
+                and fits(outputs[0].shape, [None, len(self.classes)])):
+            raise ValueError(f"{self.path}: not a EuroSAT model: the graph is {found}; expected {expected}")
 
     def _load_torch(self, path: Path) -> None:
         from eurosat.quant.registry import evaluation, load
@@ -102,7 +130,13 @@ class Classifier:
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         images = normalize(torch.from_numpy(pixels).permute(0, 3, 1, 2)).contiguous()
         if hasattr(self, "session"):
-            logits = torch.from_numpy(self.session.run(None, {"images": images.numpy()})[0])
+            try:
+                logits = torch.from_numpy(np.asarray(self.session.run(None, {INPUT: images.numpy()})[0]))
+            except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+                raise ValueError(f"{self.path}: ONNX Runtime could not run the model ({_reason(exc)})") from None
+            if tuple(logits.shape) != (len(pixels), len(self.classes)):
+                raise ValueError(f"{self.path}: not a EuroSAT model: it gave outputs of shape {list(logits.shape)} "
+                                 f"for {len(pixels)} images; expected [{len(pixels)}, {len(self.classes)}]")
         else:
             with torch.no_grad():
                 logits = self.model(images.to(self.dtype).contiguous(memory_format=torch.channels_last)).float()
@@ -146,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(0, len(chips), BATCH):
         batch = chips[i:i + BATCH]
         probs = classifier.probabilities(np.stack([c.pixels for c in batch]))
+        bad = [chip.path for chip, p in zip(batch, probs) if not np.isfinite(p).all()]
+        if bad:  # nothing printed yet: a broken model classifies nothing rather than print nan
+            raise ValueError(f"{args.model}: the model computes NaN or Inf for {bad[0]} ({len(bad)} of "
+                             f"{len(batch)} images in its batch); nothing classified (a diverged or broken model)")
         for chip, p in zip(batch, probs):
             label = int(p.argmax())
             results.append({"image": str(chip.path), "class": classifier.classes[label], "label": label,

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from eurosat.quant import packed_model, ptq
-from eurosat.train.checkpoints import CheckpointError, load_checkpoint
+from eurosat.train.checkpoints import CheckpointError, check_finite, load_checkpoint, net_from_state, state_dict_of
 from eurosat.common.files import atomic_write
 from eurosat.train.model import Net
 from eurosat.quant.qat import QATConfig, fp32_state, prepare_qat
@@ -297,10 +297,15 @@ def read(state: Any, path: Path | str) -> tuple[dict[str, Any], Any]:
 
 def load(path: str | Path, expect: type | None = None) -> tuple[nn.Module, Any]:
     """Rebuild any quantized (or plain FP32) model file: (model on the CPU, its config).
-    `expect`: a config type the file must be (anything else is a one-line CheckpointError)."""
+    `expect`: a config type the file must be (anything else is a one-line CheckpointError).
+    An FP32 file is read as the FP32 tools read it (a run's checkpoint.pt too: its state dict), and
+    no file may hold NaN or Inf: a model that computes nonsense is refused here, by name."""
     state, config = read(load_checkpoint(path), path)
     if expect is not None and not isinstance(config, expect):
         raise CheckpointError(f"{path}: not a {expect().name} model file (it is {config.name})")
+    if isinstance(config, Fp32Config):
+        return net_from_state(state_dict_of(state, path), path).eval(), config
+    check_finite(state, path)
     try:
         return _handler(config).load(state, config), config
     except CheckpointError as exc:

@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 import os
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,7 +38,7 @@ from eurosat.quant.registry import CONFIGS, Evaluation, Fp32Config, read, evalua
 from eurosat.train.checkpoints import CheckpointError, load_checkpoint, net_from_state, state_dict_of
 from eurosat.data.check import check_source
 from eurosat.common.files import write_json
-from eurosat.common.paths import check_output_dir
+from eurosat.common.paths import check_output_files
 from eurosat.report.stats import Interval, paired_accuracy_difference
 from eurosat.train.loop import evaluate
 from eurosat.report.verdict import NOT_MEANINGFUL, baseline_problems, judge
@@ -272,8 +273,42 @@ def check_run_files(out_dir: Path, precisions: Sequence[str]) -> None:
                          "would overwrite; pass --out-dir DIR (e.g. the run folder's ptq/)")
 
 
-def check_inputs(checkpoint: Path, opts: CompareOptions) -> None:
-    """Everything that can be wrong with the input, before any work: one-line errors, nothing written."""
+def check_earlier_report(out_dir: Path, files: Sequence[str]) -> None:
+    """A rerun into a folder that holds an earlier report must not leave that report's files beside a
+    JSON that no longer names them: files its quantization_comparison.json names that this report would
+    not replace (fewer --precisions, no --export onnx) are refused, never deleted."""
+    try:
+        earlier = json.loads((Path(out_dir) / RESULT_FILE).read_text())
+        rows = [*earlier["precisions"].values(), *(earlier.get("runtimes") or {}).get("precisions", {}).values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # no readable report there: nothing of one is left behind
+    named = {row.get("file") for row in rows if isinstance(row, dict)}
+    stale = sorted(n for n in named if isinstance(n, str) and n and Path(n).name == n and n not in files
+                   and (Path(out_dir) / n).is_file())
+    if stale:
+        raise ValueError(f"--out-dir {out_dir}: holds an earlier report's {', '.join(stale)}, which this report would "
+                         f"not replace and its {RESULT_FILE} would not name; compare those precisions again (with "
+                         "--export onnx where it was used), remove the files, or pass another --out-dir")
+
+
+def input_kept(checkpoint: Path, out_dir: Path, net: torch.nn.Module) -> bool:
+    """Whether --out-dir's model_fp32.pt is the checkpoint itself and already holds, byte for byte, what
+    the report would write there (the report's own model_fp32.pt, compared again): then it is kept, not
+    rewritten. Any other input in the way of an output is refused by `check_inputs`."""
+    target = Path(out_dir) / "model_fp32.pt"
+    if not (target.is_file() and os.path.samefile(target, checkpoint)):
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = save(quantize(net, CONFIGS["fp32"]), CONFIGS["fp32"], Path(tmp) / target.name)
+        return fresh.read_bytes() == target.read_bytes()
+
+
+def check_inputs(checkpoint: Path, opts: CompareOptions, section_files: Sequence[str] = ()) -> bool:
+    """Everything that can be wrong with the input and every output file (the sections' `section_files`
+    too), before any work: one-line errors, nothing written. True where the input is kept as the report's
+    model_fp32.pt (`input_kept`)."""
+    if not opts.precisions:
+        raise ValueError(f"--precisions: empty; name at least one of: {', '.join(CONFIGS)}")
     unknown = [p for p in opts.precisions if p not in CONFIGS]
     if unknown:
         raise ValueError(f"--precisions: unknown {', '.join(unknown)}; allowed: {', '.join(CONFIGS)}")
@@ -296,22 +331,29 @@ def check_inputs(checkpoint: Path, opts: CompareOptions) -> None:
         raise ValueError(f"--device {opts.device}: only cpu and cuda are supported")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {opts.device}: CUDA is not available")
-    load_fp32_net(checkpoint)
+    net = load_fp32_net(checkpoint)
     cost_plan(checkpoint, opts, _precisions(opts))
-    check_output_dir(opts.out_dir, "--out-dir")
+    files = [f"model_{p}.pt" for p in _precisions(opts)] + [*section_files, RESULT_FILE]
+    kept = Path(opts.out_dir).is_dir() and input_kept(checkpoint, opts.out_dir, net)
+    check_output_files(opts.out_dir, [f for f in files if not (kept and f == "model_fp32.pt")], "--out-dir",
+                       inputs=[checkpoint])
     check_run_files(opts.out_dir, _precisions(opts))
+    check_earlier_report(opts.out_dir, files)
     check_source(resolve_source(opts.data, splits=(opts.calibration_split,)))
     check_source(resolve_source(opts.test_data or opts.data, splits=(opts.test_split,)))
+    return kept
 
 
 def _precisions(opts: CompareOptions) -> list[str]:
     return ["fp32"] + [p for p in opts.precisions if p != "fp32"]  # fp32 is the baseline
 
 
-def compare(checkpoint: Path, opts: CompareOptions, sections: Sequence[Section] = ()) -> dict:
+def compare(checkpoint: Path, opts: CompareOptions, sections: Sequence[Section] = (),
+            section_files: Sequence[str] = ()) -> dict:
     """Run the whole comparison; write model files and the JSON into `opts.out_dir`. `sections`:
-    later rooms' additions (e.g. `runtimes`), computed from what was evaluated, before the JSON is written."""
-    check_inputs(checkpoint, opts)  # bad input fails here, before anything is written
+    later rooms' additions (e.g. `runtimes`), computed from what was evaluated, before the JSON is written;
+    `section_files`: the files they write into `opts.out_dir`, checked with the report's own first."""
+    kept = check_inputs(checkpoint, opts, section_files)  # bad input fails here, before anything is written
     net = load_fp32_net(checkpoint)
     precisions = _precisions(opts)
     plan = cost_plan(checkpoint, opts, precisions)
@@ -329,7 +371,8 @@ def compare(checkpoint: Path, opts: CompareOptions, sections: Sequence[Section] 
     for name in precisions:
         config = CONFIGS[name]
         path = opts.out_dir / f"model_{name}.pt"
-        save(quantize(net, config, calibration), config, path)
+        if not (kept and name == "fp32"):  # the input itself is never rewritten
+            save(quantize(net, config, calibration), config, path)
         size = os.path.getsize(path)
         model, stored = load(path)  # what is evaluated is what is on disk
         assert stored == config, (stored, config)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from eurosat.report import plots
 from eurosat.report.compare import RESULT_FILE
-from eurosat.common.paths import check_output_dir
+from eurosat.common.paths import check_output_dir, check_output_files
 from eurosat.fl.codecs import CODECS, wire_name
 from eurosat.fl.record import FINISHED
 from eurosat.quant.recipe import PRECISIONS
@@ -148,9 +148,11 @@ def figures(report_paths: list[Path], outputs_root: Path) -> list[tuple[str, obj
 
 
 def draw_all(report_paths: list[Path], outputs_root: Path, out: Path | None) -> list[Path]:
-    """Read every input and draw every figure first; only then write them (no half-updated set)."""
+    """Read every input and draw every figure first, and check every file they go to; only then write
+    them (no half-updated set)."""
     out = check_output_dir(out or (report_paths[0].parent if report_paths else outputs_root), "--out")
     drawn = figures(report_paths, outputs_root)
     if not drawn:
         raise ValueError(f"nothing to plot: no {RESULT_FILE} given or found, and no runs to compare under {outputs_root}")
+    check_output_files(out, [name for name, _, _ in drawn], "--out", inputs=report_paths)
     return [plots.save(fig, out / name, dpi) for name, fig, dpi in drawn]

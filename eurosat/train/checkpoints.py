@@ -17,6 +17,10 @@ import torch
 from eurosat.train.model import Net
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default container
+PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")  # after the PROTO opcode 0x80: the legacy format
+
+
 class CheckpointError(ValueError):
     """A file that is not a loadable checkpoint; the message is one line for the user."""
 
@@ -30,6 +34,14 @@ def load_checkpoint(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty")
+    try:  # torch's unpickler calls any foreign bytes "would run code": tell those apart first
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not (head.startswith(ZIP_MAGIC) or (head[:1] == b"\x80" and head[1:2] in PICKLE_PROTOCOLS)):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip archive nor a pickle; "
+                              f"the file starts with {head!r})")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the refusal below says it all
             warnings.simplefilter("ignore")
@@ -68,12 +80,19 @@ def state_dict_of(obj: Any, path: str | Path, finite: bool = True) -> dict[str, 
     complex_ = [k for k, v in obj.items() if v.is_complex()]
     if complex_:
         raise CheckpointError(f"{path}: {len(complex_)} tensor(s) are complex (first: {complex_[0]}); a model holds real numbers")
-    if finite:  # as float32, the precision every tool computes in: a float64 1e300 is Inf there
-        bad = [k for k, v in obj.items() if v.is_floating_point() and not bool(torch.isfinite(v.float()).all())]
-        if bad:
-            raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or Inf values (first: {bad[0]}); "
-                                  "a diverged model cannot be quantized or compared")
+    if finite:
+        check_finite(obj, path)
     return dict(obj)
+
+
+def check_finite(state: Mapping[str, Any], path: str | Path) -> None:
+    """Refuse a model with a NaN or Inf in any floating tensor of `state` (other values are skipped):
+    as float32, the precision every tool computes in, so a float64 1e300 is Inf there."""
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v.float()).all())]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or Inf values (first: {bad[0]}); "
+                              "a diverged model cannot be quantized, compared or used")
 
 
 def net_from_state(state: Mapping[str, torch.Tensor], path: str | Path) -> Net:
@@ -85,6 +104,9 @@ def net_from_state(state: Mapping[str, torch.Tensor], path: str | Path) -> Net:
         if isinstance(given, torch.Tensor) and target.is_floating_point() and not given.is_floating_point():
             raise CheckpointError(f"{path}: {name} holds {str(given.dtype).removeprefix('torch.')} values; "
                                   "a trained Net's weights are floating point")
+    if any(k.endswith(".act_range") for k in state):
+        raise CheckpointError(f"{path}: a QAT run's round checkpoint (fake-quantized latent weights); "
+                              "give the run's final_model_<N>bit.pt (packed) or final_model.pt (its latent FP32 weights)")
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

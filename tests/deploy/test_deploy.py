@@ -26,6 +26,7 @@ from eurosat.deploy import export as deploy_export  # noqa: E402
 from eurosat.deploy import predict as deploy_predict  # noqa: E402
 from eurosat.quant.registry import PackedConfig, load, quantize, save  # noqa: E402
 from eurosat.train.loop import evaluate  # noqa: E402
+from eurosat.train.model import Net  # noqa: E402
 
 PRECISIONS = "fp32,fp16,int8,fp8,int8_dynamic"
 
@@ -203,6 +204,108 @@ def test_predict_resizes_with_a_warning_reads_png_and_tiff_and_names_a_broken_im
     assert f"{tmp_path / 'broken.jpg'}: not a readable image" in proc.stderr
     proc = in_process(deploy_predict.main, tmp_path / "no-model.pt", tmp_path / "big.png")
     assert proc.returncode == 2 and "no-model.pt" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def _onnx(path: Path, inputs: list, outputs: list, weight: np.ndarray | str | None = None) -> Path:
+    """A small real ONNX graph: (name, shape) inputs and outputs; with a `weight` array, flatten then
+    MatMul; with "batch_wide", the first N values of each flattened image (a width known only at run time)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from eurosat.deploy.qdq import IR_VERSION, OPSET
+
+    (i_name, i_shape), (o_name, o_shape) = inputs[0], outputs[0]
+    flatten = helper.make_node("Flatten", [i_name], ["flat"], axis=1)
+    if weight is None:
+        nodes, inits = [helper.make_node("Identity", [i_name], [o_name])], []
+    elif isinstance(weight, str):
+        nodes = [flatten, helper.make_node("Shape", [i_name], ["shape"]),
+                 helper.make_node("Slice", ["shape", "zero", "one"], ["n"]),
+                 helper.make_node("Slice", ["flat", "zero", "n", "one"], [o_name])]
+        inits = [numpy_helper.from_array(np.array([v], dtype=np.int64), name) for v, name in ((0, "zero"), (1, "one"))]
+    else:
+        nodes = [flatten, helper.make_node("MatMul", ["flat", "w"], [o_name])]
+        inits = [numpy_helper.from_array(weight.astype(np.float32), "w")]
+    graph = helper.make_graph(nodes, "foreign", [helper.make_tensor_value_info(i_name, TensorProto.FLOAT, i_shape)],
+                              [helper.make_tensor_value_info(o_name, TensorProto.FLOAT, o_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _state(**change) -> dict:
+    """A real Net state dict (seeded), with some tensors filled with one value."""
+    torch.manual_seed(0)
+    return {k: v.float().fill_(change[k]) if k in change else v for k, v in Net().state_dict().items()}
+
+
+def _evil(p: Path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {p.parent / 'PWNED'}",))
+
+    torch.save({"conv1.weight": Evil()}, p)
+
+
+FLAT = 3 * 64 * 64
+BAD_MODELS = {  # name: (file name, how to write it, what the one line must say)
+    "non_finite_weights": ("m.pt", lambda p: torch.save(_state(**{"fc3.bias": float("nan")}), p), "hold NaN or Inf values"),
+    "onnx_renamed_pt": ("m.pt", lambda p: _onnx(p, [("images", ["N", 3, 64, 64])], [("logits", ["N", 3, 64, 64])]),
+                        "not a PyTorch checkpoint"),
+    "python_source": ("m.pt", lambda p: p.write_text('"""a module"""\nimport os\n'), "not a PyTorch checkpoint"),
+    "code_running_pickle": ("m.pt", _evil, "would run code on load"),
+    "other_keys": ("m.pt", lambda p: torch.save({"foo": torch.zeros(3)}, p), "not a EuroSAT Net state dict"),
+    "other_shapes": ("m.pt", lambda p: torch.save({**_state(), "conv1.weight": torch.zeros(2, 2)}, p),
+                     "not a EuroSAT Net state dict"),
+    "checkpoint_of_other_shapes": ("checkpoint.pt", lambda p: torch.save(
+        {"round": 1, "state_dict": {**_state(), "fc3.bias": torch.zeros(3)}}, p), "size mismatch for fc3.bias"),
+    "qat_round_checkpoint": ("checkpoint.pt", lambda p: torch.save(
+        {"round": 1, "state_dict": {**_state(), "conv1.act_range": torch.tensor([0.0, 1.0])}}, p),
+        "a QAT run's round checkpoint"),
+    # finite weights whose logits overflow float32: found at run time, before anything is printed
+    "overflowing_weights": ("m.pt", lambda p: torch.save(_state(**{"fc3.weight": 3e38}), p), "computes NaN or Inf for"),
+    "onnx_other_input": ("m.onnx", lambda p: _onnx(p, [("x", [1, 5])], [("y", [1, 5])]),
+                         "not a EuroSAT model: the graph is x tensor(float) [1, 5] -> y"),
+    "onnx_other_output": ("m.onnx", lambda p: _onnx(p, [("images", ["N", 3, 64, 64])], [("logits", ["N", 3, 64, 64])]),
+                          "expected images tensor(float) [batch, 3, 64, 64] -> logits tensor(float) [batch, 10]"),
+    "onnx_fixed_batch": ("m.onnx", lambda p: _onnx(p, [("images", [1, 3, 64, 64])], [("logits", [1, 10])],
+                                                   np.zeros((FLAT, 10))), "not a EuroSAT model"),
+    "onnx_output_wider_than_declared": ("m.onnx", lambda p: _onnx(p, [("images", ["N", 3, 64, 64])], [("logits", ["N", "C"])],
+                                                                  "batch_wide"), "gave outputs of shape [3, 3]"),
+    "onnx_non_finite_at_run_time": ("m.onnx", lambda p: _onnx(p, [("images", ["N", 3, 64, 64])], [("logits", ["N", 10])],
+                                                              np.full((FLAT, 10), np.nan)), "computes NaN or Inf for"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_MODELS))
+def test_predict_refuses_a_bad_model_in_one_line_naming_the_file(kind, small_data, tmp_path):
+    name, write, message = BAD_MODELS[kind]
+    _chips(small_data, tmp_path / "chips", 3)
+    model = tmp_path / name
+    write(model)
+    if kind == "code_running_pickle":  # the real command line for this one
+        proc = subprocess.run([sys.executable, "-m", "eurosat.predict", str(model), str(tmp_path / "chips")], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+    else:
+        proc = in_process(deploy_predict.main, model, tmp_path / "chips")
+    assert proc.returncode == 2, (kind, proc.stdout, proc.stderr)
+    assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {model}: ") and message in proc.stderr, proc.stderr
+    assert "would run code" not in proc.stderr or kind == "code_running_pickle"
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_predict_reads_a_runs_round_checkpoint_as_the_fp32_tools_do(e2e_run, small_data, tmp_path):
+    """checkpoint.pt ({"round", "state_dict"}) is what the PTQ report and measure_compression.py accept: its state dict."""
+    _, run_dir = e2e_run
+    paths, data = _chips(small_data, tmp_path / "chips", 12)
+    net = Net()
+    net.load_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["state_dict"])
+    proc = in_process(deploy_predict.main, run_dir / "checkpoint.pt", tmp_path / "chips", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["compute"] == "float32" and len(out["predictions"]) == len(paths)
+    assert [r["label"] for r in out["predictions"]] == evaluate(net.eval(), data)["predicted"].tolist()
 
 
 ROOMS = ["common", "data", "train", "quant", "fl", "report", "deploy", "launch"]

@@ -173,6 +173,8 @@ def test_bad_checkpoint_exits_2_and_writes_nothing(kind, tmp_path, small_data):
     (["--clients", str(10**40)], "--clients: must be in [1, 1000000]"),
     (["--cost-per-mb", "nan"], "--cost-per-mb: must be a finite number >= 0"),
     (["--precisions", "fp16,fp16"], "--precisions: fp16 named twice"),
+    (["--precisions", ""], "--precisions: empty; name at least one of: fp32"),
+    (["--precisions", " , "], "--precisions: empty"),
     (["--data", "no-such-org/no-such-dataset"], "cannot load 'no-such-org/no-such-dataset'"),
 ])
 def test_bad_options_are_one_line_errors_before_anything_is_written(args, message, tmp_path, small_data):
@@ -325,3 +327,70 @@ def test_a_training_runs_own_exports_are_never_overwritten(tmp_path):
     check_run_files(tmp_path, ["fp32", "fp16"])  # nothing of the run's own is touched
     check_run_files(tmp_path / "ptq", ["int8"])
     assert (tmp_path / "model_int8.pt").read_bytes() == b"the run's own QAT export"
+
+
+def _listing(folder):
+    """Every path under `folder` with its bytes (None for a folder) and inode: what "nothing written" means."""
+    return {p.relative_to(folder): (None if p.is_dir() else p.read_bytes(), p.stat().st_ino) for p in folder.rglob("*")}
+
+
+def test_an_output_file_taken_by_a_folder_is_refused_before_anything_is_written(tmp_path, small_data):
+    """Every file the report and the figures would write is checked before the first one is: a folder where
+    one goes is one line and exit 2, and none of the others is written (no model_fp32.pt left half-way)."""
+    torch.manual_seed(0)
+    torch.save(Net().state_dict(), tmp_path / "model.pt")
+    out = tmp_path / "out"
+    for i, name in enumerate(("model_int8.pt", "quantization_comparison.json", "model_fp16.pt")):
+        (out / name).mkdir(parents=True)
+        before = _listing(out)
+        args = (tmp_path / "model.pt", "--data", small_data, "--out-dir", out, "--calibration-samples", 64)
+        proc = cli("compare_quantizations.py", *args) if i == 0 else in_process(script_main("compare_quantizations.py"), *args)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == f"error: --out-dir {out}: {name} there is a folder; move it away or choose another --out-dir"
+        assert _listing(out) == before
+        (out / name).rmdir()
+    proc = cli("compare_quantizations.py", tmp_path / "model.pt", "--data", small_data, "--out-dir", out, "--precisions", "fp32")
+    assert proc.returncode == 0, proc.stderr
+    figures = tmp_path / "figures"
+    (figures / "comparison_plots_highres.png").mkdir(parents=True)
+    proc = cli("create_comparison_plots.py", out / "quantization_comparison.json", "--outputs", tmp_path / "none",
+               "--out", figures)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "comparison_plots_highres.png there is a folder" in proc.stderr
+    assert [p.name for p in figures.iterdir()] == ["comparison_plots_highres.png"]  # comparison_plots.png not written
+
+
+def test_the_input_is_never_rewritten_and_no_earlier_reports_file_is_left_unnamed(tmp_path, small_data):
+    """The report's own model_fp32.pt as the input, into its own folder: kept as it is (it already holds what
+    the report writes there), never rewritten; any other input where an output goes is refused. A rerun with
+    fewer precisions into a folder holding an earlier report is refused: that report's other files would
+    sit beside a JSON that does not name them."""
+    torch.manual_seed(0)
+    torch.save(Net().state_dict(), tmp_path / "final_model.pt")
+    common = ("--data", small_data, "--calibration-samples", 64)
+    first = cli("compare_quantizations.py", tmp_path / "final_model.pt", "--precisions", "fp32,int8", *common)
+    assert first.returncode == 0, first.stderr
+    fp32 = tmp_path / "model_fp32.pt"
+    kept = (fp32.read_bytes(), fp32.stat().st_ino, fp32.stat().st_mtime_ns)
+    again = cli("compare_quantizations.py", fp32, "--precisions", "fp32,int8", *common)
+    assert again.returncode == 0, again.stderr
+    assert (fp32.read_bytes(), fp32.stat().st_ino, fp32.stat().st_mtime_ns) == kept
+    report = json.loads((tmp_path / "quantization_comparison.json").read_text())
+    assert report["checkpoint"] == str(fp32) and report["precisions"]["fp32"]["file"] == "model_fp32.pt"
+    assert report["precisions"]["fp32"]["file_size_bytes"] == len(kept[0])
+
+    before = _listing(tmp_path)
+    proc = in_process(script_main("compare_quantizations.py"), tmp_path / "final_model.pt", "--precisions", "fp32", *common)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"--out-dir {tmp_path}: holds an earlier report's model_int8.pt, which this report would not replace" in proc.stderr
+    assert _listing(tmp_path) == before
+
+    plain = tmp_path / "plain"  # a plain state dict under the report's name: the report would rewrite it
+    plain.mkdir()
+    shutil.copy(tmp_path / "final_model.pt", plain / "model_fp32.pt")
+    before = _listing(plain)
+    proc = cli("compare_quantizations.py", plain / "model_fp32.pt", "--precisions", "fp32", *common)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (f"error: --out-dir {plain}: model_fp32.pt there is the input file itself, which "
+                                   "would be overwritten; choose another --out-dir")
+    assert _listing(plain) == before
