@@ -303,10 +303,11 @@ def input_kept(checkpoint: Path, out_dir: Path, net: torch.nn.Module) -> bool:
         return fresh.read_bytes() == target.read_bytes()
 
 
-def check_inputs(checkpoint: Path, opts: CompareOptions, section_files: Sequence[str] = ()) -> bool:
+def check_inputs(checkpoint: Path, opts: CompareOptions,
+                 section_files: Sequence[str] = ()) -> tuple[torch.nn.Module, bool]:
     """Everything that can be wrong with the input and every output file (the sections' `section_files`
-    too), before any work: one-line errors, nothing written. True where the input is kept as the report's
-    model_fp32.pt (`input_kept`)."""
+    too), before any work: one-line errors, nothing written. Returns the checkpoint's FP32 net (read once)
+    and whether the input is kept as the report's model_fp32.pt (`input_kept`)."""
     if not opts.precisions:
         raise ValueError(f"--precisions: empty; name at least one of: {', '.join(CONFIGS)}")
     unknown = [p for p in opts.precisions if p not in CONFIGS]
@@ -341,7 +342,7 @@ def check_inputs(checkpoint: Path, opts: CompareOptions, section_files: Sequence
     check_earlier_report(opts.out_dir, files)
     check_source(resolve_source(opts.data, splits=(opts.calibration_split,)))
     check_source(resolve_source(opts.test_data or opts.data, splits=(opts.test_split,)))
-    return kept
+    return net, kept
 
 
 def _precisions(opts: CompareOptions) -> list[str]:
@@ -353,8 +354,7 @@ def compare(checkpoint: Path, opts: CompareOptions, sections: Sequence[Section] 
     """Run the whole comparison; write model files and the JSON into `opts.out_dir`. `sections`:
     later rooms' additions (e.g. `runtimes`), computed from what was evaluated, before the JSON is written;
     `section_files`: the files they write into `opts.out_dir`, checked with the report's own first."""
-    kept = check_inputs(checkpoint, opts, section_files)  # bad input fails here, before anything is written
-    net = load_fp32_net(checkpoint)
+    net, kept = check_inputs(checkpoint, opts, section_files)  # bad input fails here, before anything is written
     precisions = _precisions(opts)
     plan = cost_plan(checkpoint, opts, precisions)
     source = resolve_source(opts.data, splits=(opts.calibration_split,))
