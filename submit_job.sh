@@ -95,32 +95,27 @@ if [ -n "$DATA" ]; then [ -d "$DATA" ] || die "data folder $DATA does not exist"
 JOB_NAME=${JOB_NAME:-fl-$PRESET}
 [[ "$JOB_NAME" =~ ^[A-Za-z0-9._-]+$ ]] || die "--job-name may hold only letters, digits, '.', '_' and '-', got '$JOB_NAME'"
 STEM="$JOB_NAME-r$ROUNDS-t${MINUTES}m"
-# Validate the whole run config now: a bad value must fail before anything is submitted. The
-# rounds, minutes and every --set become one override string, a later key winning (Flower refuses
-# a key twice in one string).
-CHECKED=$(cd "$PROJECT" && EUROSAT_DATA="$DATA" "$VENV/bin/python" -c '
-import sys
-from pathlib import Path
-from eurosat.fl.config import ConfigError, load_run_config, override_pairs, to_override_string
-from eurosat.data.loading import DataError, resolve_source
-from eurosat.fl.record import RunDirError, resumable_config
-try:
-    merged = " ".join(f"{k}={v}" for k, v in dict(override_pairs(sys.argv[3], repeats=True)).items())
-    base = [to_override_string(resumable_config(Path(sys.argv[1])))] if sys.argv[1] else [sys.argv[2]]
-    cfg = load_run_config(base + [merged])
-    resolve_source(cfg.data)  # a local data folder must exist before the job queues (compute nodes see the same)
-    print(cfg.num_supernodes)
-    print(merged)
-except (ConfigError, RunDirError, DataError) as exc:
-    sys.exit(f"error: {exc}")' "$RESUME" "${CONFIG:-}" "num-server-rounds=$ROUNDS time-limit-min=$MINUTES ${SETS[*]:-}") || exit 2
-SUPERNODES=${CHECKED%%$'\n'*}
-OVERRIDES=${CHECKED#*$'\n'}
+# The run's launcher arguments: the preset (or the run to resume), then the rounds and minutes, then
+# every --set, each its own -c (a later key wins).
+if [ -n "$RESUME" ]; then LAUNCH=(--resume "$RESUME"); else LAUNCH=(-c "$CONFIG"); fi
+LAUNCH+=(-c "num-server-rounds=$ROUNDS time-limit-min=$MINUTES")
+for s in ${SETS[@]+"${SETS[@]}"}; do LAUNCH+=(-c "$s"); done
+# The launcher's own checks now (options, run config, data, partitions, the run to resume), so bad
+# input fails before anything is submitted; it prints the resolved run config.
+launch_check() {
+    local out
+    out=$(cd "$PROJECT" && EUROSAT_DATA="$DATA" "$VENV/bin/python" -m eurosat.launch --check "${LAUNCH[@]}" "$@") || exit 2
+    RESOLVED=${out##*$'\n'}
+}
+launch_check
+[[ " $RESOLVED" =~ \ num-supernodes=([0-9]+) ]] || die "the launcher's check printed no num-supernodes"
+SUPERNODES=${BASH_REMATCH[1]}
 if [ "$NODES" -gt 1 ] || [ -n "$PER_NODE" ]; then  # the Deployment Engine across nodes
     PER_NODE=${PER_NODE:-$(( (SUPERNODES + NODES - 1) / NODES ))}
     SUPERNODES=$((NODES * PER_NODE))
-    OVERRIDES="$(sed -E 's/(^| )num-supernodes=[^ ]+//g' <<<"$OVERRIDES") num-supernodes=$SUPERNODES"
     ENGINE=deployment
     [ "$LOCAL" = 0 ] || die "--nodes/--clients-per-node need Slurm (srun); here, use python -m eurosat.launch --engine deployment"
+    launch_check --engine deployment --external-supernodes --host 0.0.0.0 --supernodes "$SUPERNODES" $INSECURE
 else
     ENGINE=simulation
     [ -z "$INSECURE" ] || die "--insecure is for --nodes/--clients-per-node (the Deployment Engine)"
@@ -132,7 +127,7 @@ mkdir -p "$LOG_DIR" || die "cannot create the log folder $LOG_DIR"
 # Every value the job script holds is shell-quoted (printf %q): a path or run-config value with
 # spaces, quotes or \$(...) stays one literal argument and is never run as code.
 q() { printf %q "$1"; }
-if [ -n "$RESUME" ]; then LAUNCH_CONFIG="--resume $(q "$RESUME")"; else LAUNCH_CONFIG="-c $(q "$CONFIG")"; fi
+LAUNCH_ARGS=$(printf '%q ' "${LAUNCH[@]}")
 Q_LOG=$(q "$LOG_DIR/$STEM")
 
 # The job itself: exec makes the launcher the batch shell, so Slurm's SIGTERM (--signal=B:TERM)
@@ -156,10 +151,10 @@ if [ "$ENGINE" = deployment ]; then
     srun --nodes $NODES --ntasks-per-node $PER_NODE --cpus-per-task $CPUS $([ "$GPUS" -gt 0 ] && echo --gres=gpu:1) \\
         --output $Q_LOG-"\$JOB_ID"-supernode-%t.log python -m eurosat.launch.supernode $INSECURE \\
             --superlink "\$HOST:\$PORT" --result-json $Q_LOG-"\$JOB_ID".json &
-    exec python -m eurosat.launch $LAUNCH_CONFIG -c $(q "$OVERRIDES") --engine deployment --external-supernodes $INSECURE \\
+    exec python -m eurosat.launch $LAUNCH_ARGS --engine deployment --external-supernodes $INSECURE \\
         --host 0.0.0.0 --port "\$PORT" --supernodes $SUPERNODES --result-json $Q_LOG-"\$JOB_ID".json
 fi
-exec python -m eurosat.launch $LAUNCH_CONFIG -c $(q "$OVERRIDES") \\
+exec python -m eurosat.launch $LAUNCH_ARGS \\
     --cpus "\${SLURM_CPUS_PER_TASK:-$CPUS}" --gpus "$GPUS" \\
     --result-json $Q_LOG-"\$JOB_ID".json
 EOF

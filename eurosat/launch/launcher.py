@@ -151,6 +151,14 @@ def prepare(overrides: list[str], project: Path, flwr_home: Path | None, check_d
             engine: Engine = Engine(), resume: Path | None = None) -> tuple[RunConfig, Path]:
     """Every check that can fail on input, then the run folder (made exclusively, or the run to
     resume); nothing runs yet."""
+    cfg = check_run(overrides, project, flwr_home, check_data, engine, resume)
+    return cfg, new_run_dir(cfg.output_root(), cfg.label, cfg.run_dir, resume=cfg.resume)
+
+
+def check_run(overrides: list[str], project: Path, flwr_home: Path | None, check_data: bool = True,
+              engine: Engine = Engine(), resume: Path | None = None) -> RunConfig:
+    """Every check that can fail on input, writing nothing: `prepare`'s first half, and all of
+    `--check` (a job script's submit-time check, so that bad input fails before the job queues)."""
     if not (project / "pyproject.toml").is_file():
         raise ConfigError(f"--project {project}: not a Flower app folder (no pyproject.toml)")
     if flwr_home is not None:
@@ -173,7 +181,7 @@ def prepare(overrides: list[str], project: Path, flwr_home: Path | None, check_d
     if check_data:
         check_source(source)
         partition_sizes(source, cfg.partitioner, cfg.num_supernodes, cfg.dirichlet_alpha, cfg.seed)
-    return cfg, new_run_dir(cfg.output_root(), cfg.label, cfg.run_dir, resume=cfg.resume)
+    return cfg
 
 
 def check_engine_key(given: object, default: object, engine: Engine) -> None:
@@ -404,17 +412,28 @@ def main(argv: list[str] | None = None) -> int:
                              "(srun on every node of a Slurm job) and the first round waits for them")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
                         help="continue this failed or interrupted run from its last checkpoint, in its own folder")
+    parser.add_argument("--check", action="store_true",
+                        help="check the options, the run config and the data as a run would, print the resolved run "
+                             "config as one 'key=value ...' line, and exit 0 (2 on bad input) without running or "
+                             "writing anything")
     args = parser.parse_args(argv)
     resources = Resources(args.cpus, args.gpus, args.client_cpus, args.client_gpus)
     engine = Engine(args.engine, args.supernodes, args.host,
                     args.certificates.expanduser().resolve() if args.certificates else None, args.port,
                     args.external_supernodes, args.insecure, tuple(k.expanduser().resolve() for k in args.register_key))
+    project = args.project.expanduser().resolve()
+    resume = args.resume.expanduser().resolve() if args.resume else None
     try:
         if args.result_json:
             check_output_file(args.result_json, "--result-json")
-        code, run_dir = launch(args.run_config, args.project.expanduser().resolve(), args.flwr_home, resources,
-                               check_data=not args.skip_data_check, result_json=args.result_json, engine=engine,
-                               resume=args.resume.expanduser().resolve() if args.resume else None)
+        if args.check:
+            resources.check()
+            engine.check()
+            cfg = check_run(args.run_config, project, args.flwr_home, not args.skip_data_check, engine, resume)
+            print(to_override_string({**cfg.to_mapping(), "data": cfg.data}), flush=True)
+            return 0
+        code, run_dir = launch(args.run_config, project, args.flwr_home, resources, check_data=not args.skip_data_check,
+                               result_json=args.result_json, engine=engine, resume=resume)
     except INPUT_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return BAD_INPUT_EXIT

@@ -199,6 +199,25 @@ def test_run_config_values_the_launcher_would_drop_or_misread_are_refused(small_
     assert not (tmp_path / "out").exists() and not (ROOT / "fp32").exists()
 
 
+def test_check_mode_runs_the_checks_of_a_run_and_writes_nothing(small_data, tmp_path):
+    """`--check` (what submit_job.sh calls at submit time): the run's own checks, the resolved run
+    config as one line that loads back to the same config, and no run folder, record or output root."""
+    from eurosat.fl.config import load_run_config
+
+    out = tmp_path / "out"
+    given = f"data='{small_data}' output-dir='{out}'"
+    proc = in_process(launch_main, "--check", "-c", "configs/int8.toml", "-c", given, "-c", "lr=0.002")
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip().splitlines()[-1]
+    assert load_run_config([line]) == load_run_config(["configs/int8.toml", given, "lr=0.002"])
+    for args, needle in [(["-c", "num-supernodes=100000"], "cannot fill 100000 partitions"),
+                         (["-c", "engine='deployment'"], "the launcher's --engine sets it"),
+                         (["--cpus", "0"], "--cpus: must be >= 1")]:
+        proc = in_process(launch_main, "--check", "-c", given, *args)
+        assert proc.returncode == 2 and needle in proc.stderr.strip().splitlines()[0], (args, proc.stderr)
+    assert not out.exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")
 def test_gpus_without_a_visible_gpu_is_one_warning(capsys):
     from eurosat.launch.launcher import Engine, Resources, warn_if_no_gpu

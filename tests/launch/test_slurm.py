@@ -113,12 +113,17 @@ def test_bad_arguments_fail_before_anything_is_submitted(job_env):
     for script, args, needle in [("run_comparison.sh", ["--slurm-minutes", "0"], "--slurm-minutes must be a positive"),
                                  ("run_comparison.sh", ["--set", "lr=-1"], "lr"),
                                  ("run_comparison.sh", ["--precisions", "fp32,fp32"], "names fp32 twice"),
-                                 ("run_comparison.sh", ["--output-dir", str(ROOT / "README.md")], "cannot create or write"),
+                                 ("run_comparison.sh", ["--output-dir", str(ROOT / "README.md")], "is a file, expected a folder"),
                                  ("submit_all_quantization.sh", ["--cpus", "0"], "--cpus must be a positive whole number")]:
         proc = sh(ROOT / script, "--local", "--minutes", "1", "--rounds", "1", *args, env=env)
         assert proc.returncode == 2 and needle in proc.stderr, (script, args, proc.stderr)
         assert "training" not in proc.stdout, proc.stdout
         assert not logs.exists() or not any(logs.iterdir())
+    # the launcher's own checks run at submit time: the partitions, a key the launcher owns
+    for args, needle in [(["--set", "num-supernodes=100000"], "cannot fill 100000 partitions"),
+                         (["--set", "engine='deployment'"], "the launcher's --engine sets it")]:
+        proc = sh(ROOT / "submit_job.sh", "--check", *args, "fp32", "10", "1", env=env)
+        assert proc.returncode == 2 and needle in proc.stderr, (args, proc.stderr)
     proc = sh(ROOT / "submit_job.sh", "--check", "fp32", "10", "1", env=env)
     assert proc.returncode == 0 and proc.stdout == "", proc.stderr  # valid: checked, nothing run or submitted
     assert not logs.exists() or not any(logs.iterdir())
@@ -148,7 +153,8 @@ def test_job_values_are_quoted_never_run_and_resume_is_checked(job_env, tmp_path
     # the launcher's line splits back into exactly the words the user meant (shlex: POSIX shell rules)
     line = next(l for l in script.splitlines() if l.startswith("exec python -m eurosat.launch"))
     words = shlex.split(line.rstrip(" \\"))
-    assert words[words.index("-c", 5) + 1] == f"num-server-rounds=5 time-limit-min=5 {value}", words
+    assert words[words.index("-c"):][:6] == ["-c", "configs/fp32.toml", "-c", "num-server-rounds=5 time-limit-min=5",
+                                                "-c", value], words
     assert not marker.exists()
     proc = sh(ROOT / "submit_job.sh", "--job-name", f'x"$(touch {marker})"', "fp32", "5", "5", env=env)
     assert proc.returncode == 2 and "--job-name may hold only" in proc.stderr and not marker.exists()
@@ -162,6 +168,12 @@ def test_job_values_are_quoted_never_run_and_resume_is_checked(job_env, tmp_path
     assert proc.returncode == 2 and "the run is completed" in proc.stderr, proc.stderr
     (run / "status.json").write_text(json.dumps({"state": "interrupted"}))
     assert sh(ROOT / "submit_job.sh", "--check", "--resume", run, "5", "5", env=env).returncode == 0
+    torch.save({"round": 1, "state_dict": {"conv1.weight": torch.zeros(2, 2)}}, run / "other.pt")
+    (run / "checkpoint.pt").rename(run / "good.pt")
+    (run / "other.pt").rename(run / "checkpoint.pt")  # a checkpoint of another model: refused at submit time
+    proc = sh(ROOT / "submit_job.sh", "--check", "--resume", run, "5", "5", env=env)
+    assert proc.returncode == 2 and "does not fit this run's fp32 model" in proc.stderr, proc.stderr
+    (run / "good.pt").replace(run / "checkpoint.pt")
     proc = sh(ROOT / "submit_job.sh", "--resume", run, "5", "5", env=env)
     assert proc.returncode == 0, proc.stderr
     line = next(l for l in (tmp_path / "job.sh").read_text().splitlines() if l.startswith("exec python -m eurosat.launch"))
