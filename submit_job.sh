@@ -106,6 +106,7 @@ launch_check() {
     local out
     out=$(cd "$PROJECT" && EUROSAT_DATA="$DATA" "$VENV/bin/python" -m eurosat.launch --check "${LAUNCH[@]}" "$@") || exit 2
     RESOLVED=${out##*$'\n'}
+    [ "$out" = "$RESOLVED" ] || printf '%s\n' "${out%$'\n'*}" >&2  # its progress (the data check) is not for stdout
 }
 launch_check
 [[ " $RESOLVED" =~ \ num-supernodes=([0-9]+) ]] || die "the launcher's check printed no num-supernodes"

@@ -12,7 +12,8 @@ the rest from pyproject.toml; `--set` wins over the protocol. Rows (run with --o
 set is fedavg, scaffold, fedprox, fedadam, fedavgm): `fedavg`; `fedprox` (proximal-mu 0.01);
 `fedprox-mu0.1`; `fedadam` (server-lr 0.01, tau 0.001, the values of Reddi et al. for CNNs);
 `fedyogi`, `fedadagrad` (the same); `fedavgm` (server-lr 0.1, server-momentum 0.9: an effective
-server rate of 1, Hsu et al.); `scaffold` (SCAFFOLD's control variates, eurosat/fl/scaffold.py).
+server rate of 1, Hsu et al.); `scaffold` (SCAFFOLD's control variates, eurosat/fl/scaffold.py);
+`fedavg-balanced` (FedAvg, each client training with balanced softmax: `local-loss`).
 The seed decides the partitions, the initial model and the batch order, so a row and FedAvg of one
 seed train on the same partitions; each row's final accuracy (whole test split) is paired by seed
 with FedAvg's and given a Student-t 95 % interval.
@@ -54,6 +55,7 @@ ROWS = {
     "fedadagrad": "strategy='fedadagrad' server-lr=0.01 tau=0.001",
     "fedavgm": "strategy='fedavgm' server-lr=0.1 server-momentum=0.9",
     "scaffold": "strategy='scaffold'",
+    "fedavg-balanced": "strategy='fedavg' local-loss='balanced'",
 }
 DEFAULT = ["fedavg", "scaffold", "fedprox", "fedadam", "fedavgm"]
 

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import os
-import sys
 from pathlib import Path
 
 from eurosat.data.loading import NUM_CLASSES, DataError, Source
@@ -84,7 +83,7 @@ def check_source(source: Source, progress: bool = True) -> None:
             if marker.exists():
                 continue
             if progress:
-                print(f"eurosat: checking {path} (once; the result is cached)", file=sys.stderr, flush=True)
+                print(f"eurosat: checking {path} (once; the result is cached)", flush=True)
             rows = check_file(path)
             try:
                 cache.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from eurosat.data.augment import AUGMENTATIONS
 from eurosat.data.loading import DATA_ENV, HUB_DATASET, PARTITIONERS
 from eurosat.quant.recipe import PrecisionRecipe
 from eurosat.train.schedule import SCHEDULES, LrSchedule
-from eurosat.train.loop import OPTIMIZERS, LocalTraining
+from eurosat.train.loop import LOSSES, OPTIMIZERS, LocalTraining
 from eurosat.fl import hooks
 from eurosat.fl.codecs import CODECS, Codec, wire_name
 from eurosat.fl.link import LinkPlan
@@ -107,6 +107,7 @@ class RunConfig:
     lr_floor: float
     augment: str
     local_optimizer_state: str
+    local_loss: str
     seed: int
     output_dir: str
     run_dir: str
@@ -161,6 +162,7 @@ class RunConfig:
         _choice("augment", self.augment, AUGMENTATIONS)
         _choice("engine", self.engine, ENGINES)
         _choice("local-optimizer-state", self.local_optimizer_state, ("reset", "keep"))
+        _choice("local-loss", self.local_loss, LOSSES)
         if not self.output_dir.strip():
             raise ConfigError("output-dir: empty; give the folder runs are written under (relative to the project, "
                               "e.g. outputs, or absolute)")
@@ -226,7 +228,7 @@ class RunConfig:
         """The client's local recipe: the one place the training keys are read."""
         return LocalTraining(self.local_epochs, self.batch_size, self.optimizer, self.weight_decay, self.momentum,
                              self.augment, self.lr_schedule_plan(), self.local_optimizer_state == "keep",
-                             self.proximal_mu if self.strategy == "fedprox" else 0.0)
+                             self.proximal_mu if self.strategy == "fedprox" else 0.0, self.local_loss == "balanced")
 
     def server_optimizer(self) -> ServerOptimizer:
         """The strategy's server step and its keys: the one place they are read."""

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from eurosat.data.augment import augmenter
-from eurosat.data.loading import TensorData
+from eurosat.data.loading import NUM_CLASSES, TensorData
 from eurosat.train.model import for_inference
 from eurosat.train.schedule import LrSchedule, Span
 
@@ -85,6 +85,7 @@ class ComputePlan:
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LOSSES = ("ce", "balanced")  # `local-loss`: cross-entropy, or balanced softmax (log_prior)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class LocalTraining:
     schedule: LrSchedule = LrSchedule()
     keep_optimizer_state: bool = False  # carry the optimizer's moments from round to round (per node)
     proximal_mu: float = 0.0  # FedProx: mu/2 ||w - w_received||^2 added to the loss (0: plain local training)
+    balanced_loss: bool = False  # balanced softmax over the partition's class counts (`local-loss`)
 
     def make_optimizer(self, params, device: torch.device) -> torch.optim.Optimizer:
         """`adam` (L2 weight decay, the original system's), `adamw` (decoupled), `sgd` (Nesterov
@@ -117,6 +119,16 @@ def proximal_term(model: nn.Module, anchor: list[torch.Tensor], mu: float) -> to
     """FedProx's mu/2 ||w - w_received||^2 over the trainable parameters (Li et al., 2020; what
     Flower's FedProx asks its clients to add)."""
     return (mu / 2) * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+
+
+def log_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The log of a partition's class frequencies, the shift of balanced softmax (Ren et al., 2020):
+    trained on `logits + log_prior`, the model learns scores free of the partition's label skew. A
+    class the partition lacks is log 0 = -inf: out of the softmax, so its weights get an exact zero
+    gradient (as FedRS restricts the softmax), which Adam leaves alone. Uniform labels give a
+    constant shift: plain cross-entropy."""
+    counts = torch.bincount(labels.flatten().long().cpu(), minlength=num_classes).double()
+    return torch.log(counts / counts.sum()).float()
 
 
 def train(
@@ -149,6 +161,7 @@ def train(
                                              for k, v in optimizer_state.items()},
                                    "param_groups": optimizer.state_dict()["param_groups"]})
     criterion = nn.CrossEntropyLoss()
+    shift = log_prior(data.labels, NUM_CLASSES).to(plan.device) if local.balanced_loss else None
     # FedProx: the weights as received, which the proximal term keeps the local ones near
     anchor = [p.detach().clone() for p in model.parameters()] if local.proximal_mu > 0 else None
     scaler = plan.scaler()
@@ -181,6 +194,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             with plan.autocast():
                 logits = model(images)
+                if shift is not None:
+                    logits = logits + shift
                 loss = criterion(logits, labels)
             objective = loss if anchor is None else loss + proximal_term(model, anchor, local.proximal_mu)
             if scaler is not None:
