@@ -5,13 +5,14 @@ transport go through one real local update on a slice of the real data and its f
 artifacts are written, in-process, so all presets stay cheap enough for every CI run.
 """
 
+import json
 
 import pytest
 import torch
 from conftest import DEVICE, FP16_COMPUTE, ROOT
 
 from eurosat.fl import task
-from eurosat.fl.config import load_run_config
+from eurosat.fl.config import load_run_config, run_config_values
 from eurosat.quant.registry import PackedConfig, load
 from eurosat.quant.qat import qat_layers
 from eurosat.fl.state import to_numpy
@@ -51,3 +52,13 @@ def test_preset_trains_and_saves(preset, small_data, tmp_path, monkeypatch):
         assert extra["compression_ratio"] > 1.9
     with torch.no_grad():
         assert task.load_state(task.make_model(cfg), state).eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_the_noniid_preset_is_the_recipe_its_benchmark_figure_was_measured_with():
+    """configs/noniid.toml quotes a figure of bench/strategies.py's `fedavg-balanced` row: with the
+    rounds and limit its comment names, it must resolve to that run's recorded config, key for key."""
+    ledger = json.loads((ROOT / "docs" / "results" / "strategies_local_loss.json").read_text())
+    measured = ledger["provenance"]["fedavg-balanced@42"]["config"]
+    values = run_config_values([str(ROOT / "configs" / "noniid.toml"), "num-server-rounds=20 time-limit-min=0 seed=42"])
+    naming = {"data", "run-dir", "output-dir", "resume"}  # where a run reads and writes, not what it trains
+    assert {k: v for k, v in values.items() if k not in naming} == {k: v for k, v in measured.items() if k not in naming}
