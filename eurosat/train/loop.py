@@ -143,7 +143,8 @@ def train(
     `optimizer_state` (per-parameter tensors, e.g. Adam's moments, keyed by parameter index): loaded
     into the fresh optimizer if it holds any, and replaced by the state after training.
     `deadline` (`clock()` time, wall-clock seconds: the server's round deadline): training stops at
-    the last step that fits, judged by the slowest of the last 5 steps (the first, a warm-up, always
+    the last step that fits, judged by the slowest of the last 5 steps as `clock` timed them (one
+    clock for both, so a test can drive them together; the first step, a warm-up, always
     runs and is left out once a second is timed),
     and the schedule's span is fitted to the steps that will run, so it still ends where training
     ends. `on_step(seconds)` runs after each step (the slow-client test hook). `train_steps` and
@@ -176,7 +177,8 @@ def train(
     correct = torch.zeros((), dtype=torch.long, device=plan.device)
     seen = step = 0
     recent: deque[float] = deque(maxlen=5)  # the last steps' seconds: what the next one may take
-    start = last = time.perf_counter()
+    start = time.perf_counter()
+    last = clock()
     out_of_time = False
     for _ in range(local.epochs):
         for images, labels in data.batches(local.batch_size, shuffle=True, generator=generator, device=plan.device,
@@ -217,8 +219,8 @@ def train(
                 if deadline is not None and plan.device.type == "cuda":
                     torch.cuda.synchronize()
                 if on_step is not None:
-                    on_step(time.perf_counter() - last)
-                now = time.perf_counter()
+                    on_step(clock() - last)
+                now = clock()
                 if step == 2:
                     recent.clear()  # the first step's warm-up (allocation, kernel choice) is not the pace
                 recent.append(now - last)
