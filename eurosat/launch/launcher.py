@@ -148,17 +148,20 @@ class Engine:
 
 
 def prepare(overrides: list[str], project: Path, flwr_home: Path | None, check_data: bool = True,
-            engine: Engine = Engine(), resume: Path | None = None) -> tuple[RunConfig, Path]:
+            engine: Engine = Engine(), resume: Path | None = None,
+            resources: Resources = Resources()) -> tuple[RunConfig, Path]:
     """Every check that can fail on input, then the run folder (made exclusively, or the run to
     resume); nothing runs yet."""
-    cfg = check_run(overrides, project, flwr_home, check_data, engine, resume)
+    cfg = check_run(overrides, project, flwr_home, check_data, engine, resume, resources)
     return cfg, new_run_dir(cfg.output_root(), cfg.label, cfg.run_dir, resume=cfg.resume)
 
 
 def check_run(overrides: list[str], project: Path, flwr_home: Path | None, check_data: bool = True,
-              engine: Engine = Engine(), resume: Path | None = None) -> RunConfig:
+              engine: Engine = Engine(), resume: Path | None = None, resources: Resources = Resources()) -> RunConfig:
     """Every check that can fail on input, writing nothing: `prepare`'s first half, and all of
     `--check` (a job script's submit-time check, so that bad input fails before the job queues)."""
+    resources.check()
+    engine.check()
     if not (project / "pyproject.toml").is_file():
         raise ConfigError(f"--project {project}: not a Flower app folder (no pyproject.toml)")
     if flwr_home is not None:
@@ -234,9 +237,7 @@ def launch(
     FLWR_HOME and launcher PID), so a script can follow a live run, and rewritten by `main` at the end.
     `resume`: continue that failed or interrupted run in its own folder (see record.py).
     """
-    resources.check()
-    engine.check()
-    cfg, run_dir = prepare(overrides, project, flwr_home, check_data, engine, resume)
+    cfg, run_dir = prepare(overrides, project, flwr_home, check_data, engine, resume, resources)
     warn_if_no_gpu(resources, engine)
     cpus, client_cpus, client_gpus = resources.for_run(cfg)
     overrides_str = to_override_string({**cfg.to_mapping(), "data": cfg.data, "run-dir": str(run_dir)})
@@ -427,9 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.result_json:
             check_output_file(args.result_json, "--result-json")
         if args.check:
-            resources.check()
-            engine.check()
-            cfg = check_run(args.run_config, project, args.flwr_home, not args.skip_data_check, engine, resume)
+            cfg = check_run(args.run_config, project, args.flwr_home, not args.skip_data_check, engine, resume, resources)
             print(to_override_string({**cfg.to_mapping(), "data": cfg.data}), flush=True)
             return 0
         code, run_dir = launch(args.run_config, project, args.flwr_home, resources, check_data=not args.skip_data_check,
