@@ -498,13 +498,18 @@ class BudgetedFedAvg(FedAvg):
     def _plausible(self, updates: list[tuple[TrainReport, State]], server_round: int) -> list[tuple[int, State, float]]:
         """SCAFFOLD's inputs from the checked updates: a client's `lr_sum` must lie between its steps
         times the smallest and the largest learning rate of the round's span (a false small one would
-        inflate its control by delta / lr_sum); one outside is left out of the controls, and logged."""
-        span = self._span
-        rates = [self.schedule.lr_at(span.start), self.schedule.lr_at(span.stop)] if span is not None else []
-        low, high = (min(rates), self.schedule.peak) if rates else (self.schedule.peak, self.schedule.peak)
+        inflate its control by delta / lr_sum); one outside is left out of the controls, and logged.
+        A client the deadline cut ran its span on to the schedule's end (`train`), so its smallest
+        rate is the end's."""
+        span, high = self._span, self.schedule.peak
         kept = []
         for report, delta in updates:
             steps = report.train_steps
+            if span is None:
+                low = high
+            else:
+                stop = span.stop if steps >= report.planned_steps else max(span.stop, self.schedule.end)
+                low = min(self.schedule.lr_at(span.start), self.schedule.lr_at(stop))
             if steps >= 1 and low * steps * (1 - 1e-6) <= report.lr_sum <= high * steps * (1 + 1e-6):
                 kept.append((report.partition, delta, report.lr_sum))
             else:

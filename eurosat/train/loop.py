@@ -146,8 +146,9 @@ def train(
     the last step that fits, judged by the slowest of the last 5 steps as `clock` timed them (one
     clock for both, so a test can drive them together; the first step, a warm-up, always
     runs and is left out once a second is timed),
-    and the schedule's span is fitted to the steps that will run, so it still ends where training
-    ends. `on_step(seconds)` runs after each step (the slow-client test hook). `train_steps` and
+    and the schedule's span is fitted to the steps that will run; once the deadline cuts them short
+    the round is the run's last (the server stops after a cut round), so the span then runs on to
+    the schedule's end: the learning rate reaches its floor where training ends. `on_step(seconds)` runs after each step (the slow-client test hook). `train_steps` and
     `train_images` say what really ran, `planned_steps` what the epochs asked for, `lr_sum` the sum
     of the steps' learning rates. `correction` (SCAFFOLD's `c - c_i`, one tensor per parameter in
     `model.parameters()` order): after each optimizer step every parameter also moves by
@@ -191,8 +192,9 @@ def train(
                 steps = min(steps, step + fit)  # the span's end moves to the last step that fits
             step += 1
             if span is not None:
+                reach = span if steps == planned else Span(span.start, max(span.stop, local.schedule.end))
                 for group in optimizer.param_groups:
-                    group["lr"] = local.schedule.lr_at(span.at(step / steps))
+                    group["lr"] = local.schedule.lr_at(reach.at(step / steps))
             optimizer.zero_grad(set_to_none=True)
             with plan.autocast():
                 logits = model(images)

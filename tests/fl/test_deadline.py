@@ -61,10 +61,11 @@ def _plan():
 
 def test_local_training_stops_at_the_last_step_that_fits_and_ends_its_schedule_there():
     """With an injected clock every step takes exactly 0.25 s: 12 fit in the 3 s left, the 13th
-    would not, and the schedule's span ends on the 12th, whatever load the machine is under."""
+    would not. A cut round is the run's last, so its span, here the first half of the decay, runs on
+    to the schedule's end: the 12th step is at the floor, whatever load the machine is under."""
     schedule = LrSchedule("cosine", 1e-3, 0.1)
     local = LocalTraining(epochs=20, batch_size=16, schedule=schedule)  # 80 planned steps
-    span, clock = Span(0.0, 1.0), Clock(100.0)
+    span, clock = Span(0.0, 0.5), Clock(100.0)
 
     def quarter_second_step(seconds: float) -> None:
         clock.now += 0.25
@@ -73,7 +74,22 @@ def test_local_training_stops_at_the_last_step_that_fits_and_ends_its_schedule_t
     assert metrics["planned_steps"] == 80 and metrics["train_steps"] == 12
     assert metrics["train_images"] == 16 * 12
     assert clock.now == 103.0  # the last step ended on the deadline, none past it
-    assert metrics["lr_last"] == pytest.approx(schedule.lr_at(span.stop), rel=1e-6)
+    assert metrics["lr_last"] == pytest.approx(schedule.lr_at(schedule.end), rel=1e-6)
+    assert schedule.lr_at(span.stop) > 5 * schedule.lr_at(schedule.end)
+
+
+def test_a_round_the_deadline_does_not_cut_ends_at_its_own_span():
+    schedule = LrSchedule("cosine", 1e-3, 0.1)
+    local = LocalTraining(epochs=1, batch_size=16, schedule=schedule)  # 4 planned steps
+    clock = Clock(100.0)
+
+    def quarter_second_step(seconds: float) -> None:
+        clock.now += 0.25
+
+    metrics = train(Net(), _data(), local, _plan(), span=Span(0.0, 0.5), deadline=103.0, on_step=quarter_second_step,
+                    clock=clock)
+    assert metrics["train_steps"] == metrics["planned_steps"] == 4
+    assert metrics["lr_last"] == pytest.approx(schedule.lr_at(0.5), rel=1e-6)
 
 
 def test_local_training_on_the_real_clock_ends_within_a_step_of_its_deadline():
@@ -119,6 +135,8 @@ def test_a_first_round_longer_than_the_budget_ends_at_the_deadline_with_a_slow_c
     last = rounds[-1]
     assert last["deadline_cut"] and last["clients"] == 2 and not last["client_failures"]
     assert 2 <= last["client_train_steps"] < last["client_planned_steps"]
+    # round 1's span is the warm-up, [0, 1], at the peak by its end; cut, it ran on into the decay
+    assert last["lr_span"] == [0.0, 1.0] and last["client_lr_last"] < 0.5 * metrics["config"]["lr"]
     assert "server_test_accuracy" in last and summary["final_test_accuracy"] > 0
     Net().load_state_dict(torch.load(run_dir_of(proc) / "final_model.pt", weights_only=True))
 

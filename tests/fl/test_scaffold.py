@@ -78,8 +78,9 @@ def _strategy(controls: Controls) -> BudgetedFedAvg:
     return BudgetedFedAvg(get_codec("fp32"), schedule=LrSchedule("cosine", 1e-3), controls=controls, fraction_train=1.0)
 
 
-def _report(partition: int, steps: int, lr_sum: float) -> TrainReport:
-    return TrainReport(partition, 100, 0.5, 0.5, 1.0, 100, steps, 1e-3, "float32@cpux2", steps, 0.0, lr_sum)
+def _report(partition: int, steps: int, lr_sum: float, planned: int | None = None) -> TrainReport:
+    return TrainReport(partition, 100, 0.5, 0.5, 1.0, 100, steps, 1e-3, "float32@cpux2",
+                       steps if planned is None else planned, 0.0, lr_sum)
 
 
 def test_a_false_lr_sum_is_left_out_of_the_controls():
@@ -90,6 +91,17 @@ def test_a_false_lr_sum_is_left_out_of_the_controls():
     kept = strategy._plausible([(_report(0, 10, 0.005), _v(1, 1)), (_report(1, 10, 0.5), _v(1, 1)),
                                 (_report(2, 0, 0.0), _v(1, 1))], server_round=1)
     assert [k[0] for k in kept] == [0]  # 0.5 > 10 x 1e-3; no steps: nothing
+
+
+def test_a_client_the_deadline_cut_is_held_to_the_rates_down_to_the_schedules_end():
+    """A cut client runs its span on to the schedule's end (train), so rates below the span's own
+    are plausible for it, and only for it."""
+    strategy = _strategy(Controls({"w": (2,)}, 3))
+    strategy._span = Span(0.0, 0.5)  # cosine from the peak to half of it; the schedule ends at 0
+    lr_sum = 0.003  # below 10 steps x 0.5e-3, the span's smallest rate
+    kept = strategy._plausible([(_report(0, 10, lr_sum, planned=40), _v(1, 1)), (_report(1, 10, lr_sum), _v(1, 1))],
+                               server_round=1)
+    assert [k[0] for k in kept] == [0]
 
 
 def test_each_train_message_carries_its_nodes_correction_and_the_bytes_count():
