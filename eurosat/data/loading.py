@@ -229,16 +229,16 @@ def partition_sizes(source: Source, partitioner: str, num_partitions: int, alpha
                 raise
             raise hub_error(source.name, "train", exc) from None
         if rows < num_partitions:
-            raise DataError(f"partitioner: {rows} train rows cannot fill {num_partitions} partitions (num-supernodes); "
-                            "lower num-supernodes")
+            raise DataError(f"partitioner: {rows} train rows cannot fill {num_partitions} partitions (num-supernodes): "
+                            f"the smallest would be empty; lower num-supernodes to at most {rows}")
         try:
             with warnings.catch_warnings():  # the Dirichlet partitioner warns on every redraw
                 warnings.simplefilter("ignore", UserWarning)
                 sizes = tuple(len(fds.load_partition(p, "train")) for p in range(num_partitions))
         except ValueError:  # flwr-datasets' Dirichlet partitioner gives up after 10 draws
             raise DataError(f"partitioner: dirichlet at dirichlet-alpha {alpha:g} cannot split {rows} train rows into "
-                            f"{num_partitions} partitions of at least {DIRICHLET_MIN_PARTITION} each (10 draws "
-                            "tried); raise dirichlet-alpha or lower num-supernodes") from None
+                            f"{num_partitions} partitions of at least {DIRICHLET_MIN_PARTITION} each ({rows / num_partitions:.1f} "
+                            "a partition on average; 10 draws tried); raise dirichlet-alpha or lower num-supernodes") from None
         if min(sizes) < 1:
             raise DataError(f"partitioner: {partitioner} over {num_partitions} clients leaves partition "
                             f"{sizes.index(min(sizes))} empty ({sum(sizes)} train rows in all); lower num-supernodes")

@@ -55,7 +55,8 @@ def test_failed_run_is_marked_and_exits_nonzero(tiny_data, tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ("num-supernodes=40 partitioner='dirichlet' dirichlet-alpha=0.01",
      "dirichlet at dirichlet-alpha 0.01 cannot split 300 train rows into 40 partitions of at least 10 each"),
-    ("num-supernodes=1000", "300 train rows cannot fill 1000 partitions"),
+    ("num-supernodes=1000", "300 train rows cannot fill 1000 partitions (num-supernodes): the smallest would be "
+                            "empty; lower num-supernodes to at most 300"),
 ])
 def test_a_split_the_partitioner_cannot_make_is_refused_at_start(tiny_data, tmp_path, overrides, message):
     proc = launch(["-c", f"{overrides} data='{tiny_data}' output-dir='{tmp_path / 'out'}'"], timeout=120)
