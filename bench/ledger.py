@@ -172,6 +172,36 @@ def run_all(state: dict[str, Any], names: Sequence[str], seeds: Sequence[int], r
                   flush=True)
 
 
+CURVE_KEYS = ("round", "server_test_accuracy", "elapsed_seconds", "cumulative_mb")
+
+
+def run_curve(metrics: Mapping[str, Any]) -> list[dict]:
+    """A run's learning curve for the ledger: the rounds the server evaluated, with the keys a
+    curves figure needs, so the figure can be drawn again from the ledger alone."""
+    return [{k: r[k] for k in CURVE_KEYS if k in r} for r in metrics["rounds"] if "server_test_accuracy" in r]
+
+
+def fill_curves(state: dict[str, Any]) -> list[str]:
+    """Curves of ledger runs made before the ledger kept them, read from their run folders where
+    those are still on this machine; returns the runs that have none."""
+    curves = state.setdefault("curves", {})
+    for key, run_dir in state.get("runs", {}).items():
+        path = Path(run_dir) / "metrics.json"
+        if key not in curves and path.is_file():
+            curves[key] = run_curve(read_json(path))
+    return [key for key in state.get("runs", {}) if key not in curves]
+
+
+def curve_groups(state: Mapping[str, Any], names: Sequence[str],
+                 seeds: Sequence[int]) -> tuple[list[tuple[str, list[dict]]], list[int]]:
+    """(row, [{"rounds": curve} per seed]) for `curves_figure`, and the seeds drawn: those for which
+    every row with a curve has one, so that the lines compare the same partitions."""
+    curves = state.get("curves", {})
+    drawn = [n for n in names if any(f"{n}@{s}" in curves for s in seeds)]
+    common = [s for s in seeds if all(f"{n}@{s}" in curves for n in drawn)]
+    return [(n, [{"rounds": curves[f"{n}@{s}"]} for s in common]) for n in drawn] if common else [], common
+
+
 def run_benchmark(state: dict[str, Any], names: Sequence[str], seeds: Sequence[int], run_one: Callable[[str, int], Any],
                   persist: Callable[[], list[dict]], describe: Callable[[Any], str],
                   report: Callable[[list[dict]], str]) -> int:
@@ -217,7 +247,7 @@ def chosen_rows(args: Any, known: Mapping[str, Any], default: Sequence[str], bas
         raise ValueError(f"unknown {what} {unknown} (known: {', '.join(known)}), or fewer than {min_seeds} seed{plural}")
     if args.set:
         override_pairs(args.set)  # a malformed one is a ValueError naming it
-    if not args.data.is_dir():
+    if not args.data.is_dir() and not getattr(args, "redraw", False):  # a redraw reads no data
         raise ValueError(f"--data {args.data}: no such folder")
     return seeds, ([base] if base not in names else []) + names
 

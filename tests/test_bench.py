@@ -136,6 +136,35 @@ def test_the_strategies_benchmark_refuses_bad_input_in_one_line(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@pytest.mark.slow
+def test_the_strategies_ledger_keeps_each_runs_curve_and_redraws_its_figures_without_running(tiny_data, tmp_path):
+    """Two real FedAvg runs of 2 rounds: the ledger holds each run's evaluated rounds, so `--redraw`
+    draws the figures again at any code from the ledger alone, and fills the curve of a run made
+    before ledgers kept curves from its run folder (and names one whose folder is gone)."""
+    from conftest import in_process
+
+    bench = _bench("strategies")
+    proc = in_process(bench.main, "--data", tiny_data, "--only", "fedavg", "--seeds", "42,43",
+                      "--set", "num-server-rounds=2 server-eval-every=1 num-supernodes=2", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((tmp_path / "strategies.json").read_text())
+    assert [r["round"] for r in state["curves"]["fedavg@42"]] == [1, 2]
+    assert 0 < state["curves"]["fedavg@43"][-1]["server_test_accuracy"] <= 1
+    assert state["curves"]["fedavg@43"][-1]["server_test_accuracy"] == pytest.approx(state["results"]["fedavg"]["43"] / 100)
+    assert (tmp_path / "strategies_curves.png").stat().st_size > 0
+
+    older = {**state, "curves": {}, "runs": {**state["runs"], "fedavg@43": str(tmp_path / "gone")}}
+    (tmp_path / "strategies.json").write_text(json.dumps(older))
+    (tmp_path / "strategies_curves.png").unlink()
+    folders = sorted((tmp_path / "runs").rglob("status.json"))
+    proc = in_process(bench.main, "--redraw", "--out", tmp_path)
+    assert proc.returncode == 0 and "no curve for fedavg@43 (run folders gone)" in proc.stdout, proc.stderr
+    redrawn = json.loads((tmp_path / "strategies.json").read_text())
+    assert redrawn["curves"] == {"fedavg@42": state["curves"]["fedavg@42"]}
+    assert redrawn["results"] == state["results"] and (tmp_path / "strategies_curves.png").exists()
+    assert sorted((tmp_path / "runs").rglob("status.json")) == folders  # nothing ran
+
+
 def test_the_scale_benchmark_refuses_bad_input_in_one_line(tmp_path):
     from conftest import in_process
 
