@@ -233,6 +233,8 @@ class RoundStats:
     compute: tuple[str, ...] = ()
     fp32_record_bytes: int = 0  # one model as fp32 transport would send it
     partitions: tuple[int, ...] = ()  # the partitions whose updates were aggregated
+    steps: tuple[int, ...] = ()  # each one's local steps, as `partitions` (a deadline cuts a slow one's short)
+    images: tuple[int, ...] = ()  # each one's images trained on, as `partitions`
     failures: list[dict] = field(default_factory=list)
     weights_capped: list[dict] = field(default_factory=list)  # replies lowered to max-weight-share
 
@@ -480,6 +482,7 @@ class BudgetedFedAvg(FedAvg):
         only = [u.report for u in checked.updates]
         self.stats.clients = len(only)
         self.stats.partitions = tuple(r.partition for r in only)
+        self.stats.steps, self.stats.images = tuple(r.train_steps for r in only), tuple(r.train_images for r in only)
         self.stats.compute = tuple(sorted({r.compute for r in only}))
         self.stats.weights_capped = checked.capped
         update = aggregate(self.aggregation, [u.delta for u in checked.updates], checked.weights, self.trim_fraction)
@@ -581,6 +584,8 @@ class BudgetedFedAvg(FedAvg):
                 "clients_asked": exchange.asked,
                 "clients": self.stats.clients,
                 "partitions": list(self.stats.partitions),
+                "partition_train_steps": list(self.stats.steps),
+                "partition_train_images": list(self.stats.images),
                 "client_failures": failures,
                 "weights_capped": self.stats.weights_capped,
                 "client_compute": list(self.stats.compute),

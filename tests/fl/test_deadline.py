@@ -135,6 +135,9 @@ def test_a_first_round_longer_than_the_budget_ends_at_the_deadline_with_a_slow_c
     last = rounds[-1]
     assert last["deadline_cut"] and last["clients"] == 2 and not last["client_failures"]
     assert 2 <= last["client_train_steps"] < last["client_planned_steps"]
+    steps = dict(zip(last["partitions"], last["partition_train_steps"], strict=True))
+    assert sum(steps.values()) == last["client_train_steps"] and steps[1] < steps[0]  # partition 1 is 3x slower
+    assert sum(last["partition_train_images"]) == last["client_train_images"]
     # round 1's span is the warm-up, [0, 1], at the peak by its end; cut, it ran on into the decay
     assert last["lr_span"] == [0.0, 1.0] and last["client_lr_last"] < 0.5 * metrics["config"]["lr"]
     assert "server_test_accuracy" in last and summary["final_test_accuracy"] > 0
