@@ -165,10 +165,11 @@ class RunRecorder:
     """Keeps `metrics.json` valid at every moment: rewritten atomically after each round."""
 
     def __init__(self, run_dir: Path, config: Mapping[str, Any], extra: Mapping[str, Any] | None = None,
-                 tracker: Any = None):
-        """`tracker`: an optional mirror (`eurosat.fl.tracking.WandbTracker`) fed the same rounds and summary."""
+                 tracker: Any = None, started: float | None = None):
+        """`tracker`: an optional mirror (`eurosat.fl.tracking.WandbTracker`) fed the same rounds and summary.
+        `started`: the Unix time `wall_seconds` counts from (the ServerApp's start, as the time budget; now)."""
         self.run_dir = Path(run_dir)
-        self.started = time.time()
+        self.started = time.time() if started is None else started
         self.tracker = tracker
         self.server_optimizer: dict[str, Any] = {}  # a resumed run's server optimizer state (checkpoint.pt)
         self.data: dict[str, Any] = {
@@ -185,7 +186,7 @@ class RunRecorder:
 
     @classmethod
     def resume(cls, run_dir: Path, config: Mapping[str, Any], extra: Mapping[str, Any] | None = None,
-               tracker: Any = None) -> tuple["RunRecorder", int, dict[str, torch.Tensor]]:
+               tracker: Any = None, started: float | None = None) -> tuple["RunRecorder", int, dict[str, torch.Tensor]]:
         """Continue a failed or interrupted run's record: (recorder, last completed round, its state).
 
         The rounds recorded so far stay; rounds of this attempt carry `attempt` = the next number,
@@ -193,7 +194,8 @@ class RunRecorder:
         """
         check_resumable(run_dir)
         recorder = cls.__new__(cls)
-        recorder.run_dir, recorder.started, recorder.tracker = Path(run_dir), time.time(), tracker
+        recorder.run_dir, recorder.tracker = Path(run_dir), tracker
+        recorder.started = time.time() if started is None else started
         recorder.data = read_json(recorder.run_dir / METRICS_FILE)
         checkpoint = load_checkpoint(recorder.run_dir / CHECKPOINT_FILE)
         last = int(checkpoint["round"])

@@ -11,6 +11,7 @@ simulation a size other than `num-supernodes` fails at once with a line naming b
 """
 
 import platform
+import time
 
 import flwr
 import torch
@@ -33,7 +34,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     enable_logging()
-    budget = TimeBudget(None)  # started now: data loading counts against the wall clock
+    budget, started = TimeBudget(None), time.time()  # started now: data loading counts against the wall clock
     cfg = RunConfig.from_mapping(context.run_config)  # one-line ConfigError before any work
     budget.limit_s, budget.eval_every = cfg.time_limit_s, cfg.server_eval_every
     run_dir = new_run_dir(cfg.output_root(), cfg.label, cfg.run_dir, resume=cfg.resume)
@@ -43,11 +44,11 @@ def main(grid: Grid, context: Context) -> None:
     seed_everything(cfg.seed)
     initial = task.initial_state(cfg)  # where a fresh run starts, and where error feedback's replicas start
     if cfg.resume:  # the same folder, from the last completed round; the budget starts anew
-        recorder, done, checkpoint = RunRecorder.resume(run_dir, cfg.to_mapping(), extra, tracker)
+        recorder, done, checkpoint = RunRecorder.resume(run_dir, cfg.to_mapping(), extra, tracker, started)
         state, position = to_numpy(checkpoint), recorder.data["rounds"][-1]["lr_span"][1]
         print(f"eurosat: resuming after round {done} (attempt {recorder.attempt})", flush=True)
     else:
-        recorder = RunRecorder(run_dir, cfg.to_mapping(), extra, tracker)
+        recorder = RunRecorder(run_dir, cfg.to_mapping(), extra, tracker, started)
         done, position, state = 0, None, initial
     try:
         strategy = BudgetedFedAvg(
