@@ -23,7 +23,7 @@ from eurosat.data.loading import NUM_CLASSES
 from eurosat.fl import task, tracking
 from eurosat.fl.config import RunConfig, link_wires
 from eurosat.fl.scaffold import Controls
-from eurosat.fl.strategy import BudgetedFedAvg, TimeBudget
+from eurosat.fl.strategy import MARGIN_FACTOR, BudgetedFedAvg, TimeBudget
 from eurosat.fl.record import RunRecorder, new_run_dir
 from eurosat.train.loop import seed_everything
 from eurosat.fl.state import raw_nbytes, to_numpy
@@ -65,10 +65,14 @@ def main(grid: Grid, context: Context) -> None:
         strategy.load_server_state(recorder.server_optimizer)  # a resumed FedAdam continues its moments, SCAFFOLD its controls
         if done < cfg.num_server_rounds:  # the federation first: a mismatch fails in seconds, before any data loads
             strategy.await_nodes(grid, budget)
+        if cfg.time_limit_s:  # the final exports (the INT8 model's) must fit in the budget too
+            budget.reserve_s = MARGIN_FACTOR * task.export_seconds(cfg)
         outcome = strategy.run(grid, state, cfg.num_server_rounds, budget, cfg.to_mapping(),
                                evaluate_fn=task.server_evaluator(cfg), on_round=recorder.add_round,
                                first_round=done + 1, schedule_position=position)
+        exporting = time.perf_counter()
         artifacts = task.save_artifacts(cfg, run_dir, outcome.state)
+        artifacts.update(export_seconds=round(time.perf_counter() - exporting, 3), export_reserve_s=round(budget.reserve_s, 3))
         if warning := below_chance(recorder.data["rounds"]):
             print(f"eurosat: warning: {warning}", flush=True)
             artifacts["warning"] = warning

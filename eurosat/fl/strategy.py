@@ -95,6 +95,7 @@ class TimeBudget:
         self.clock = clock
         self.wall = wall  # the clients' clock: a deadline travels as Unix time
         self.after_training: list[float] = []  # per round: upload + aggregation + evaluation + save
+        self.reserve_s = 0.0  # kept free at the budget's end for the run's final exports (task.export_seconds)
         self.eval_every = eval_every
         self.started = clock()
         self.rounds: list[float] = []
@@ -149,7 +150,7 @@ class TimeBudget:
 
     def allows_another_round(self) -> bool:
         """Another round, and the evaluation that ends the run after it, fit in what is left."""
-        return self.limit_s is None or self.elapsed() + self.longest_round + self.evaluation <= self.limit_s
+        return self.limit_s is None or self.elapsed() + self.longest_round + self.evaluation <= self.limit_s - self.reserve_s
 
     def rounds_that_fit(self, cap: int) -> int:
         """How many rounds, the current one included, the stop rule will allow, at most `cap`: the
@@ -157,7 +158,7 @@ class TimeBudget:
         the last one always ends with an evaluation."""
         if self.limit_s is None or self.longest_round <= 0:
             return cap
-        left, spent, fit = self.limit_s - self.elapsed(), 0.0, 0
+        left, spent, fit = self.limit_s - self.reserve_s - self.elapsed(), 0.0, 0
         for rnd in range(self.current_round, self.current_round + cap):
             due = self.due(rnd)
             spent += self.longest_round + (self.evaluation if due else 0.0)
@@ -174,10 +175,11 @@ class TimeBudget:
 
     def train_deadline(self) -> float | None:
         """The Unix time by which this round's local training must end (the budget's end minus the
-        margin), or None without a limit. Already past: each client trains one step."""
+        margin and the final exports' reserve), or None without a limit. Already past: each client
+        trains one step."""
         if self.limit_s is None:
             return None
-        return self.wall() + self.limit_s - self.elapsed() - self.margin()
+        return self.wall() + self.limit_s - self.reserve_s - self.elapsed() - self.margin()
 
     def remaining(self) -> float | None:
         return None if self.limit_s is None else self.limit_s - self.elapsed()

@@ -137,14 +137,59 @@ def _export_packed(cfg: RunConfig, run_dir: Path, model: nn.Module, fp32_file: P
     return {"compression_ratio": report["compression_ratio"], "packed_model": packed.name}
 
 
+CALIBRATION_IMAGES = 1024
+
+
+def _calibration(cfg: RunConfig) -> list[torch.Tensor]:
+    source = resolve_source(cfg.data)
+    return [x for x, _ in load_split(source, "train", sample=CALIBRATION_IMAGES, seed=cfg.seed).batches(64)]
+
+
 def _export_int8(cfg: RunConfig, run_dir: Path, model: nn.Module, fp32_file: Path) -> dict[str, object]:
     """The real INT8 model (calibrated on 1,024 training images) and its test accuracy."""
-    source = resolve_source(cfg.data)
-    calibration = [x for x, _ in load_split(source, "train", sample=1024, seed=cfg.seed).batches(64)]
-    int8 = quantize(model, Int8StaticConfig(), calibration)
+    int8 = quantize(model, Int8StaticConfig(), _calibration(cfg))
     save(int8, Int8StaticConfig(), run_dir / "model_int8.pt")
-    result = evaluate(int8, load_split(source, "test"), device="cpu")
+    result = evaluate(int8, load_split(resolve_source(cfg.data), "test"), device="cpu")
     return {"int8_model": "model_int8.pt", "int8_model_test_accuracy": result["accuracy"]}
+
+
+def export_seconds(cfg: RunConfig) -> float:
+    """What the recipe's final exports will take after the last round, timed at the start on the
+    initial model so that the time budget can keep it free: the INT8 export's calibration (every
+    calibration batch through the observers) and its CPU evaluation of the test split dominate
+    (seconds on a CPU, more than a GPU's whole server evaluation). Each is a fixed cost plus one per
+    batch or image: timed, after a warm-up, at two sizes and extrapolated. The other exports only
+    write a file (0). Loads the export's data (cached)."""
+    if INT8_MODEL not in cfg.recipe.exports:
+        return 0.0
+    calibration, test = _calibration(cfg), load_split(resolve_source(cfg.data), "test")
+
+    def calibrate(batches: int) -> tuple[nn.Module, float]:
+        started = time.perf_counter()
+        model = quantize(make_model(cfg).eval(), Int8StaticConfig(), calibration[:batches])
+        return model, time.perf_counter() - started
+
+    def evaluation(model: nn.Module, images: int) -> float:
+        started = time.perf_counter()
+        evaluate(model, TensorData(test.images[:images], test.labels[:images]), device="cpu")
+        return time.perf_counter() - started
+
+    warm, _ = calibrate(1)
+    evaluation(warm, 32)
+    small, large = min(1, len(calibration)), min(3, len(calibration))
+    (_, t_small), (int8, t_large) = calibrate(small), calibrate(large)
+    e_small, e_large = evaluation(int8, 64), evaluation(int8, 256)
+    return (extrapolate(small, t_small, large, t_large, len(calibration))
+            + extrapolate(min(64, len(test)), e_small, min(256, len(test)), e_large, len(test)))
+
+
+def extrapolate(n1: int, t1: float, n2: int, t2: float, n: int) -> float:
+    """The time for `n` items of a fixed-plus-linear cost timed at `n1` and `n2` items (never below
+    the larger measurement scaled by n / n2 where the two are too close to tell a slope)."""
+    if n2 <= n1:
+        return t2 * n / max(n2, 1)
+    slope = max(0.0, (t2 - t1) / (n2 - n1))
+    return max(0.0, t1 - slope * n1) + slope * n
 
 
 def _export_fp16(cfg: RunConfig, run_dir: Path, model: nn.Module, fp32_file: Path) -> dict[str, object]:

@@ -42,6 +42,36 @@ def test_the_deadline_is_the_budgets_end_less_a_margin_of_the_measured_after_tra
     assert TimeBudget(limit_s=None).train_deadline() is None
 
 
+def test_the_final_exports_reserve_is_kept_free_at_the_budgets_end():
+    clock, wall = Clock(), Clock(1_000_000.0)
+    budget = TimeBudget(limit_s=100, clock=clock, wall=wall)
+    budget.reserve_s = 12.0
+    assert budget.train_deadline() == pytest.approx(1_000_000 + 100 - 12 - MARGIN_START_S)
+    budget.start_round(1)
+    clock.now = 40.0
+    budget.end_round()
+    clock.now = 50.0  # one more 40 s round would end at 90 s: under the limit, over the limit less the reserve
+    assert not budget.allows_another_round() and budget.rounds_that_fit(5) == 0
+    budget.reserve_s = 0.0
+    assert budget.allows_another_round()
+
+
+def test_an_int8_recipe_times_its_final_export_and_the_others_have_none(small_data):
+    from eurosat.fl.task import export_seconds
+
+    int8 = load_run_config([f"precision='int8' data='{small_data}'"])
+    assert export_seconds(int8) > 0
+    assert export_seconds(load_run_config([f"precision='fp16' data='{small_data}'"])) == 0.0
+
+
+def test_a_fixed_plus_linear_cost_is_extrapolated_from_two_sizes():
+    from eurosat.fl.task import extrapolate
+
+    assert extrapolate(1, 1.5, 3, 2.5, 16) == pytest.approx(1.0 + 0.5 * 16)  # 1 s fixed, 0.5 s an item
+    assert extrapolate(64, 0.3, 256, 0.3, 2700) == pytest.approx(0.3)  # no slope measured: the fixed cost
+    assert extrapolate(3, 1.0, 3, 1.0, 6) == pytest.approx(2.0)  # one size: scaled
+
+
 def test_the_deadline_rides_in_the_instruction():
     instruction = Instruction(3, Span(0.2, 0.4), 1_765_000_000.5)
     again, values = Instruction.split({**instruction.to_config(), "lr": 0.001})
@@ -119,11 +149,13 @@ def test_a_deadline_already_past_trains_one_step_and_none_trains_them_all():
 
 @pytest.mark.slow
 def test_a_first_round_longer_than_the_budget_ends_at_the_deadline_with_a_slow_client(tiny_data, tmp_path):
-    """200 local epochs would take many minutes; the budget is 45 s; partition 1 trains 3x slower.
+    """200 local epochs would take many minutes; the budget is 45 s; partition 1 trains 3x slower;
+    the INT8 recipe ends with an export (calibration, evaluation) that the budget must hold too.
     The run ends within the limit + max(3 %, 5 s) of the ServerApp's start, with an evaluated,
     saved model, both clients' training cut at the deadline and the records saying so."""
     limit_min = 0.75
     proc = launch(["-c", f"num-server-rounds=5 time-limit-min={limit_min} num-supernodes=2 fraction-train=1.0 "
+                         "precision='int8' "
                          f"local-epochs=200 test-hook='slow=3@1' data='{tiny_data}' output-dir='{tmp_path}'"],
                   env={"EUROSAT_TEST_HOOKS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -141,6 +173,7 @@ def test_a_first_round_longer_than_the_budget_ends_at_the_deadline_with_a_slow_c
     # round 1's span is the warm-up, [0, 1], at the peak by its end; cut, it ran on into the decay
     assert last["lr_span"] == [0.0, 1.0] and last["client_lr_last"] < 0.5 * metrics["config"]["lr"]
     assert "server_test_accuracy" in last and summary["final_test_accuracy"] > 0
+    assert summary["export_reserve_s"] > 0 and summary["export_seconds"] > 0 and "int8_model_test_accuracy" in summary
     Net().load_state_dict(torch.load(run_dir_of(proc) / "final_model.pt", weights_only=True))
 
 
