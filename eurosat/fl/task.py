@@ -184,8 +184,8 @@ def export_seconds(cfg: RunConfig) -> float:
 
 
 def extrapolate(n1: int, t1: float, n2: int, t2: float, n: int) -> float:
-    """The time for `n` items of a fixed-plus-linear cost timed at `n1` and `n2` items (never below
-    the larger measurement scaled by n / n2 where the two are too close to tell a slope)."""
+    """The time for `n` items of a fixed-plus-linear cost timed at `n1` and `n2` items (a slope
+    below 0, noise, counts as 0; one size only: that measurement scaled by n / n2)."""
     if n2 <= n1:
         return t2 * n / max(n2, 1)
     slope = max(0.0, (t2 - t1) / (n2 - n1))
