@@ -42,6 +42,29 @@ def test_the_deadline_is_the_budgets_end_less_a_margin_of_the_measured_after_tra
     assert TimeBudget(limit_s=None).train_deadline() is None
 
 
+def test_a_round_the_deadline_cut_is_the_last_and_is_evaluated_even_when_no_evaluation_was_due():
+    """The server's side of a cut, on an injected clock: round 2 of a run evaluating every third
+    round ends the run, with its model evaluated (the final model is always evaluated)."""
+    clock = Clock()
+    budget = TimeBudget(limit_s=60, clock=clock, eval_every=3)
+    evaluated: list[float] = []
+
+    def evaluate() -> dict[str, float]:
+        evaluated.append(clock.now)
+        clock.now += 2.0
+        return {"loss": 1.0, "accuracy": 0.5}
+
+    budget.start_round(1)
+    clock.now = 20.0
+    first = budget.finish_round(10, evaluate)
+    assert not first.last and first.evaluation and evaluated == [20.0]  # round 1: always evaluated
+    budget.start_round(2)
+    clock.now = 55.0  # its clients stopped at the deadline
+    cut = budget.finish_round(10, evaluate, last=True)
+    assert cut.last and cut.evaluation == {"loss": 1.0, "accuracy": 0.5} and evaluated == [20.0, 55.0]
+    assert budget.elapsed() <= 60
+
+
 def test_the_final_exports_reserve_is_kept_free_at_the_budgets_end():
     clock, wall = Clock(), Clock(1_000_000.0)
     budget = TimeBudget(limit_s=100, clock=clock, wall=wall)
