@@ -8,8 +8,8 @@ Protocols (each in its own folder):
   epoch, 20 rounds;
 - `alpha0.3x100`: Dirichlet alpha 0.3 over 100 clients, 10 a round, 1 local epoch, 100 rounds.
 Each row is a real `python -m eurosat.launch` run, no time limit (load does not change a result),
-the rest from pyproject.toml; `--set` wins over the protocol. Rows (run with --only; the default
-set is fedavg, scaffold, fedprox, fedadam, fedavgm): `fedavg`; `fedprox` (proximal-mu 0.01);
+the rest from pyproject.toml; `--set` wins over the protocol. Rows (the default set is fedavg,
+scaffold, fedprox, fedadam, fedavgm; any with --only): `fedavg`; `fedprox` (proximal-mu 0.01);
 `fedprox-mu0.1`; `fedadam` (server-lr 0.01, tau 0.001, the values of Reddi et al. for CNNs);
 `fedyogi`, `fedadagrad` (the same); `fedavgm` (server-lr 0.1, server-momentum 0.9: an effective
 server rate of 1, Hsu et al.); `scaffold` (SCAFFOLD's control variates, eurosat/fl/scaffold.py);
@@ -21,10 +21,11 @@ with FedAvg's and given a Student-t 95 % interval.
 After every run the folder gets `strategies.json` (results; each run's provenance: commit, SHA-256
 of the code, machine, resolved config, model digest; its learning curve), `strategies.csv`,
 `strategies.png` (each row over the seeds) and `strategies_curves.png` (test accuracy against
-megabytes sent and against round, mean and range over the seeds that every row has). An interrupted benchmark resumes where it stopped; a folder
-of other code, protocol or machine is refused (bench/ledger.py). `--redraw` writes the table and
-figures again from the folder's ledger alone, at any code, and runs nothing (curves of runs made
-before the ledger kept them are read from their run folders where those still exist).
+megabytes sent and against round, mean and range over the seeds that every row has). An
+interrupted benchmark resumes where it stopped; a folder of other code or protocol is refused, and
+a seed left unfinished on another machine runs again here (bench/ledger.py). `--redraw` writes the
+table and figures again from the folder's ledger alone, at any code, and runs nothing (curves of
+runs made before the ledger kept them are read from their run folders where those still exist).
 """
 
 from __future__ import annotations
