@@ -9,8 +9,14 @@ A train reply is refused, and recorded as that client's failure with a one-line 
 - any value of the update, or of its metrics, is NaN or Inf;
 - its partition is claimed by another node in the same round, or differs from the one its node
   held before (one node answers for one partition);
-- its norm is above `max-update-norm` x the round's median norm (the lower median, so with two
-  replies the smaller one is the yardstick; 0 turns the check off).
+- the norm of its trained weights is above `max-update-norm` x the round's median of those norms
+  (the lower median, so with two replies the smaller one is the yardstick; 0 turns the check off).
+Batch-norm running statistics are not trained weights: they move towards the client's own data's
+moments, so under label skew an honest client's statistics may move far more than the others'
+(measured: 2.9 to 14.6 in one round at Dirichlet alpha 0.3, where the weights' norms were 1.8 to 2.5).
+They are left out of that norm and clipped instead: a reply whose statistics moved more than
+`max-update-norm` x the round's median has them scaled down to that (recorded in the round as
+`statistics_clipped`), so neither an honest outlier is refused nor a hostile one rules them.
 What passes is weighted by its examples, but no reply weighs more than `max-weight-share` of the
 round's total once 3 or more answer: a heavier one is lowered to that share (recorded in the round
 as `weights_capped`), so even a true claim cannot make one client the model. Partitions of a
@@ -22,14 +28,14 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from eurosat.fl.codecs import Codec, get_codec
 from eurosat.fl.protocol import ARRAYS, EvalReport, TrainReport
-from eurosat.fl.state import State
+from eurosat.fl.state import State, is_parameter, is_statistic, norm
 
 BYTES_SLACK = 4096  # headers a codec may add beyond what the fp32 transport sends
 
@@ -59,8 +65,9 @@ class Update:
     node: int
     report: TrainReport
     delta: State  # decoded, float32
-    norm: float
+    norm: float  # of the trained weights (`is_parameter`)
     wire_bytes: int
+    statistics_norm: float = 0.0  # of the batch-norm running statistics
 
 
 @dataclass
@@ -71,6 +78,7 @@ class CheckedRound:
     weights: list[float]
     failures: list[dict]
     capped: list[dict]
+    clipped: list[dict] = field(default_factory=list)  # replies whose batch-norm statistics were scaled down
 
 
 class UpdateChecker:
@@ -104,9 +112,8 @@ class UpdateChecker:
         except KeyError:
             raise Refused("malformed reply (no update arrays)") from None
         delta = self.decoded(record)
-        norm = math.sqrt(sum(float(np.square(v, dtype=np.float64).sum()) for v in delta.values()
-                             if np.issubdtype(v.dtype, np.floating)))
-        return Update(msg.metadata.src_node_id, report, delta, norm, record.count_bytes())
+        return Update(msg.metadata.src_node_id, report, delta, norm(delta, is_parameter), record.count_bytes(),
+                      norm(delta, is_statistic))
 
     def eval_reply(self, msg: Message) -> EvalReport:
         report = _parsed(EvalReport, msg)
@@ -166,12 +173,13 @@ class UpdateChecker:
         failures += refused
         updates, refused = bounded_norms(updates, self.limits.max_update_norm)
         failures += refused
+        updates, clipped = clipped_statistics(updates, self.limits.max_update_norm)
         updates.sort(key=lambda u: u.report.partition)  # float sums depend on order: a repeated run is bit-identical
         raw = [float(u.report.num_examples) for u in updates]
         weights = capped_weights(raw, self.limits.max_weight_share) if len(raw) >= 3 else raw
         capped = [{"partition": u.report.partition, "claimed": w, "weight": round(c, 3)}
                   for u, w, c in zip(updates, raw, weights) if c < w]
-        return CheckedRound(updates, weights, failures, capped)
+        return CheckedRound(updates, weights, failures, capped, clipped)
 
 
 def one_node_per_partition(updates: list[Update], known: Mapping[int, int]) -> tuple[list[Update], list[dict]]:
@@ -212,6 +220,25 @@ def bounded_norms(updates: list[Update], factor: float) -> tuple[list[Update], l
                                                      f"median ({limit / factor:.4g})")
                 for u in updates if u.norm > limit]
     return kept, failures
+
+
+def clipped_statistics(updates: list[Update], factor: float) -> tuple[list[Update], list[dict]]:
+    """Scale down the batch-norm statistics of replies whose statistics moved more than `factor` x
+    the round's lower median (factor 0: off): their weights stay as they are."""
+    if factor <= 0 or len(updates) < 2:
+        return updates, []
+    limit = factor * statistics.median_low([u.statistics_norm for u in updates])
+    out, clipped = [], []
+    for u in updates:
+        if u.statistics_norm <= limit:
+            out.append(u)
+            continue
+        scale = np.float32(limit / u.statistics_norm)
+        delta = {k: (v * scale if is_statistic(k, v) else v) for k, v in u.delta.items()}
+        out.append(replace(u, delta=delta, statistics_norm=limit))
+        clipped.append({"partition": u.report.partition, "statistics_norm": round(u.statistics_norm, 4),
+                        "clipped_to": round(limit, 4)})
+    return out, clipped
 
 
 def capped_weights(weights: Sequence[float], share: float) -> list[float]:

@@ -29,7 +29,7 @@ from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvgM, FedYogi
 
 from eurosat.fl.robust import as_replies
-from eurosat.fl.state import State, add, contiguous
+from eurosat.fl.state import State, add, contiguous, is_parameter
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "scaffold")
 ADAPTIVE = ("fedadam", "fedyogi", "fedadagrad")  # FedOpt: server-lr is eta, moments per weight
@@ -101,15 +101,6 @@ class ServerStep:
             f.momentum_vector = list(arrays["momentum"].values()) if "momentum" in arrays else None
             return
         f.m_t, f.v_t = arrays.get("m_t"), arrays.get("v_t")
-
-
-def is_parameter(key: str, value: np.ndarray) -> bool:
-    """A trained weight, which a server optimizer may step; not a buffer (batch-norm statistics by
-    torch's names, integer counters), which takes the clients' average."""
-    return np.issubdtype(value.dtype, np.floating) and not key.endswith(STATISTICS)
-
-
-STATISTICS = (".running_mean", ".running_var")  # torch's batch-norm buffers
 
 
 def scaled_step(base: State, mean: State, server_lr: float = 1.0) -> State:

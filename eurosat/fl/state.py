@@ -8,7 +8,8 @@ sums and example-weighted means live here, once, for all of them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -36,6 +37,31 @@ def digest(state: Mapping[str, np.ndarray]) -> str:
         h.update(f"{k}:{v.dtype.str}:{v.shape};".encode())
         h.update(v.tobytes())
     return h.hexdigest()
+
+
+STATISTICS = (".running_mean", ".running_var")  # torch's batch-norm buffers
+
+
+def is_parameter(key: str, value: np.ndarray) -> bool:
+    """A trained weight, which a server optimizer may step; not a buffer (batch-norm statistics by
+    torch's names, integer counters), which takes the clients' average."""
+    return np.issubdtype(value.dtype, np.floating) and not key.endswith(STATISTICS)
+
+
+def is_statistic(key: str, value: np.ndarray) -> bool:
+    """A batch-norm running statistic: data moments, not a trained weight."""
+    return np.issubdtype(value.dtype, np.floating) and key.endswith(STATISTICS)
+
+
+def norm(state: Mapping[str, np.ndarray], keep: Callable[[str, np.ndarray], bool]) -> float:
+    """The L2 norm over the arrays `keep` selects, summed in float64."""
+    return math.sqrt(sum(float(np.square(v, dtype=np.float64).sum()) for k, v in state.items() if keep(k, v)))
+
+
+def nonnegative_variances(state: Mapping[str, np.ndarray]) -> State:
+    """`state` with every batch-norm running variance raised to at least 0: a variance cannot be
+    negative, and a negative one is NaN at evaluation (a hostile update could drive one there)."""
+    return {k: (np.maximum(v, 0, dtype=v.dtype) if k.endswith(".running_var") else v) for k, v in state.items()}
 
 
 def to_numpy(state_dict: Mapping[str, object]) -> State:

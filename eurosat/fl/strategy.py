@@ -45,7 +45,7 @@ from eurosat.fl.config import sample_size
 from eurosat.fl.link import LINK, LinkPlan, ServerLink
 from eurosat.fl.protocol import ARRAYS, CONFIG, EvalReport, Instruction, TrainReport, partition_of, reply_error, weighted
 from eurosat.train.schedule import LrSchedule, RoundPlanner
-from eurosat.fl.state import State, contiguous, weighted_mean
+from eurosat.fl.state import State, contiguous, nonnegative_variances, weighted_mean
 from eurosat.fl.codecs import CODECS, Codec
 
 log = logging.getLogger(__name__)
@@ -239,6 +239,7 @@ class RoundStats:
     images: tuple[int, ...] = ()  # each one's images trained on, as `partitions`
     failures: list[dict] = field(default_factory=list)
     weights_capped: list[dict] = field(default_factory=list)  # replies lowered to max-weight-share
+    statistics_clipped: list[dict] = field(default_factory=list)  # replies whose batch-norm statistics were scaled down
 
 
 @dataclass
@@ -486,9 +487,9 @@ class BudgetedFedAvg(FedAvg):
         self.stats.partitions = tuple(r.partition for r in only)
         self.stats.steps, self.stats.images = tuple(r.train_steps for r in only), tuple(r.train_images for r in only)
         self.stats.compute = tuple(sorted({r.compute for r in only}))
-        self.stats.weights_capped = checked.capped
+        self.stats.weights_capped, self.stats.statistics_clipped = checked.capped, checked.clipped
         update = aggregate(self.aggregation, [u.delta for u in checked.updates], checked.weights, self.trim_fraction)
-        new_state = self.step.apply(server_round, self.global_state, update)
+        new_state = nonnegative_variances(self.step.apply(server_round, self.global_state, update))
         if not all(np.isfinite(v).all() for v in new_state.values() if np.issubdtype(v.dtype, np.floating)):
             raise NonFiniteModel(f"round {server_round}: the aggregate of {len(only)} update(s) holds NaN or Inf; "
                                  "refused (the last good round's model is checkpoint.pt)")
@@ -590,6 +591,7 @@ class BudgetedFedAvg(FedAvg):
                 "partition_train_images": list(self.stats.images),
                 "client_failures": failures,
                 "weights_capped": self.stats.weights_capped,
+                "statistics_clipped": self.stats.statistics_clipped,
                 "client_compute": list(self.stats.compute),
                 "round_seconds": round(end.seconds + (end.eval_seconds or 0.0), 3),
                 **({"server_eval_seconds": round(end.eval_seconds, 3)} if end.eval_seconds is not None else {}),

@@ -132,6 +132,32 @@ def test_an_update_far_above_the_rounds_median_norm_is_refused(factor, refused):
         assert "above 5 x the round's median" in checked.failures[0]["error"]
 
 
+def test_batch_norm_statistics_far_above_the_median_are_clipped_not_refused():
+    """Under label skew an honest client's running statistics move towards its own data's moments,
+    far more than the others' (2.9 to 14.6 in one measured round, its weights like everyone's): its
+    reply is kept with the statistics scaled down to 5 x the round's median, the weights untouched."""
+    checker = UpdateChecker(CODECS["fp32"], GLOBAL, LIMITS)
+    skewed = {k: (v * 40 if k.endswith((".running_mean", ".running_var")) else v) for k, v in delta(9).items()}
+    checked = checker.round([reply(n, n, delta(n), "fp32") for n in range(3)] + [reply(9, 9, skewed, "fp32")], known={})
+    assert reasons(checked) == [] and [u.report.partition for u in checked.updates] == [0, 1, 2, 9]
+    kept, median = checked.updates[-1], sorted(u.statistics_norm for u in checked.updates[:3])[1]
+    [clip] = checked.clipped
+    assert clip["partition"] == 9 and clip["clipped_to"] == pytest.approx(5 * median, rel=1e-3)
+    assert kept.statistics_norm == pytest.approx(5 * median, rel=1e-3)
+    stats = [k for k in GLOBAL if k.endswith(".running_var")]
+    assert np.allclose(kept.delta[stats[0]], skewed[stats[0]] * 5 * median / clip["statistics_norm"], rtol=1e-3)
+    assert all(np.array_equal(kept.delta[k], skewed[k]) for k in GLOBAL if k.endswith(".weight"))
+
+
+def test_a_negative_running_variance_is_raised_to_zero():
+    from eurosat.fl.state import nonnegative_variances
+
+    state = {"bn1.running_var": np.array([-0.5, 2.0], np.float32), "fc.bias": np.array([-0.5], np.float32)}
+    out = nonnegative_variances(state)
+    assert out["bn1.running_var"].tolist() == [0.0, 2.0] and out["bn1.running_var"].dtype == np.float32
+    assert out["fc.bias"].tolist() == [-0.5]
+
+
 def test_no_reply_weighs_more_than_its_share():
     limits = ReplyLimits((21600, 2160, 2160, 2160), max_weight_share=0.5)
     checker = UpdateChecker(CODECS["fp32"], GLOBAL, limits)
