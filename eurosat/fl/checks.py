@@ -214,7 +214,7 @@ def bounded_norms(updates: list[Update], factor: float) -> tuple[list[Update], l
     """Refuse updates whose norm is above `factor` x the lower median norm of the round (factor 0: off)."""
     if factor <= 0 or len(updates) < 2:
         return updates, []
-    limit = factor * statistics.median_low([u.norm for u in updates])
+    limit = median_limit([u.norm for u in updates], factor)
     kept = [u for u in updates if u.norm <= limit]
     failures = [_failure(u.node, u.report.partition, f"update norm {u.norm:.4g} above {factor:g} x the round's "
                                                      f"median ({limit / factor:.4g})")
@@ -222,12 +222,17 @@ def bounded_norms(updates: list[Update], factor: float) -> tuple[list[Update], l
     return kept, failures
 
 
+def median_limit(norms: Sequence[float], factor: float) -> float:
+    """`factor` x the lower median of the round's norms: with two replies the smaller is the yardstick."""
+    return factor * statistics.median_low(norms)
+
+
 def clipped_statistics(updates: list[Update], factor: float) -> tuple[list[Update], list[dict]]:
     """Scale down the batch-norm statistics of replies whose statistics moved more than `factor` x
     the round's lower median (factor 0: off): their weights stay as they are."""
     if factor <= 0 or len(updates) < 2:
         return updates, []
-    limit = factor * statistics.median_low([u.statistics_norm for u in updates])
+    limit = median_limit([u.statistics_norm for u in updates], factor)
     out, clipped = [], []
     for u in updates:
         if u.statistics_norm <= limit:

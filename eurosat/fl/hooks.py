@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from eurosat.fl.protocol import TrainReport
-from eurosat.fl.state import State
+from eurosat.fl.state import State, norm
 
 HOOKS_ENV = "EUROSAT_TEST_HOOKS"
 KINDS = ("nan", "scale", "noise", "examples", "partition", "slow", "raise")
@@ -91,9 +91,8 @@ def _misbehave(hook: Hook, delta: State, report: TrainReport, seed: int) -> tupl
     elif hook.kind == "noise":
         rng = np.random.default_rng(seed)
         noise = {k: rng.standard_normal(delta[k].shape).astype(np.float32) for k in floats}
-        norm = np.sqrt(sum(float(np.square(delta[k], dtype=np.float64).sum()) for k in floats))
-        noise_norm = np.sqrt(sum(float(np.square(v, dtype=np.float64).sum()) for v in noise.values()))
-        delta = {**delta, **{k: v * np.float32(norm / max(noise_norm, 1e-12)) for k, v in noise.items()}}
+        size = norm(delta, lambda k, v: k in floats)
+        delta = {**delta, **{k: v * np.float32(size / max(norm(noise, lambda k, v: True), 1e-12)) for k, v in noise.items()}}
     elif hook.kind == "examples":
         report = dataclasses.replace(report, num_examples=int(hook.value))
     elif hook.kind == "partition":
